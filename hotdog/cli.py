@@ -1,0 +1,53 @@
+"""``python -m hotdog ...``: the command-line face of the engine.
+
+Each area registers its own sub-commands (``hotdog/commands/<area>.py`` exposes
+``register(subparsers)``), so this file only dispatches and turns typed errors into one
+readable line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from hotdog.errors import HotdogError
+
+COMMAND_MODULES = (
+    "hotdog.commands.data",
+    "hotdog.commands.models",
+    "hotdog.commands.train",
+    "hotdog.commands.bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hotdog",
+        description="Hotdog Lab: fine-tune ImageNet models on any image-folder data set.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except HotdogError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

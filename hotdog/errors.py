@@ -1,0 +1,37 @@
+"""Typed errors with messages meant for people (the CLI and the app show ``str(err)``)."""
+
+
+class HotdogError(Exception):
+    """Base class: anything the user can fix or should be told about in one sentence."""
+
+
+class DownloadError(HotdogError):
+    """A download failed (offline, HTTP error, truncated body, checksum mismatch)."""
+
+
+class UnsafeArchiveError(HotdogError):
+    """A zip archive was refused (zip-slip, symlink, zip bomb, ...)."""
+
+
+class DatasetError(HotdogError):
+    """A data set folder is unusable (missing, fewer than 2 classes, empty class, ...)."""
+
+
+class ImageDecodeError(HotdogError):
+    """Bytes or a file could not be decoded into an RGB image."""
+
+
+class ModelError(HotdogError):
+    """A source model is unknown or its weights cannot be had."""
+
+
+class UnsafeCheckpointError(ModelError):
+    """A checkpoint file was refused because it is not a plain tensor dictionary."""
+
+
+class RunStoreError(HotdogError):
+    """The run store cannot be read or written (read-only, full, missing run)."""
+
+
+class TrainingBusyError(HotdogError):
+    """Another training job already runs in this process."""
