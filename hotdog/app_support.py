@@ -1,0 +1,217 @@
+"""UI-free glue for the Streamlit pages: data frames for charts, display helpers, choices.
+
+Nothing here imports streamlit, so every function is testable without a browser and the
+pages stay thin. Engine logic (decoding, training, evaluation) lives in the engine modules;
+this module only reshapes their results for display.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+# The app runs forward passes on cached, shared source models from several sessions at once;
+# MXNet's cached graphs are not safe to call concurrently, so app inference takes turns.
+inference_lock = threading.Lock()
+
+IMAGE_TYPES = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+IMAGE_SUFFIXES = {"." + t for t in IMAGE_TYPES}
+ENV_DATA = "HOTDOG_DATA"
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    path: str
+    label: str
+    origin: str  # "env" | "installed" | "folder"
+
+
+def dataset_choices(installed: Iterable[os.PathLike | str], env: dict | None = None,
+                    extra: Sequence[str] = ()) -> list[DatasetChoice]:
+    """Every data set the user can pick: $HOTDOG_DATA first, then installed ones, then typed folders."""
+    env = os.environ if env is None else env
+    seen: set[str] = set()
+    out: list[DatasetChoice] = []
+
+    def add(path, label, origin):
+        key = str(Path(path).expanduser())
+        if key in seen:
+            return
+        seen.add(key)
+        out.append(DatasetChoice(key, label, origin))
+
+    if env.get(ENV_DATA):
+        p = Path(env[ENV_DATA]).expanduser()
+        add(p, f"{p.name} (from ${ENV_DATA}: {p})", "env")
+    for p in installed:
+        p = Path(p)
+        add(p, f"{p.name} (installed: {p})", "installed")
+    for p in extra:
+        add(p, f"{Path(p).name} (folder: {p})", "folder")
+    return out
+
+
+def default_dataset(choices: Sequence[DatasetChoice]) -> str | None:
+    """$HOTDOG_DATA wins, then the chapter's own 'hotdog' set, then whatever is installed."""
+    for c in choices:
+        if c.origin == "env":
+            return c.path
+    for c in choices:
+        if Path(c.path).name == "hotdog":
+            return c.path
+    return choices[0].path if choices else None
+
+
+def counts_frame(report: dict) -> pd.DataFrame:
+    """Long frame (split, class, images) from ``DatasetReport.to_dict()['counts']``."""
+    rows = [
+        {"split": split, "class": cls, "images": int(n)}
+        for split, per_class in (report.get("counts") or {}).items()
+        for cls, n in per_class.items()
+    ]
+    return pd.DataFrame(rows, columns=["split", "class", "images"])
+
+
+def image_sizes_frame(paths: Iterable[os.PathLike | str], limit: int = 3000) -> pd.DataFrame:
+    """Width/height of up to ``limit`` images, read from headers only (no full decode)."""
+    rows = []
+    for i, p in enumerate(paths):
+        if i >= limit:
+            break
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:  # unreadable files are reported by validate_dataset, not here
+            continue
+        rows.append({"width": w, "height": h})
+    df = pd.DataFrame(rows, columns=["width", "height"])
+    if df.empty:
+        return df.assign(images=pd.Series(dtype=int))
+    return df.groupby(["width", "height"]).size().reset_index(name="images")
+
+
+def sample_grid(classes: Sequence[str], items: Sequence[tuple[Any, int]], per_class: int = 8
+                ) -> list[tuple[str, list[Path]]]:
+    """The chapter's grid (first 8 hotdogs, last 8 not-hotdogs) for any number of classes.
+
+    The first class shows its first images, every other class its last ones, as the chapter did.
+    """
+    by_class: dict[int, list[Path]] = {i: [] for i in range(len(classes))}
+    for path, label in items:
+        by_class.setdefault(int(label), []).append(Path(path))
+    rows = []
+    for i, name in enumerate(classes):
+        paths = by_class.get(i, [])
+        rows.append((name, paths[:per_class] if i == 0 else paths[-per_class:]))
+    return rows
+
+
+def to_display_image(chw, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the normalisation of a CHW float tensor so a person can look at it (HWC uint8)."""
+    arr = chw.asnumpy() if hasattr(chw, "asnumpy") else np.asarray(chw)
+    arr = arr.astype(np.float32).transpose(1, 2, 0)
+    arr = arr * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+def _get(obj, name, default=None):
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def progress_fraction(p) -> float:
+    """Overall progress 0..1 from a BatchProgress (epoch and batch are 1-based)."""
+    epochs = max(int(_get(p, "epochs", 1) or 1), 1)
+    batches = max(int(_get(p, "batches", 1) or 1), 1)
+    epoch = max(int(_get(p, "epoch", 1) or 1), 1)
+    batch = min(max(int(_get(p, "batch", 0) or 0), 0), batches)
+    return min(max(((epoch - 1) + batch / batches) / epochs, 0.0), 1.0)
+
+
+def progress_text(p) -> str:
+    ips = _get(p, "images_per_sec")
+    parts = [
+        f"Epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}",
+        f"batch {_get(p, 'batch')}/{_get(p, 'batches')}",
+        f"{ips:.1f} images/s" if ips else "– images/s",
+        f"ETA {format_duration(_get(p, 'eta_seconds'))}",
+    ]
+    loss, acc = _get(p, "loss"), _get(p, "acc")
+    if loss is not None and acc is not None:
+        parts.append(f"loss {loss:.3f}, acc {acc:.3f}")
+    return " · ".join(parts)
+
+
+METRIC_LABELS = {"train_loss": "train loss", "train_acc": "train acc", "test_acc": "test acc"}
+
+
+def curves_frame(epochs: Iterable[Any], run: str = "") -> pd.DataFrame:
+    """Long frame (run, epoch, metric, value) for the chapter's loss/accuracy plot."""
+    rows = []
+    for m in epochs:
+        for key, label in METRIC_LABELS.items():
+            v = _get(m, key)
+            if v is None:
+                continue
+            v = float(v)
+            if not math.isfinite(v):
+                continue
+            rows.append({"run": run, "epoch": int(_get(m, "epoch")), "metric": label, "value": v})
+    return pd.DataFrame(rows, columns=["run", "epoch", "metric", "value"])
+
+
+def available_devices(num_gpus: int) -> list[str]:
+    """Device strings TrainConfig understands: every GPU, else the CPU."""
+    return [f"gpu({i})" for i in range(num_gpus)] or ["cpu(0)"]
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def md_escape(text: Any) -> str:
+    """Make user-controlled text inert inside Streamlit markdown (st.error, st.caption...)."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def cosine(a, b) -> float:
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return float("nan")
+    return float(a @ b / (na * nb))
+
+
+def probabilities_frame(probabilities: dict) -> pd.DataFrame:
+    df = pd.DataFrame(
+        [{"class": str(k), "probability": float(v)} for k, v in probabilities.items()],
+        columns=["class", "probability"],
+    )
+    return df.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES

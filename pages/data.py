@@ -1,0 +1,218 @@
+"""Data: get a data set (download, local folder, zip upload) and look at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import streamlit as st
+
+from hotdog import app_support as sup
+from hotdog import data
+from hotdog.errors import DownloadError, HotdogError
+from pages import ui
+
+st.title("Data")
+st.write(
+    "The chapter's hot dog set has 1,400 hot-dog and 1,400 other food photos in "
+    "`train/` and `test/` folders with one sub-folder per class. Any folder laid out the same "
+    "way (or just one sub-folder per class, split for you) works, with any number of classes."
+)
+
+# ------------------------------------------------------------------ choose
+choices = ui.dataset_choices()
+current = ui.current_dataset()
+if choices:
+    paths = [c.path for c in choices]
+    labels = {c.path: c.label for c in choices}
+    if current and current not in paths:
+        paths.append(current)
+    # The widget follows the shared choice (it may have been changed on another page).
+    if st.session_state.get("data_pick") != current and current in paths:
+        st.session_state["data_pick"] = current
+    st.selectbox("Data set in use", paths, key="data_pick",
+                 format_func=lambda p: labels.get(p, p),
+                 on_change=lambda: ui.set_dataset(st.session_state["data_pick"]),
+                 help="Installed sets live in $HOTDOG_HOME/data; set $HOTDOG_DATA to "
+                      "pre-select a folder when the app starts.")
+else:
+    st.info("No data set yet: download the chapter's set, point to a folder, or upload a zip below.",
+            icon=":material/info:")
+
+get_dl, get_folder, get_zip = st.tabs(["Download the chapter's set", "Use a local folder", "Upload a zip"])
+
+with get_dl:
+    st.write("Downloads `hotdog.zip` (about 260 MB) from the d2l.ai data server, checks its "
+             "SHA-1 and unpacks it into `$HOTDOG_HOME/data/hotdog`.")
+    if st.button("Download", icon=":material/download:", key="download"):
+        bar = st.progress(0.0, text="Connecting…")
+
+        def _progress(done: int, total: int | None) -> None:
+            if total:
+                bar.progress(min(done / total, 1.0),
+                             text=f"{done / 1e6:.1f} of {total / 1e6:.1f} MB")
+            else:
+                bar.progress(0.0, text=f"{done / 1e6:.1f} MB")
+
+        try:
+            root = data.download_hotdog(progress=_progress)
+        except DownloadError as err:
+            bar.empty()
+            ui.show_error(err)
+            st.info("No internet here? Copy the chapter's `hotdog` folder onto this machine and "
+                    "use **Use a local folder**, or upload a zip of it.", icon=":material/wifi_off:")
+        except HotdogError as err:
+            bar.empty()
+            ui.show_error(err)
+        else:
+            bar.progress(1.0, text="Done")
+            ui.set_dataset(str(root))
+            st.success("Downloaded and checked; now in use.", icon=":material/check_circle:")
+            current = str(root)
+
+with get_folder:
+    folder = st.text_input("Folder on the server", key="folder_path",
+                           placeholder="/path/to/hotdog (holding train/ and test/, or class folders)")
+    if st.button("Use this folder", key="use_folder", disabled=not folder.strip()):
+        path = str(Path(folder.strip()).expanduser())
+        try:
+            data.validate_dataset(path)
+        except HotdogError as err:
+            ui.show_error(err)
+        else:
+            ui.remember_folder(path)
+            ui.set_dataset(path)
+            current = path
+            st.success("Folder checked; now in use.", icon=":material/check_circle:")
+
+with get_zip:
+    st.write("A zip holding `train/<class>/…` and `test/<class>/…`, or just `<class>/…`. "
+             "It is checked before anything is written (no paths outside the target, no links, "
+             "no zip bombs). Bigger than the upload limit? Unpack it and use a local folder.")
+    upload = st.file_uploader("Data set zip", type=["zip"], key="zip_upload")
+    default_name = Path(upload.name).stem if upload is not None else ""
+    name = st.text_input("Install as", value=default_name, key="zip_name",
+                         help="Folder name under $HOTDOG_HOME/data")
+    if st.button("Install", key="install_zip", disabled=upload is None or not name.strip()):
+        try:
+            with st.spinner("Checking and unpacking…"):
+                root = data.install_zip(upload.getvalue(), name.strip())
+            data.validate_dataset(root)
+        except HotdogError as err:
+            ui.show_error(err)
+        else:
+            ui.set_dataset(str(root))
+            current = str(root)
+            st.success("Installed and checked; now in use.", icon=":material/check_circle:")
+
+# ------------------------------------------------------------------ explore
+def explore(current: str) -> None:
+    st.divider()
+    st.subheader("What is in it")
+    st.text(current)
+    try:
+        report = ui.dataset_report(current)
+        splits = ui.dataset_splits(current)
+    except HotdogError as err:
+        ui.show_error(err)
+        return
+
+    counts = sup.counts_frame(report)
+    cols = st.columns(4)
+    cols[0].metric("Classes", len(report["classes"]))
+    cols[1].metric("Train images", int(counts.loc[counts.split == "train", "images"].sum()))
+    cols[2].metric("Test images", int(counts.loc[counts.split == "test", "images"].sum()))
+    cols[3].metric("Skipped files", len(report.get("skipped") or []))
+    if report.get("layout") == "flat":
+        st.caption("No train/test folders: a seeded 20 % of each class is held out for testing.")
+    for w in report.get("warnings") or []:
+        st.warning(sup.md_escape(w), icon=":material/warning:")
+    if report.get("skipped"):
+        with st.expander(f"{len(report['skipped'])} files skipped"):
+            st.dataframe(report["skipped"], hide_index=True)
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Images per class**")
+        chart = (
+            alt.Chart(counts)
+            .mark_bar()
+            .encode(
+                x=alt.X("images:Q", title="images"),
+                y=alt.Y("class:N", title=None, sort=list(report["classes"])),
+                color=alt.Color("split:N", title="split", scale=alt.Scale(range=["#d9480f", "#74c0fc"])),
+                yOffset="split:N",
+                tooltip=["split", "class", "images"],
+            )
+            .properties(height=max(120, 48 * len(report["classes"])))
+        )
+        st.altair_chart(chart, width="stretch")
+    with right:
+        sizes = ui.image_sizes(current)
+        st.markdown("**Image sizes** (width × height, pixels)")
+        if sizes.empty:
+            st.caption("No readable images.")
+        else:
+            chart = (
+                alt.Chart(sizes)
+                .mark_circle(opacity=0.6, color="#d9480f")
+                .encode(
+                    x=alt.X("width:Q", title="width"),
+                    y=alt.Y("height:Q", title="height"),
+                    size=alt.Size("images:Q", title="images", scale=alt.Scale(range=[20, 400])),
+                    tooltip=["width", "height", "images"],
+                )
+                .properties(height=max(120, 48 * len(report["classes"])))
+            )
+            st.altair_chart(chart, width="stretch")
+
+    st.subheader("Examples from the training set")
+    st.caption("As in the chapter: the first 8 images of the first class and the last 8 of each other class. "
+               "Photos vary a lot in size and aspect ratio.")
+    for cls, paths in sup.sample_grid(splits.classes, splits.train, per_class=8):
+        st.text(cls)
+        if not paths:
+            st.caption("no images")
+            continue
+        images = []
+        for p in paths:
+            try:
+                im = data.decode_image(p)
+                im.thumbnail((256, 256))
+                images.append(im)
+            except HotdogError:
+                continue
+        row = st.columns(8)
+        for col, im in zip(row, images):
+            col.image(im, width="stretch")
+
+    # ------------------------------------------------------------------ augmentation
+    st.subheader("Augmentation preview")
+    st.caption("One photo through the training transform (random crop of 8–100 % of the area with "
+               "aspect 3/4–4/3, resized, random horizontal flip) several times, and through the test "
+               "transform (resize, centre crop). Shown un-normalised.")
+    train_items = splits.train
+    names = [f"{splits.classes[label]} / {Path(p).name}" for p, label in train_items]
+    c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+    idx = c1.selectbox("Photo", range(len(train_items)), format_func=lambda i: names[i], key="aug_photo")
+    size = c2.select_slider("Image size", options=[32, 64, 96, 128, 160, 192, 224], value=224, key="aug_size")
+    c3.button("New samples", icon=":material/shuffle:", key="aug_again")
+    if idx is not None and train_items:
+        pre = data.Preprocess().scaled(size)
+        try:
+            image = data.decode_image(train_items[idx][0])
+        except HotdogError as err:
+            ui.show_error(err)
+        else:
+            train_tf, test_tf = data.train_transform(pre), data.test_transform(pre)
+            views = [sup.to_display_image(train_tf(image), pre.mean, pre.std) for _ in range(6)]
+            cols = st.columns(8)
+            cols[0].image(image, caption="original", width="stretch")
+            for i, (col, v) in enumerate(zip(cols[1:7], views)):
+                col.image(v, caption=f"train #{i + 1}", width="stretch")
+            cols[7].image(sup.to_display_image(test_tf(image), pre.mean, pre.std), caption="test",
+                          width="stretch")
+
+
+if current:
+    explore(current)

@@ -1,0 +1,79 @@
+"""Home: what the app does, and where things stand (data, source model, devices, runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from hotdog import app_support as sup
+from hotdog.errors import HotdogError
+from pages import ui
+
+st.title("🌭 Hotdog Lab")
+st.markdown(
+    "Fine-tune an ImageNet network to tell **hot dogs** from everything else, as in the "
+    "[d2l.ai Fine-Tuning chapter](https://d2l.ai/chapter_computer-vision/fine-tuning.html).  \n"
+    "**Data** gets and shows the photos, **Train** fine-tunes (or trains from scratch) and plots "
+    "the curves, **Predict** classifies your own photos, **Weights** looks inside ImageNet's "
+    "'hotdog' output row.  \nEverything runs on this machine, offline."
+)
+
+c_data, c_model, c_dev, c_runs = st.columns([1.2, 1, 0.8, 1.4])
+
+with c_data.container(border=True, height="stretch"):
+    st.markdown("**Data set**")
+    root = ui.current_dataset()
+    if not root:
+        st.warning("None found yet.", icon=":material/warning:")
+        st.page_link("pages/data.py", label="Get the data", icon=":material/arrow_forward:")
+    else:
+        st.text(Path(root).name)
+        st.caption(sup.md_escape(root))
+        try:
+            report = ui.dataset_report(root)
+        except HotdogError as err:
+            ui.show_error(err)
+        else:
+            counts = sup.counts_frame(report)
+            st.text(f"{len(report['classes'])} classes: " + ", ".join(report["classes"]))
+            per_split = counts.groupby("split")["images"].sum().to_dict()
+            st.text(" · ".join(f"{split} {n:,}" for split, n in per_split.items()) + " images")
+
+with c_model.container(border=True, height="stretch"):
+    st.markdown("**Source model**")
+    try:
+        from hotdog import models
+
+        spec = models.get_spec(ui.current_source())
+    except HotdogError as err:
+        ui.show_error(err)
+    else:
+        st.text(spec.title)
+        st.caption(("Weights ship with the app (offline)." if spec.offline
+                    else "Weights are downloaded once, then cached.") + f" Input {spec.preprocess.input_size} px.")
+
+with c_dev.container(border=True, height="stretch"):
+    st.markdown("**Devices**")
+    n = ui.num_gpus()
+    st.text(f"{n} GPU{'s' if n != 1 else ''}" if n else "CPU only")
+    st.caption("Training uses every GPU it finds, else the CPU.")
+
+with c_runs.container(border=True, height="stretch"):
+    st.markdown("**Latest runs**")
+    try:
+        from hotdog.runs import RunStore
+
+        runs = RunStore().list()[:5]
+    except HotdogError as err:
+        ui.show_error(err)
+        runs = []
+    if not runs:
+        st.caption("No training runs yet.")
+        st.page_link("pages/train.py", label="Train one", icon=":material/arrow_forward:")
+    else:
+        st.dataframe(
+            [{"run": r.run_id, "mode": r.mode, "status": r.status,
+              "test acc": None if r.test_acc is None else round(r.test_acc, 3)} for r in runs],
+            hide_index=True, width="stretch",
+        )

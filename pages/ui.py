@@ -1,0 +1,195 @@
+"""Streamlit helpers shared by the pages: cached engine calls, the chosen data set and source.
+
+Not a page itself (the router lists pages explicitly). Cached objects are shared between
+sessions and threads, so callers treat them as read-only; training builds its own networks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from hotdog import app_support as sup
+from hotdog.errors import HotdogError
+
+DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
+SOURCE_KEY = "source_model"   # the source model, shared by Train, Predict and Weights
+FOLDERS_KEY = "typed_folders"  # local folders the user typed in this session
+
+
+def show_error(err: BaseException, prefix: str = "") -> None:
+    """A HotdogError is a sentence for people: show it, never a traceback."""
+    msg = str(err) if isinstance(err, HotdogError) else f"{type(err).__name__}: {err}"
+    st.error(sup.md_escape(prefix + msg), icon=":material/error:")
+
+
+def _stamp(root: str) -> float:
+    """Changes when files are added or removed anywhere two levels down (cache key)."""
+    p = Path(root)
+    stamp = 0.0
+    try:
+        stamp = p.stat().st_mtime
+        for child in p.iterdir():
+            if child.is_dir():
+                stamp = max(stamp, child.stat().st_mtime)
+                for grandchild in child.iterdir():
+                    if grandchild.is_dir():
+                        stamp = max(stamp, grandchild.stat().st_mtime)
+    except OSError:
+        pass
+    return stamp
+
+
+@st.cache_data(show_spinner="Checking the data set…", max_entries=16)
+def _report(root: str, stamp: float) -> dict:
+    from hotdog import data
+
+    return data.validate_dataset(root).to_dict()
+
+
+def dataset_report(root: str) -> dict:
+    return _report(str(root), _stamp(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _splits(root: str, stamp: float):
+    from hotdog import data
+
+    return data.load_splits(root)
+
+
+def dataset_splits(root: str):
+    return _splits(str(root), _stamp(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sizes(root: str, stamp: float):
+    s = _splits(root, stamp)
+    return sup.image_sizes_frame([p for p, _ in s.train + s.test])
+
+
+def image_sizes(root: str):
+    return _sizes(str(root), _stamp(root))
+
+
+def installed_datasets() -> list[Path]:
+    from hotdog import data
+
+    try:
+        return list(data.installed_datasets())
+    except HotdogError:
+        return []
+
+
+def dataset_choices() -> list[sup.DatasetChoice]:
+    return sup.dataset_choices(installed_datasets(), extra=st.session_state.get(FOLDERS_KEY, []))
+
+
+def current_dataset() -> str | None:
+    """The data set the user picked, else $HOTDOG_DATA, else an installed one."""
+    root = st.session_state.get(DATA_KEY)
+    if root:
+        return root
+    root = sup.default_dataset(dataset_choices())
+    if root:
+        st.session_state[DATA_KEY] = root
+    return root
+
+
+def set_dataset(root: str) -> None:
+    st.session_state[DATA_KEY] = str(root)
+
+
+def remember_folder(root: str) -> None:
+    folders = list(st.session_state.get(FOLDERS_KEY, []))
+    if root not in folders:
+        folders.append(root)
+    st.session_state[FOLDERS_KEY] = folders
+
+
+def current_source() -> str:
+    from hotdog import models
+
+    return st.session_state.get(SOURCE_KEY) or models.DEFAULT_SOURCE
+
+
+@st.cache_data(show_spinner=False)
+def source_titles() -> dict:
+    from hotdog import models
+
+    out = {}
+    for name in models.list_sources():
+        try:
+            out[name] = models.get_spec(name).title
+        except HotdogError:
+            out[name] = name
+    return out
+
+
+def source_select(container=None, key: str = "source_select") -> str:
+    """One source-model picker whose value is shared by every page."""
+    container = container or st.sidebar
+    titles = source_titles()
+    names = list(titles)
+    current = current_source()
+
+    def _sync():
+        st.session_state[SOURCE_KEY] = st.session_state[key]
+
+    # Re-seed the widget from the shared value so switching pages keeps the choice.
+    if st.session_state.get(key) != current:
+        st.session_state[key] = current if current in names else names[0]
+    choice = container.selectbox("Source model", names, key=key,
+                                 format_func=lambda n: titles.get(n, n), on_change=_sync,
+                                 help="The ImageNet-pretrained network whose features are fine-tuned.")
+    st.session_state[SOURCE_KEY] = choice
+    return choice
+
+
+@st.cache_resource(show_spinner="Loading the source model…", max_entries=4)
+def source_model(name: str):
+    """The pretrained network (shared, read-only: build_finetune copies what it needs)."""
+    from hotdog import models
+
+    return models.load_source(name)
+
+
+@st.cache_resource(show_spinner=False)
+def num_gpus() -> int:
+    import mxnet as mx
+
+    try:
+        return int(mx.context.num_gpus())
+    except Exception:  # no CUDA runtime at all is the same as no GPU here
+        return 0
+
+
+def job_manager():
+    from hotdog import train
+
+    return train.job_manager()
+
+
+def sidebar_status() -> None:
+    """Data set, source model and the running job, on every page."""
+    st.caption("STATUS")
+    root = current_dataset()
+    if root:
+        st.text(f"Data: {Path(root).name}")
+    else:
+        st.text("Data: none yet")
+    try:
+        st.text(f"Source: {source_titles().get(current_source(), current_source())}")
+    except (HotdogError, ImportError):
+        pass
+    _job_status()
+
+
+def _job_status() -> None:
+    try:
+        job = job_manager().current()
+    except (HotdogError, ImportError, AttributeError):
+        return
+    st.text(f"Job: {job}")

@@ -1,0 +1,41 @@
+"""Hotdog Lab: the d2l.ai Fine-Tuning chapter as an app.  Run: ``streamlit run streamlit_app.py``.
+
+This file is only the router and the sidebar status shared by every page; each page lives
+in ``pages/`` and is a thin UI over the ``hotdog`` package.
+
+Environment: ``HOTDOG_HOME`` (where data sets, runs and caches live, default ``~/.hotdog``),
+``HOTDOG_DATA`` (a data set folder to select by default).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run` puts this folder on sys.path, AppTest and other launchers may not.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from pages import ui  # noqa: E402
+
+st.set_page_config(page_title="Hotdog Lab", page_icon="🌭", layout="wide")
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
+]
+
+page = st.navigation(PAGES)
+status_box = st.sidebar.container()
+try:
+    page.run()
+finally:
+    # Drawn after the page so it reflects what the page just did (new data set, new job).
+    with status_box:
+        ui.sidebar_status()
