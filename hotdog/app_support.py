@@ -215,3 +215,100 @@ def probabilities_frame(probabilities: dict) -> pd.DataFrame:
 
 def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+# ------------------------------------------------------------------------------ prediction
+
+@dataclass
+class PhotoResult:
+    """One uploaded photo as the Predict page shows it: either an error or the predictions."""
+
+    name: str
+    image: Any = None  # PIL image, as decoded (upright, RGB)
+    probabilities: dict | None = None
+    label: str | None = None
+    top5: list[dict] | None = None
+    error: str | None = None
+
+
+def predict_photos(files: Sequence[tuple[str, bytes]], source: str, classify=None,
+                   top_k: int = 5) -> list[PhotoResult]:
+    """Decode every file on its own so one bad file never spoils the others.
+
+    ``classify(images, raws)`` returns ``[(probabilities, label, error), ...]`` for the
+    decodable photos; ``None`` means "the ImageNet classifier itself" (top-k as probabilities).
+    """
+    from hotdog import data, models
+    from hotdog.errors import HotdogError
+
+    results = [PhotoResult(name=str(name)) for name, _ in files]
+    good: list[int] = []
+    for i, (_, raw) in enumerate(files):
+        try:
+            results[i].image = data.decode_image(raw)
+            good.append(i)
+        except HotdogError as err:
+            results[i].error = str(err)
+    if not good:
+        return results
+    images = [results[i].image for i in good]
+    raws = [files[i][1] for i in good]
+    try:
+        top = models.imagenet_topk(source, images, k=top_k)
+    except HotdogError as err:
+        for i in good:
+            results[i].error = str(err)
+        return results
+    for i, t in zip(good, top):
+        results[i].top5 = t
+    if classify is None:
+        for i in good:
+            t = results[i].top5
+            results[i].probabilities = {d["name"]: d["probability"] for d in t}
+            results[i].label = t[0]["name"] if t else None
+        return results
+    try:
+        outs = classify(images, raws)
+    except HotdogError as err:
+        for i in good:
+            results[i].error = str(err)
+        return results
+    for i, (probs, label, error) in zip(good, outs):
+        if error:
+            results[i].error = str(error)
+        else:
+            results[i].probabilities, results[i].label = dict(probs), label
+    return results
+
+
+class HeadClassifier:
+    """A built network (e.g. the zero-shot ImageNet-initialised head) as a photo classifier."""
+
+    def __init__(self, net, classes: Sequence[str], preprocess):
+        self.net, self.classes, self.preprocess = net, list(classes), preprocess
+
+    def __call__(self, images, raws=None):
+        import mxnet as mx
+        from hotdog import data
+
+        tf = data.test_transform(self.preprocess)
+        out = []
+        for start in range(0, len(images), 16):
+            x = mx.nd.stack(*[tf(im) for im in images[start:start + 16]])
+            with inference_lock:
+                p = mx.nd.softmax(self.net(x)).asnumpy()
+            for row in p:
+                probs = {c: float(v) for c, v in zip(self.classes, row)}
+                out.append((probs, self.classes[int(row.argmax())], None))
+        return out
+
+
+def sample_items(items: Sequence[tuple[Any, int]], per_class: int) -> list[tuple[Any, int]]:
+    """The first ``per_class`` items of each label (enough to fit a zero-shot bias quickly)."""
+    seen: dict[int, int] = {}
+    out = []
+    for path, label in items:
+        if seen.get(label, 0) < per_class:
+            seen[label] = seen.get(label, 0) + 1
+            out.append((path, label))
+    return out

@@ -1,3 +1,106 @@
+"""Predict: classify your own photos with a finished run, ImageNet itself, or the zero-shot head."""
+
+from __future__ import annotations
+
+import altair as alt
 import streamlit as st
-st.title('Predict')
-st.info('Coming soon.')
+
+from hotdog import app_support as sup
+from hotdog import data
+from hotdog.errors import HotdogError
+from pages import ui
+
+RUN, IMAGENET, ZERO_SHOT = "A finished training run", "Pretrained ImageNet classifier", "Zero-shot ImageNet 'hotdog' head"
+
+st.title("Predict")
+st.write("Upload photos (or take one) and see what a model makes of them. A file that is not a "
+         "usable image gets its own message; the others are still classified.")
+
+with st.sidebar:
+    kind = st.radio("Model", [RUN, IMAGENET, ZERO_SHOT], key="predict_kind",
+                    help="Zero-shot: ImageNet's own 'hotdog' probability against a threshold fitted "
+                         "on the training split, no training at all.")
+
+predictor = None
+zero_shot = None
+source = ui.current_source()
+if kind == RUN:
+    runs = ui.finished_runs()
+    if not runs:
+        st.info("No finished run yet: train one on the Train page, or pick another model in the sidebar.",
+                icon=":material/info:")
+    else:
+        labels = {r.run_id: ui.run_label(r) for r in runs}
+        run_id = st.sidebar.selectbox("Run", list(labels), format_func=labels.get, key="predict_run")
+        run = next(r for r in runs if r.run_id == run_id)
+        source = run.source or source
+        try:
+            predictor = ui.predictor(run.run_dir)
+        except HotdogError as err:
+            ui.show_error(err)
+else:
+    source = ui.source_select()
+    if kind == ZERO_SHOT:
+        root = ui.current_dataset()
+        if not root:
+            st.info("The zero-shot head fits its threshold on a data set: choose one on the Data page.",
+                    icon=":material/info:")
+        else:
+            try:
+                zero_shot = ui.zero_shot(source, root)
+            except HotdogError as err:
+                ui.show_error(err)
+
+uploads = st.file_uploader(
+    "Photos (jpg, png, webp, gif, bmp, tiff…)", accept_multiple_files=True, key="photos",
+    help="Anything goes: files that are not images are reported one by one.",
+)
+use_camera = st.toggle("Use the camera", key="use_camera")
+shot = st.camera_input("Take a photo", key="camera") if use_camera else None
+
+files: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in (uploads or [])]
+if shot is not None:
+    files.append(("camera photo", shot.getvalue()))
+
+ready = predictor is not None or kind == IMAGENET or zero_shot is not None
+if files and ready:
+    results = ui.predict_files(kind, files, source=source, predictor=predictor, zero_shot=zero_shot)
+    for r in results:
+        with st.container(border=True):
+            st.text(r.name)
+            if r.error:
+                st.error(sup.md_escape(r.error), icon=":material/broken_image:")
+                continue
+            if kind == IMAGENET:  # the bars already are the ImageNet top-5
+                c_img, c_prob = st.columns([1, 2.8])
+                c_top = None
+            else:
+                c_img, c_prob, c_top = st.columns([1, 1.4, 1.4])
+            c_img.image(r.image, width="stretch")
+            with c_prob:
+                if r.label is not None:
+                    st.text(f"→ {r.label}")
+                df = sup.probabilities_frame(r.probabilities)
+                chart = (
+                    alt.Chart(df)
+                    .mark_bar(color="#d9480f")
+                    .encode(
+                        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title="probability"),
+                        y=alt.Y("class:N", sort="-x", title=None),
+                        tooltip=["class", alt.Tooltip("probability:Q", format=".3f")],
+                    )
+                    .properties(height=max(60, 28 * len(df)))
+                )
+                st.altair_chart(chart, width="stretch")
+            if c_top is None:
+                continue
+            with c_top:
+                st.caption("ImageNet top-5 (" + sup.md_escape(ui.source_titles().get(source, source)) + ")")
+                st.dataframe(
+                    [{"class": t["name"], "probability": round(float(t["probability"]), 3)} for t in r.top5],
+                    hide_index=True, width="stretch",
+                    column_config={"probability": st.column_config.ProgressColumn(
+                        "probability", min_value=0.0, max_value=1.0, format="%.3f")},
+                )
+elif files and not ready:
+    st.caption("Choose a model first.")

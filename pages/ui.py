@@ -193,3 +193,95 @@ def _job_status() -> None:
     except (HotdogError, ImportError, AttributeError):
         return
     st.text(f"Job: {job}")
+
+
+# ------------------------------------------------------------------------------ runs & prediction
+
+def run_store():
+    from hotdog.runs import RunStore
+
+    return RunStore()
+
+
+def all_runs() -> list:
+    try:
+        return run_store().list()
+    except HotdogError:
+        return []
+
+
+def finished_runs() -> list:
+    return [r for r in all_runs() if r.status == "finished"]
+
+
+def run_label(r) -> str:
+    acc = "" if r.test_acc is None else f", test acc {r.test_acc:.3f}"
+    return f"{r.run_id} · {r.mode or '?'} · {source_titles().get(r.source, r.source)}{acc}"
+
+
+def _params_stamp(run_dir: str) -> float:
+    try:
+        return (Path(run_dir) / "model.params").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_resource(show_spinner="Loading the run's weights…", max_entries=4)
+def _predictor(run_dir: str, stamp: float):
+    from hotdog.train import Predictor
+
+    return Predictor.from_run(run_dir)
+
+
+def predictor(run_dir: str):
+    return _predictor(str(run_dir), _params_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner="Fitting the zero-shot head on the training split…", max_entries=4)
+def _zero_shot(source: str, root: str, stamp: float):
+    from hotdog import models
+
+    splits = _splits(root, stamp)
+    net = models.build_finetune(
+        source, len(splits.classes), init_output_from_imagenet=True, class_names=splits.classes,
+        init_items=sup.sample_items(splits.train, per_class=32),
+    )
+    return sup.HeadClassifier(net, splits.classes, models.get_spec(source).preprocess)
+
+
+def zero_shot(source: str, root: str):
+    return _zero_shot(source, str(root), _stamp(root))
+
+
+def run_classifier(pred):
+    """Adapter: Predictor.predict(bytes) -> [(probabilities, label, error)]."""
+
+    def classify(images, raws):
+        return [(p.probabilities, p.label, p.error) for p in pred.predict(list(raws))]
+
+    return classify
+
+
+def predict_files(kind: str, files, *, source: str, predictor=None, zero_shot=None):
+    if predictor is not None:
+        classify = run_classifier(predictor)
+    elif zero_shot is not None:
+        classify = zero_shot
+    else:
+        classify = None
+    with st.spinner("Classifying…"):
+        return sup.predict_photos(files, source, classify)
+
+
+@st.cache_data(show_spinner="Reading the output layer…", max_entries=32)
+def class_weights(source: str, class_name: str, k: int):
+    from hotdog import models
+
+    return models.class_weights(source, class_name, k=k)
+
+
+def run_output_rows(run_dir: str) -> dict:
+    """The fine-tuned run's output row per class (copies; the cached predictor stays untouched)."""
+    pred = predictor(run_dir)
+    w = pred.net.output.weight.data().asnumpy().copy()
+    return {c: w[i] for i, c in enumerate(pred.classes)}

@@ -1,3 +1,104 @@
+"""Weights: ImageNet's 'hotdog' output row of the source model, and what fine-tuning made of it."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
 import streamlit as st
-st.title('Weights')
-st.info('Coming soon.')
+
+from hotdog import app_support as sup
+from hotdog import imagenet
+from hotdog.errors import HotdogError
+from pages import ui
+
+st.title("Weights")
+
+source = ui.source_select()
+with st.sidebar:
+    class_name = st.text_input("ImageNet class", value="hotdog", key="weights_class",
+                               help="Any ImageNet class name or index; spelling is forgiving.")
+    k = st.slider("Nearest classes", 3, 30, 10, key="weights_k")
+
+try:
+    cw = ui.class_weights(source, class_name.strip() or "hotdog", k)
+except HotdogError as err:
+    ui.show_error(err)
+    cw = None
+
+if cw is not None:
+    names = imagenet.class_names()
+    st.write(
+        "The chapter reads `pretrained_net.output.weight.data()[713]` as the 'hotdog' row. "
+        "In the ImageNet class order the models here use, the row is found by name instead:"
+    )
+    hot = imagenet.class_index("hotdog")
+    c1, c2 = st.columns(2)
+    c1.info(sup.md_escape(f"Row {cw.index} is '{names[cw.index]}'"), icon=":material/check_circle:")
+    c2.warning(sup.md_escape(f"Row 713 is '{names[713]}', not a hot dog ('hotdog' is row {hot})"),
+               icon=":material/warning:")
+
+    m = st.columns(6)
+    m[0].metric("Index", cw.index)
+    m[1].metric("Length", cw.length)
+    m[2].metric("L2 norm", f"{cw.norm:.3f}")
+    m[3].metric("Bias", f"{cw.bias:.4f}")
+    m[4].metric("Mean", f"{cw.mean:.4f}")
+    m[5].metric("Std", f"{cw.std:.4f}")
+
+    vec = pd.DataFrame({"dimension": range(len(cw.vector)), "weight": cw.vector})
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Histogram of the row's weights**")
+        st.altair_chart(
+            alt.Chart(vec).mark_bar(color="#d9480f")
+            .encode(x=alt.X("weight:Q", bin=alt.Bin(maxbins=60), title="weight"),
+                    y=alt.Y("count():Q", title="dimensions"))
+            .properties(height=260),
+            width="stretch",
+        )
+    with right:
+        st.markdown("**Weight per feature dimension**")
+        st.altair_chart(
+            alt.Chart(vec).mark_bar(color="#d9480f", width=1)
+            .encode(x=alt.X("dimension:Q", title="feature dimension"), y=alt.Y("weight:Q", title="weight"),
+                    tooltip=["dimension", alt.Tooltip("weight:Q", format=".4f")])
+            .properties(height=260),
+            width="stretch",
+        )
+
+    st.markdown("**Nearest ImageNet classes** (cosine similarity of output rows)")
+    near = pd.DataFrame(cw.nearest)
+    st.altair_chart(
+        alt.Chart(near).mark_bar(color="#d9480f")
+        .encode(x=alt.X("cosine:Q", title="cosine similarity"),
+                y=alt.Y("name:N", sort="-x", title=None),
+                tooltip=["index", "name", alt.Tooltip("cosine:Q", format=".3f")])
+        .properties(height=max(120, 24 * len(near))),
+        width="stretch",
+    )
+
+    st.subheader("After fine-tuning")
+    runs = [r for r in ui.finished_runs() if r.mode == "finetune" and r.source == source]
+    if not runs:
+        st.caption("No finished fine-tuning run of this source model yet: train one to compare its "
+                   "learned output row with ImageNet's.")
+    else:
+        labels = {r.run_id: ui.run_label(r) for r in runs}
+        run_id = st.selectbox("Fine-tuned run", list(labels), format_func=labels.get, key="weights_run")
+        run = next(r for r in runs if r.run_id == run_id)
+        try:
+            rows = ui.run_output_rows(run.run_dir)
+        except HotdogError as err:
+            ui.show_error(err)
+            rows = {}
+        if rows:
+            table = []
+            for cls, row in rows.items():
+                table.append({
+                    "run class": cls,
+                    f"cosine with ImageNet '{names[cw.index]}'": round(sup.cosine(row, cw.vector), 4),
+                    "norm": round(float((row ** 2).sum() ** 0.5), 3),
+                })
+            st.dataframe(table, hide_index=True)
+            st.caption("A head initialised from ImageNet starts at cosine 1 for the matching class; "
+                       "a random (Xavier) head starts near 0. Training moves it from there.")
