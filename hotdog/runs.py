@@ -28,6 +28,7 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,22 @@ HEARTBEAT_EVERY = 30.0
 STALE_AFTER = 15 * 60.0
 
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Runs owned by a live training loop in *this* process (documented global state): a
+# ``running`` status with our own pid but not listed here was left behind by a loop that
+# could not record its end (e.g. the disk filled up), so it is stale too.
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def mark_active(run_id: str, active: bool = True) -> None:
+    with _ACTIVE_LOCK:
+        (_ACTIVE.add if active else _ACTIVE.discard)(run_id)
+
+
+def is_active(run_id: str) -> bool:
+    with _ACTIVE_LOCK:
+        return run_id in _ACTIVE
 
 
 # ---------------------------------------------------------------------------- atomic IO
@@ -176,7 +193,7 @@ def owner_fields() -> dict:
     return {"pid": pid, "host": socket.gethostname(), "pid_start": _proc_start_time(pid)}
 
 
-def effective_status(status: dict, now: float | None = None) -> dict:
+def effective_status(status: dict, now: float | None = None, run_id: str | None = None) -> dict:
     """The status a reader should show: a ``running`` run whose owner is gone is ``failed`` (stale)."""
     status = dict(status)
     status["stale"] = False
@@ -188,6 +205,8 @@ def effective_status(status: dict, now: float | None = None) -> dict:
     if status.get("host") in (None, socket.gethostname()):
         if not pid_alive(status.get("pid"), status.get("pid_start")):
             dead, reason = True, f"owner process {status.get('pid')} is gone"
+        elif run_id is not None and status.get("pid") == os.getpid() and not is_active(run_id):
+            dead, reason = True, "its training loop ended without recording a result"
     heartbeat = status.get("heartbeat")
     if not dead and isinstance(heartbeat, (int, float)) and now - heartbeat > STALE_AFTER:
         dead, reason = True, f"no heartbeat for {int(now - heartbeat)} s"
@@ -290,11 +309,13 @@ class RunStore:
                 "state": "running", "message": "starting", "created": now,
                 "heartbeat": now, "updated": now, **owner_fields(),
             })
+            mark_active(run_id)  # the creator owns the run until it records an end state
             try:
                 os.rename(tmp, final)
             except OSError as err:
                 raise RunStoreError(f"cannot create run {run_id}: {err.strerror or err}") from err
         except BaseException:
+            mark_active(run_id, False)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(self.root)
@@ -365,7 +386,7 @@ class RunStore:
         if not d.is_dir():
             raise RunStoreError(f"no run {run_id!r} in {self.root}")
         try:
-            status = effective_status(read_json(d / "status.json"))
+            status = effective_status(read_json(d / "status.json"), run_id=run_id)
         except (OSError, ValueError):
             status = {"state": "failed"}
         if status.get("state") == "running":
@@ -391,7 +412,7 @@ def load_run_dir(run_dir: str | os.PathLike) -> RunRecord:
         raw_status = read_json(d / "status.json")
     except (OSError, ValueError) as err:
         raw_status = {"state": "failed", "message": f"unreadable status.json ({err})"}
-    status = effective_status(raw_status)
+    status = effective_status(raw_status, run_id=d.name)
     model = None
     if (d / "model.json").is_file():
         try:
