@@ -136,12 +136,13 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
 
 def _high_bit_to_uint8(arr: np.ndarray) -> np.ndarray:
     """Map a 16/32-bit or float grayscale array to uint8 without clipping to white."""
+    is_float = arr.dtype.kind == "f"
     arr = arr.astype(np.float64, copy=False)
     finite = np.isfinite(arr)
     if not finite.all():
         arr = np.where(finite, arr, 0.0)
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if lo >= 0.0 and hi <= 1.0 and arr.dtype.kind == "f" and hi > 0 and not float(hi).is_integer():
+    if is_float and lo >= 0.0 and hi <= 1.0:
         scaled = arr * 255.0  # float images in [0, 1]
     elif lo >= 0.0 and hi <= 255.0:
         scaled = arr
@@ -188,6 +189,14 @@ def decode_image(
     data, name = _read_source(src)
     if not data:
         raise ImageDecodeError(f"{name} is empty (0 bytes)")
+    with warnings.catch_warnings():
+        # PIL reports corrupt EXIF/TIFF tags as UserWarnings; they are noise for a photo we
+        # either decode or refuse with our own message.
+        warnings.simplefilter("ignore", UserWarning)
+        return _decode(data, name, max_pixels, min_side)
+
+
+def _decode(data: bytes, name: str, max_pixels: int, min_side: int | None) -> Image.Image:
     im = _open_checked(data, name, max_pixels)
     try:
         if getattr(im, "is_animated", False):
@@ -702,7 +711,8 @@ def _fetch(url: str, dest: Path, sha1: str, progress, timeout: float) -> None:
         raise DownloadError(_offline_message(url, err.strerror or str(err))) from None
     except (HTTPException, ConnectionError, TimeoutError, socket.timeout) as err:
         raise DownloadError(
-            f"download of {url} was cut off after {done:,} bytes ({type(err).__name__}); try again"
+            f"download of {url} is truncated: the connection ended after {done:,} bytes "
+            f"({type(err).__name__}); the partial file was discarded, try again"
         ) from None
     except ValueError as err:  # malformed URL
         raise DownloadError(f"cannot download {url!r}: {err}") from None
