@@ -189,3 +189,25 @@ def test_failed_update_keeps_previous_copy(server, tmp_path):
         download_hotdog(home=home, url=server.url("/gone.zip"), sha1="1" * 40, timeout=5)
     assert sorted(p.relative_to(path) for p in path.rglob("*")) == before
     assert validate_dataset(path).total == 8
+
+
+def test_cli_download_json(server, tmp_path, capsys):
+    import argparse
+    import json
+
+    from hotdog.commands import data as cmd
+
+    body = build_zip()
+    server.routes["/hotdog.zip"] = (200, body, None)
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["download", "--home", str(tmp_path / "h"), "--url", server.url("/hotdog.zip"),
+                              "--sha1", hashlib.sha1(body).hexdigest(), "--json"])
+    assert args.func(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["path"] == str(data_root(tmp_path / "h") / "hotdog")
+    assert doc["counts"] == {"train": {"hotdog": 2, "not-hotdog": 2}, "test": {"hotdog": 2, "not-hotdog": 2}}
+    args = parser.parse_args(["download", "--home", str(tmp_path / "h"), "--url", server.url("/hotdog.zip"),
+                              "--sha1", hashlib.sha1(body).hexdigest()])
+    assert args.func(args) == 0
+    assert "ready" in capsys.readouterr().out and server.hits["/hotdog.zip"] == 1

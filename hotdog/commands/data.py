@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from hotdog.commands._common import add_json_flag, emit_json, progress_bar
@@ -102,7 +103,8 @@ def cmd_install_zip(args: argparse.Namespace) -> int:
 
     from hotdog.data import install_zip, validate_dataset
 
-    name = args.name or Path(args.zip).stem
+    # Zip file names often carry spaces or brackets ("photos (1).zip"); data set names may not.
+    name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.zip).stem).strip("-._")[:64] or "dataset"
     path = install_zip(args.zip, name, home=args.home)
     report = validate_dataset(path)
     if args.json:
