@@ -343,7 +343,9 @@ class _Run:
         if self.on_batch is None:
             return
         elapsed = self.busy_seconds + (time.time() - t_epoch)
-        done = self.images_done if done is None else done
+        # Count only images whose step has completed (the meter lags one batch), so the
+        # first batches do not report absurd speeds.
+        done = self.images_done + (meter.n if meter else 0) if done is None else done
         total = self.images_total if total is None else total
         ips = done / elapsed if elapsed > 0 else 0.0
         eta = max(0, total - done) / ips if ips > 0 else float("nan")
@@ -354,7 +356,6 @@ class _Run:
     def step_done(self, meter_ok, meter, epoch, b, batches, n, t0):
         if not meter_ok:
             raise _Diverged(self.diverged_message(epoch, max(1, b - 1)))
-        self.images_done += n
         self.report(meter, epoch, b, batches, t0)
         self.maybe_heartbeat(epoch, b, batches)
 
@@ -362,6 +363,7 @@ class _Run:
         if not meter.flush():
             raise _Diverged(self.diverged_message(epoch, batches))
         self.report(meter, epoch, batches, batches, t0)
+        self.images_done += meter.n
         test_acc = test_fn()
         seconds = time.time() - t0
         self.busy_seconds += seconds
@@ -676,3 +678,201 @@ def _finish(store: RunStore, run_id, net, splits, config, pre, status, message, 
             "bn_mode": config.bn_mode, "freeze": config.freeze, "params": PARAMS_FILE,
         })
     store.write_status(run_id, status, message, seconds=time.time() - t_start)
+
+
+# ---------------------------------------------------------------------------------------
+# Prediction and evaluation from a saved run
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """One image's result: ``probabilities`` per class (run's class order) or an ``error``."""
+
+    path: str | None
+    name: str
+    probabilities: dict[str, float] | None = None
+    label: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        where = self.path if self.path is not None else self.name
+        if self.error is not None:
+            return {"path": where, "error": self.error}
+        return {"path": where, "probabilities": self.probabilities, "label": self.label}
+
+
+def _run_model_info(run_dir: Path) -> dict:
+    rec = load_run_dir(run_dir)
+    info = rec.model
+    if info is None or not (run_dir / info.get("params", PARAMS_FILE)).is_file():
+        raise RunStoreError(
+            f"run {rec.run_id} has no saved model (status {rec.state}"
+            + (f": {rec.status.get('message')}" if rec.status.get("message") else "") + ")")
+    return info
+
+
+class Predictor:
+    """A saved run's network, ready to classify photos with the run's classes and its source
+    model's test preprocessing at the run's input size. Thread-safe (one forward at a time)."""
+
+    MAX_BATCH = 32
+
+    def __init__(self, net, classes: Sequence[str], preprocess, source: str, ctx=None, run_dir=None):
+        import mxnet as mx
+
+        from hotdog.data import test_transform
+
+        self.net = net
+        self.classes = list(classes)
+        self.preprocess = preprocess
+        self.source = source
+        self.ctx = ctx or mx.cpu()
+        self.run_dir = Path(run_dir) if run_dir else None
+        self._transform = test_transform(preprocess)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, ctx=None) -> "Predictor":
+        import mxnet as mx
+
+        from hotdog import models
+        from hotdog.data import Preprocess
+
+        run_dir = Path(run_dir)
+        info = _run_model_info(run_dir)
+        classes = info["classes"]
+        ctx = ctx or mx.cpu()
+        source = info["source"]
+        # The scratch architecture equals the fine-tune one and needs no pretrained weights.
+        net = models.build_scratch(source, len(classes), ctx=[ctx])
+        try:
+            net.load_parameters(str(run_dir / info.get("params", PARAMS_FILE)), ctx=ctx)
+        except (mx.base.MXNetError, OSError, AssertionError, ValueError) as err:
+            raise RunStoreError(f"cannot load the weights of run {run_dir.name}: {str(err).splitlines()[0]}") from err
+        net.hybridize(static_alloc=True)
+        pre_d = info.get("preprocess")
+        if pre_d:
+            pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre_d.items()})
+        else:
+            pre = resolve_preprocess(source, info.get("input_size"))
+        return cls(net, classes, pre, source, ctx, run_dir)
+
+    def _load(self, src) -> "Any":
+        from hotdog.data import decode_image
+
+        img = decode_image(src, min_side=self.preprocess.resize)
+        return self._transform(img)
+
+    def predict(self, sources: Sequence[bytes | str | os.PathLike], names: Sequence[str] | None = None) -> list[Prediction]:
+        """Per-class probabilities for every source, in order; a photo that cannot be decoded
+        gets ``error`` set and the others are still predicted (in batched forwards)."""
+        import mxnet as mx
+
+        results: list[Prediction] = []
+        tensors, slots = [], []
+        for i, src in enumerate(sources):
+            is_bytes = isinstance(src, (bytes, bytearray, memoryview))
+            path = None if is_bytes else str(src)
+            name = (names[i] if names is not None and i < len(names) else None) or (
+                f"image {i + 1}" if is_bytes else Path(str(src)).name)
+            pred = Prediction(path=path, name=name)
+            try:
+                tensors.append(self._load(bytes(src) if is_bytes else src))
+                slots.append(i)
+            except ImageDecodeError as err:
+                pred.error = str(err)
+            except Exception as err:  # a transform failing on an odd image must not sink the batch
+                pred.error = f"cannot process this image: {err}"
+            results.append(pred)
+        for start in range(0, len(tensors), self.MAX_BATCH):
+            chunk = tensors[start:start + self.MAX_BATCH]
+            X = mx.nd.stack(*chunk).as_in_context(self.ctx)
+            with self._lock:
+                probs = mx.nd.softmax(self.net(X), axis=1).asnumpy()
+            for j, p in enumerate(probs):
+                pred = results[slots[start + j]]
+                pred.probabilities = {c: float(v) for c, v in zip(self.classes, p)}
+                pred.label = self.classes[int(np.argmax(p))]
+        return results
+
+
+@dataclass
+class EvalReport:
+    accuracy: float
+    n: int
+    classes: list[str]
+    per_class: dict[str, dict]
+    confusion: list[list[int]]
+    misclassified: list[dict]
+    skipped: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _split_items(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
+    """(path, label) of every image in ``split_dir/<class>/`` (a d2l root: its ``test/``)."""
+    from hotdog.data import IMAGE_EXTENSIONS
+
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir} is not a folder")
+    subdirs = {p.name: p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if not set(subdirs) & set(classes) and (split_dir / "test").is_dir():
+        return _split_items(split_dir / "test", classes)
+    unknown = sorted(set(subdirs) - set(classes))
+    if unknown:
+        raise DatasetError(f"{split_dir} has folders that are not classes of this run: {', '.join(unknown)} "
+                           f"(the run knows {', '.join(classes)})")
+    items = []
+    for label, c in enumerate(classes):
+        if c not in subdirs:
+            continue
+        for p in sorted(subdirs[c].iterdir()):
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append((p, label))
+    if not items:
+        raise DatasetError(f"no images found in {split_dir} (expected one folder per class: {', '.join(classes)})")
+    return items
+
+
+def evaluate(run_dir: str | os.PathLike, split_dir: str | os.PathLike, predictor: Predictor | None = None) -> EvalReport:
+    """A saved run on a folder with one sub-folder per class."""
+    predictor = predictor or Predictor.from_run(run_dir)
+    classes = predictor.classes
+    items = _split_items(Path(split_dir), classes)
+    preds = predictor.predict([p for p, _ in items])
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=int)
+    mis, skipped = [], []
+    for (path, label), pred in zip(items, preds):
+        if pred.error:
+            skipped.append({"path": str(path), "reason": pred.error})
+            continue
+        guess = classes.index(pred.label)
+        confusion[label, guess] += 1
+        if guess != label:
+            mis.append({"path": str(path), "label": classes[label], "predicted": pred.label,
+                        "probabilities": pred.probabilities})
+    n = int(confusion.sum())
+    per_class = {}
+    for i, c in enumerate(classes):
+        tp = int(confusion[i, i])
+        col, row = int(confusion[:, i].sum()), int(confusion[i, :].sum())
+        per_class[c] = {"precision": tp / col if col else 0.0, "recall": tp / row if row else 0.0,
+                        "support": row}
+    return EvalReport(accuracy=float(np.trace(confusion)) / n if n else 0.0, n=n, classes=list(classes),
+                      per_class=per_class, confusion=confusion.tolist(), misclassified=mis, skipped=skipped)
+
+
+def __getattr__(name):
+    # The job manager imports this module; re-export it lazily to avoid an import cycle.
+    if name in ("TrainingJob", "job_manager", "JobState"):
+        from hotdog import jobs
+
+        return getattr(jobs, name)
+    raise AttributeError(name)
