@@ -49,6 +49,14 @@ HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
 HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# A photo file bigger than this is refused before it is read into memory.
+MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
+
+# Formats PIL may even try. Everything else (EPS runs Ghostscript, TGA/ICO-like formats
+# without a magic number "decode" random bytes, exotic scientific formats) is refused.
+# (MPO, multi-picture JPEG from cameras, is opened by the JPEG plugin.)
+Image.init()
+ALLOWED_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM") if f in Image.OPEN)
 
 # Extensions we *expect* to be images; only used for messages and for the "zip has no
 # images" check. Whether a file is really an image is always decided by opening it.
@@ -81,7 +89,7 @@ def _describe_non_image(data: bytes) -> str:
         return "it is a text file, not a photo"
     except UnicodeDecodeError:
         pass
-    return "it is not a recognised image format (JPEG, PNG, GIF, WebP, BMP, TIFF)"
+    return "it is not a supported image format (JPEG, PNG, GIF, WebP, BMP, TIFF)"
 
 
 def _read_source(src: Any) -> tuple[bytes, str]:
@@ -90,6 +98,10 @@ def _read_source(src: Any) -> tuple[bytes, str]:
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         try:
+            if path.is_file() and path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+                raise ImageDecodeError(
+                    f"{path.name} is too large ({path.stat().st_size:,} bytes; the limit is {MAX_IMAGE_FILE_BYTES:,})"
+                )
             return path.read_bytes(), path.name
         except IsADirectoryError:
             raise ImageDecodeError(f"{path.name} is a folder, not an image file") from None
@@ -100,7 +112,12 @@ def _read_source(src: Any) -> tuple[bytes, str]:
     if hasattr(src, "read"):  # file-like, e.g. an upload widget's buffer
         name = Path(str(getattr(src, "name", "image"))).name
         try:
-            return bytes(src.read()), name
+            data = src.read(MAX_IMAGE_FILE_BYTES + 1)
+            if len(data) > MAX_IMAGE_FILE_BYTES:
+                raise ImageDecodeError(f"{name} is too large (more than {MAX_IMAGE_FILE_BYTES:,} bytes)")
+            return bytes(data), name
+        except ImageDecodeError:
+            raise
         except Exception as err:  # noqa: BLE001 - any read failure is the user's file
             raise ImageDecodeError(f"{name}: cannot be read ({err})") from None
     raise ImageDecodeError(f"cannot decode an image from a {type(src).__name__}")
@@ -113,7 +130,7 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError(
             f"{name} is too large to decode safely (more than {max_pixels:,} pixels; "
@@ -411,7 +428,7 @@ def _check_header(path: Path, max_pixels: int) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=ALLOWED_FORMATS) as im:
                 w, h = im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return "image too large to decode safely"
@@ -827,7 +844,7 @@ def _swap_into_place(new: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ZipLimits:
     max_total_bytes: int = 2_000_000_000
     max_entries: int = 100_000
@@ -854,6 +871,21 @@ def _entry_parts(info: zipfile.ZipInfo) -> list[str]:
     if any(p == ".." for p in parts):
         raise UnsafeArchiveError(f"refused: entry {raw!r} points outside the archive folder (zip-slip '..')")
     return parts
+
+
+def _declared_entry_count(fileobj) -> int | None:
+    """Entry count from the end-of-central-directory record, read before ZipFile parses
+    (and allocates) the whole central directory."""
+    try:
+        if isinstance(fileobj, (str, os.PathLike)):
+            with open(fileobj, "rb") as fh:
+                rec = zipfile._EndRecData(fh)  # noqa: SLF001 - stable since Python 2
+        else:
+            rec = zipfile._EndRecData(fileobj)  # noqa: SLF001
+            fileobj.seek(0)
+    except Exception:  # noqa: BLE001 - ZipFile itself reports unreadable archives
+        return None
+    return None if not rec else int(rec[zipfile._ECD_ENTRIES_TOTAL])  # noqa: SLF001
 
 
 def _check_zip(zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zipfile.ZipInfo, list[str]]]:
@@ -995,6 +1027,11 @@ def install_zip(src, name: str, home=None, limits: ZipLimits = ZipLimits()) -> P
         fileobj = io.BytesIO(src.read())
     else:
         raise DatasetError(f"cannot read a zip from a {type(src).__name__}")
+    declared = _declared_entry_count(fileobj)
+    if declared is not None and declared > limits.max_entries:
+        raise UnsafeArchiveError(
+            f"refused: the zip has {declared:,} entries, more than the limit of {limits.max_entries:,}"
+        )
     staging = Path(tempfile.mkdtemp(prefix=f".install-{name}-", dir=droot))
     try:
         try:
@@ -1008,7 +1045,8 @@ def install_zip(src, name: str, home=None, limits: ZipLimits = ZipLimits()) -> P
             raise DatasetError("the zip contains no image files (expected class folders of .jpg/.png photos)")
         root = _dataset_root_in(staging)
         validate_dataset(root)
-        _swap_into_place(root, target)
+        with _install_lock, _dir_lock(droot):
+            _swap_into_place(root, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

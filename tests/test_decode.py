@@ -303,6 +303,28 @@ def test_other_documents():
             decode_image(blob)
 
 
+def test_risky_and_exotic_formats_are_refused():
+    # EPS would make PIL run Ghostscript; PCX/TGA-style formats have no real magic number.
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    with pytest.raises(ImageDecodeError) as ei:
+        decode_image(eps)
+    assert_clean_error(ei)
+    with pytest.raises(ImageDecodeError, match="not a supported image format"):
+        decode_image(encode(noisy((8, 8)), "PCX"))
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
+    from hotdog import data as data_mod
+
+    p = tmp_path / "huge.png"
+    noisy((32, 32)).save(p)
+    monkeypatch.setattr(data_mod, "MAX_IMAGE_FILE_BYTES", 100)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(p)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(io.BytesIO(p.read_bytes()))
+
+
 def test_unsupported_source_type():
     with pytest.raises(ImageDecodeError):
         decode_image(12345)  # type: ignore[arg-type]

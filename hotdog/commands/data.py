@@ -35,7 +35,8 @@ def register(sub) -> None:
     z.set_defaults(func=cmd_install_zip)
 
 
-def _print_report(report, out=sys.stdout) -> None:
+def _print_report(report, out=None) -> None:
+    out = out or sys.stdout  # looked up per call: tests and pipes swap sys.stdout
     print(f"data set: {report.root}  (layout: {report.layout}, {len(report.classes)} classes)", file=out)
     width = max([len("class")] + [len(c) for c in report.classes])
     print(f"  {'class':<{width}}  {'train':>7}  {'test':>7}", file=out)
