@@ -500,7 +500,7 @@ def _require_classes(classes: list[str], where: str) -> None:
 def _require_nonempty(files: dict[str, list[Path]], split: str, root: Path) -> None:
     for cls, items in files.items():
         if not items:
-            raise DatasetError(f"class {cls!r} has no readable images in {split} ({root / split if split in ('train', 'test') else root / cls})")
+            raise DatasetError(f"class {cls!r} has no readable images in {split}/ ({root / split / cls})")
 
 
 def _discover(root: str | os.PathLike, test_ratio: float, seed: int, max_pixels: int):
@@ -856,7 +856,9 @@ class ZipLimits:
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A data set name becomes one folder name: word characters, spaces and a little
+# punctuation, never a path separator, never hidden, no trailing dot or space.
+_NAME_OK = re.compile(r"^[^\W_][\w .()+-]{0,62}(?<![ .])$")
 
 
 def _entry_parts(info: zipfile.ZipInfo) -> list[str]:
@@ -1009,7 +1011,8 @@ def install_zip(src, name: str, home=None, limits: ZipLimits = ZipLimits()) -> P
     """
     if not isinstance(name, str) or not _NAME_OK.match(name):
         raise DatasetError(
-            f"data set name {name!r} is not allowed: use letters, digits, '.', '_' or '-' (max 64), starting with a letter or digit"
+            f"data set name {name!r} is not allowed: use letters, digits, spaces, '.', '_', '-', '(', ')' or '+' "
+            "(at most 63 characters, starting with a letter or digit)"
         )
     droot = data_root(home)
     target = droot / name

@@ -272,7 +272,7 @@ def test_not_a_zip(env):
 
 
 def test_bad_names_refused(tmp_path):
-    for bad in ("../x", "", ".hidden", "a/b", "x" * 100):
+    for bad in ("../x", "", ".hidden", "a/b", "x" * 100, "a\\b", "trail.", "trail ", "..", "-x", "nul\x00"):
         with pytest.raises(DatasetError, match="name"):
             install_zip(make_zip(good_entries()), bad, home=tmp_path)
     assert not data_root(tmp_path).exists() or list(data_root(tmp_path).iterdir()) == []
@@ -315,3 +315,8 @@ def test_skipped_files_do_not_block_install(tmp_path):
     path = install_zip(make_zip(good_entries(), [("train/cat/broken.jpg", b"<html></html>")]), "x", home=tmp_path)
     report = validate_dataset(path)
     assert [s["path"] for s in report.skipped] == ["train/cat/broken.jpg"]
+
+
+def test_friendly_names_allowed(tmp_path):
+    for ok in ("Holiday photos (2)", "pets_v1.2", "Café-set"):
+        assert install_zip(make_zip(good_entries()), ok, home=tmp_path).name == ok
