@@ -24,9 +24,11 @@ used and never move; gamma/beta still train unless frozen.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,15 +137,18 @@ def _load_resnet18_v2(params_path) -> gluon.HybridBlock:
     if params_path is not None:
         load_params_file(net, params_path)
         return net
+    root = os.path.join(mx.base.data_dir(), "models")
     try:
         from mxnet.gluon.model_zoo.model_store import get_model_file
 
-        root = os.path.join(mx.base.data_dir(), "models")
-        path = get_model_file("resnet18_v2", root=root)
+        # The model zoo prints progress on stdout, which must stay clean for --json.
+        with contextlib.redirect_stdout(sys.stderr):
+            path = get_model_file("resnet18_v2", root=root)
     except Exception as err:  # network errors come in many types (requests, OSError, checksum)
+        reason = str(err).splitlines()[0][:160] if str(err) else ""
         raise ModelError(
             "cannot get the pretrained resnet18_v2 weights: the Gluon model zoo download into "
-            f"{os.path.join(mx.base.data_dir(), 'models')} failed ({type(err).__name__}: {str(err)[:200]}). "
+            f"{root} failed ({type(err).__name__}: {reason}). "
             f"Point --params or ${RESNET18_ENV} at a local resnet18_v2 .params file, or use the "
             "offline source 'efficientnet_lite0'."
         ) from err
@@ -384,6 +389,40 @@ def _load_items(items: Sequence[tuple[Path, int]]) -> tuple[list, np.ndarray]:
     return images, labels
 
 
+# Zero-shot fitting and evaluation run the same images through the same source more than once
+# (head init, threshold classifier, Streamlit reruns), so the last few (features, logits)
+# results are memoised, keyed by source, weights and each file's path/size/mtime. Bounded;
+# guarded by _memo_lock.
+_FEATURE_MEMO_SIZE = 8
+_feature_memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_memo_lock = threading.Lock()
+
+
+def _file_key(path) -> tuple:
+    try:
+        st = os.stat(path)
+        return (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return (str(path), None, None)
+
+
+def items_forward(source: str, items: Sequence[tuple[Path, int]], params_path=None):
+    """(features, logits, labels) of the source network for ``(path, label)`` items (memoised)."""
+    items = list(items)
+    key = (source, str(_resolve_params_path(source, params_path)), tuple(_file_key(p) for p, _ in items))
+    labels = np.array([int(label) for _, label in items], dtype=np.int64)
+    with _memo_lock:
+        hit = _feature_memo.get(key)
+    if hit is None:
+        images, _ = _load_items(items)
+        hit = _forward_batches(source, images, params_path)
+        with _memo_lock:
+            _feature_memo[key] = hit
+            while len(_feature_memo) > _FEATURE_MEMO_SIZE:
+                _feature_memo.pop(next(iter(_feature_memo)))
+    return hit[0], hit[1], labels
+
+
 # ----------------------------------------------------------------------------- class weights
 
 @dataclass
@@ -513,8 +552,7 @@ def imagenet_head_init(source: str, class_names: Sequence[str], *, init_items=No
     train_acc = None
     feats = labels = None
     if negatives and init_items:
-        images, labels = _load_items(list(init_items))
-        feats, logits = _forward_batches(source, images, params_path)
+        feats, _, labels = items_forward(source, init_items, params_path)
     for i, j in negatives:
         others = np.arange(W.shape[0]) != j
         if feats is not None:
@@ -573,8 +611,8 @@ class ThresholdClassifier:
                     break
             if positive is None:
                 raise HotdogError(f"none of the classes {classes} is an ImageNet class name; pass class_name")
-        images, labels = _load_items(list(items))
-        probs = cls._probs(source, images, index, params_path)
+        _, logits, labels = items_forward(source, items, params_path)
+        probs = _softmax(logits)[:, index]
         scores = np.log(np.clip(probs, 1e-30, 1.0))  # fit in log space: probabilities bunch near 0
         t, acc = _fit_threshold(scores, labels == positive)
         return cls(source=source, index=index, classes=classes, positive=positive, negative=1 - positive,
@@ -593,9 +631,15 @@ class ThresholdClassifier:
     def predict(self, images: Sequence) -> list[int]:
         return [self.positive if p > self.threshold else self.negative for p in self.probabilities(images)]
 
+    def predict_items(self, items: Sequence[tuple[Path, int]]) -> list[int]:
+        _, logits, _ = items_forward(self.source, items, self.params_path)
+        probs = _softmax(logits)[:, self.index] if len(logits) else np.zeros(0)
+        return [self.positive if p > self.threshold else self.negative for p in probs]
+
     def evaluate(self, items: Sequence[tuple[Path, int]]) -> float:
-        images, labels = _load_items(list(items))
-        pred = np.array(self.predict(images))
+        """Accuracy on ``(path, label)`` items."""
+        labels = np.array([int(label) for _, label in items], dtype=np.int64)
+        pred = np.array(self.predict_items(items))
         return float(np.mean(pred == labels)) if len(labels) else float("nan")
 
     def to_dict(self) -> dict:
@@ -604,11 +648,10 @@ class ThresholdClassifier:
                 "train_accuracy": self.train_accuracy}
 
 
-def head_accuracy(net: gluon.Block, source: str, items: Sequence[tuple[Path, int]]) -> float:
-    """Accuracy of a built network on ``(path, label)`` items with the source's test transform."""
-    images, labels = _load_items(list(items))
-    preds = []
-    for start in range(0, len(images), 32):
-        x = _preprocess_batch(source, images[start:start + 32])
-        preds.append(net(x).argmax(axis=1).asnumpy())
-    return float(np.mean(np.concatenate(preds).astype(np.int64) == labels))
+def head_accuracy(net: gluon.Block, source: str, items: Sequence[tuple[Path, int]], params_path=None) -> float:
+    """Test accuracy of a fine-tune net whose ``features`` still equal the source's (e.g. the
+    zero-shot head before training): the memoised source features go through ``net.output``."""
+    feats, _, labels = items_forward(source, items, params_path)
+    ctx = net.output.weight.list_ctx()[0]
+    pred = net.output(mx.nd.array(feats, ctx=ctx)).argmax(axis=1).asnumpy().astype(np.int64)
+    return float(np.mean(pred == labels)) if len(labels) else float("nan")
