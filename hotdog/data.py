@@ -98,6 +98,8 @@ def _read_source(src: Any) -> tuple[bytes, str]:
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         try:
+            if path.exists() and not path.is_dir() and not path.is_file():
+                raise ImageDecodeError(f"{path.name} is not a regular file")
             if path.is_file() and path.stat().st_size > MAX_IMAGE_FILE_BYTES:
                 raise ImageDecodeError(
                     f"{path.name} is too large ({path.stat().st_size:,} bytes; the limit is {MAX_IMAGE_FILE_BYTES:,})"
@@ -208,8 +210,10 @@ def decode_image(
         raise ImageDecodeError(f"{name} is empty (0 bytes)")
     with warnings.catch_warnings():
         # PIL reports corrupt EXIF/TIFF tags as UserWarnings; they are noise for a photo we
-        # either decode or refuse with our own message.
-        warnings.simplefilter("ignore", UserWarning)
+        # either decode or refuse with our own message. The filters are deliberately narrow:
+        # catch_warnings is not thread-safe, so under concurrent decodes one of them can
+        # outlive this block, and then it must still be harmless process-wide.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         return _decode(data, name, max_pixels, min_side)
 
 
@@ -223,10 +227,11 @@ def _decode(data: bytes, name: str, max_pixels: int, min_side: int | None) -> Im
             scale = min_side / min(w, h)
             if scale < 1:
                 im.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
-        # LOAD_TRUNCATED_IMAGES is a process-wide switch other code may flip; a truncated
-        # photo must fail here regardless, so check it for this load only.
+        # Truncated photos must fail, which relies on PIL's process-wide
+        # LOAD_TRUNCATED_IMAGES staying False; it cannot be overridden per image, so
+        # nothing in this project sets it (tests/test_decode.py checks every module).
         if ImageFile.LOAD_TRUNCATED_IMAGES:
-            log.debug("PIL LOAD_TRUNCATED_IMAGES is on; truncated images may decode partially")
+            log.warning("PIL LOAD_TRUNCATED_IMAGES was switched on by some code: truncated photos may decode partially")
         im.load()
     except ImageDecodeError:
         raise
@@ -420,9 +425,12 @@ def _visible_dirs(folder: Path) -> list[Path]:
 def _check_header(path: Path, max_pixels: int) -> str | None:
     """Cheap check (header only): None when it looks like a usable image, else why not."""
     try:
-        size = path.stat().st_size
+        st_ = path.stat()
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
+    if not stat.S_ISREG(st_.st_mode):
+        return "not a regular file"  # a FIFO or device would block or never end
+    size = st_.st_size
     if size == 0:
         return "empty file (0 bytes)"
     try:

@@ -140,11 +140,13 @@ def test_hidden_entries_ignored_and_bad_files_skipped(tiny_dataset):
     (tiny_dataset / "test" / "not-hotdog" / "empty.jpg").write_bytes(b"")
     (tiny_dataset / "test" / "not-hotdog" / "page.jpg").write_text("<html><body>hi</body></html>")
     (tiny_dataset / "README.md").write_text("about")
+    os.mkfifo(tiny_dataset / "train" / "not-hotdog" / "pipe.png")  # must not block the scan
     report = validate_dataset(tiny_dataset)
     assert report.classes == ["hotdog", "not-hotdog"]
     assert report.counts == {"train": {"hotdog": 8, "not-hotdog": 8}, "test": {"hotdog": 4, "not-hotdog": 4}}
     skipped = {s["path"]: s["reason"] for s in report.skipped}
-    assert set(skipped) == {"train/hotdog/notes.txt", "test/not-hotdog/empty.jpg", "test/not-hotdog/page.jpg"}
+    assert set(skipped) == {"train/hotdog/notes.txt", "test/not-hotdog/empty.jpg", "test/not-hotdog/page.jpg",
+                            "train/not-hotdog/pipe.png"}
     assert "empty" in skipped["test/not-hotdog/empty.jpg"] and "HTML" in skipped["test/not-hotdog/page.jpg"]
     s = load_splits(tiny_dataset)
     assert all(p.suffix == ".png" for p, _ in s.train + s.test)

@@ -249,6 +249,23 @@ def test_truncated_jpeg():
         decode_image(data[: len(data) // 2])
 
 
+def test_no_module_switches_on_truncated_loading():
+    import importlib
+    import pkgutil
+
+    import hotdog
+
+    for mod in pkgutil.walk_packages(hotdog.__path__, "hotdog."):
+        if mod.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(mod.name)
+        except ImportError:
+            continue  # a module another area has not landed yet
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    assert Image.MAX_IMAGE_PIXELS is not None, "PIL's own bomb guard must stay on"
+
+
 def test_truncated_png():
     data = encode(noisy((64, 64)), "PNG")
     with pytest.raises(ImageDecodeError) as ei:
@@ -323,6 +340,15 @@ def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
         decode_image(p)
     with pytest.raises(ImageDecodeError, match="too large"):
         decode_image(io.BytesIO(p.read_bytes()))
+
+
+def test_fifo_is_refused_not_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageDecodeError, match="regular file"):
+        decode_image(fifo)
 
 
 def test_unsupported_source_type():
