@@ -785,6 +785,7 @@ def download_hotdog(home=None, url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1,
     with _install_lock, _dir_lock(droot):
         if _verified_copy(target, sha1):  # another process finished it while we waited
             return target
+        _remove_stale_downloads(droot)
         fd, zpath = tempfile.mkstemp(prefix=".download-", suffix=".zip", dir=droot)
         os.close(fd)
         zpath = Path(zpath)
@@ -806,6 +807,16 @@ def download_hotdog(home=None, url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1,
             zpath.unlink(missing_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _remove_stale_downloads(droot: Path) -> None:
+    """Leftovers of a download killed mid-way (only called while holding the lock)."""
+    for p in droot.iterdir():
+        if p.name.startswith((".download-", ".extract-")):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 class _dir_lock:

@@ -211,3 +211,14 @@ def test_cli_download_json(server, tmp_path, capsys):
                               "--sha1", hashlib.sha1(body).hexdigest()])
     assert args.func(args) == 0
     assert "ready" in capsys.readouterr().out and server.hits["/hotdog.zip"] == 1
+
+
+def test_leftovers_of_a_killed_download_are_cleaned(server, tmp_path):
+    body = build_zip()
+    server.routes["/hotdog.zip"] = (200, body, None)
+    home = tmp_path / "home"
+    droot = data_root(home)
+    (droot / ".extract-dead" / "hotdog" / "train").mkdir(parents=True)
+    (droot / ".download-dead.zip").write_bytes(body[:100])
+    download_hotdog(home=home, url=server.url("/hotdog.zip"), sha1=hashlib.sha1(body).hexdigest(), timeout=5)
+    assert leftovers(home) == []
