@@ -950,7 +950,7 @@ def _check_zip(zf: zipfile.ZipFile, limits: ZipLimits) -> list[tuple[zipfile.Zip
             ratio = info.file_size / max(1, info.compress_size)
             if ratio > limits.max_ratio:
                 raise UnsafeArchiveError(
-                    f"refused: entry {info.filename!r} expands {ratio:,.0f}x, more than the limit of "
+                    f"refused: entry {info.filename} expands {ratio:,.0f}x, more than the limit of "
                     f"{limits.max_ratio:g}x (zip bomb)"
                 )
         plan.append((info, parts))
