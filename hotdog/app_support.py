@@ -153,6 +153,9 @@ def progress_fraction(p) -> float:
 
 def progress_text(p) -> str:
     ips = _get(p, "images_per_sec")
+    if _get(p, "phase") == "cache":
+        return (f"Computing features once (frozen network): batch {_get(p, 'batch')}/{_get(p, 'batches')}"
+                + (f" · {ips:.1f} images/s" if ips else ""))
     parts = [
         f"Epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}",
         f"batch {_get(p, 'batch')}/{_get(p, 'batches')}",
@@ -312,3 +315,61 @@ def sample_items(items: Sequence[tuple[Any, int]], per_class: int) -> list[tuple
             seen[label] = seen.get(label, 0) + 1
             out.append((path, label))
     return out
+
+
+# ------------------------------------------------------------------------------ job sequences
+
+# The chapter's comparison runs fine-tuning and then scratch training, one after the other,
+# and must keep going when the browser tab is closed. The engine runs one job at a time, so
+# the configs still waiting live here (documented process-wide state, guarded by a lock).
+_seq_lock = threading.Lock()
+_pending: list = []
+
+
+def start_sequence(configs: Sequence[Any], manager) -> str:
+    """Start ``configs[0]`` now and each next one when the previous finishes; returns the first run id.
+
+    Raises the engine's TrainingBusyError when anything is already running or waiting.
+    """
+    from hotdog.errors import TrainingBusyError
+
+    if not configs:
+        raise ValueError("nothing to train")
+    with _seq_lock:
+        if _pending:
+            raise TrainingBusyError(
+                f"{len(_pending)} more training run(s) are waiting in this server; stop them first")
+        run_id = manager.start(configs[0])
+        _pending[:] = list(configs[1:])
+        if _pending:
+            threading.Thread(target=_drain, args=(manager,), name="hotdog-app-sequence", daemon=True).start()
+    return run_id
+
+
+def _drain(manager) -> None:
+    from hotdog.errors import HotdogError
+
+    while True:
+        state = manager.wait()
+        with _seq_lock:
+            if not _pending:
+                return
+            if state.state != "finished":  # stopped, diverged or failed: the rest is moot
+                _pending.clear()
+                return
+            config = _pending.pop(0)
+            try:
+                manager.start(config)
+            except HotdogError:
+                _pending.clear()
+                return
+
+
+def pending_configs() -> list:
+    with _seq_lock:
+        return list(_pending)
+
+
+def cancel_pending() -> None:
+    with _seq_lock:
+        _pending.clear()

@@ -1,3 +1,264 @@
+"""Train: the chapter's fine-tuning vs training from scratch, live, in a background job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
 import streamlit as st
-st.title('Train')
-st.info('Coming soon.')
+
+from hotdog import app_support as sup
+from hotdog import models
+from hotdog.errors import HotdogError
+from hotdog.train import TrainConfig
+from pages import ui
+
+LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+WDS = [0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]
+BATCHES = [8, 16, 32, 64, 128, 256]
+SIZES = [32, 64, 96, 128, 160, 192, 224, 256, 288]
+S = "session"  # knobs keep their values across page switches
+
+
+def _fmt(x: float) -> str:
+    return "0" if x == 0 else f"{x:g}"
+
+
+def sidebar_knobs() -> dict:
+    """Every knob of TrainConfig, with the chapter's defaults; returns plain values."""
+    sb = st.sidebar
+    source = ui.source_select()
+    spec = models.get_spec(source)
+    k = {"source": source}
+    sb.caption("OPTIMISER")
+    k["lr_finetune"] = sb.select_slider("Learning rate (fine-tune)", LRS, value=1e-2, format_func=_fmt,
+                                        key="lr_ft", persist_state=S)
+    k["lr_scratch"] = sb.select_slider("Learning rate (from scratch)", LRS, value=1e-1, format_func=_fmt,
+                                       key="lr_sc", persist_state=S,
+                                       help="The chapter trains the scratch model 10x faster.")
+    k["lr_mult"] = sb.number_input("Output layer lr multiplier", 0.1, 100.0, 10.0, step=1.0,
+                                   key="lr_mult", persist_state=S,
+                                   help="The new output layer learns this many times faster than the copied features.")
+    k["wd"] = sb.select_slider("Weight decay", WDS, value=1e-3, format_func=_fmt, key="wd", persist_state=S)
+    k["batch_size"] = sb.select_slider("Batch size", BATCHES, value=128, key="batch", persist_state=S)
+    k["epochs"] = int(sb.number_input("Epochs", 1, 100, 5, key="epochs", persist_state=S))
+    sb.caption("MODEL")
+    k["freeze"] = sb.checkbox("Freeze the copied features", value=False, key="freeze", persist_state=S,
+                              help="Train only the output layer (much faster: features are computed once).")
+    k["init_output_from_imagenet"] = sb.checkbox(
+        "Start the output layer from ImageNet's rows", value=False, key="init_head", persist_state=S,
+        help="A class named like an ImageNet class ('hotdog') starts from that row; 'not-hotdog' from its negative.")
+    with sb.expander("More settings"):
+        size_default = spec.preprocess.input_size
+        sizes = sorted(set(SIZES) | {size_default})
+        k["input_size"] = st.select_slider(
+            "Image size", sizes, value=size_default, key="input_size", persist_state=S,
+            help=f"{spec.title} was trained on {size_default} px; smaller is much faster and less accurate.")
+        k["bn_mode"] = st.radio("BatchNorm", ["keep", "update"], key="bn_mode", persist_state=S, horizontal=True,
+                                help="keep: pretrained running statistics, frozen (stable on small data); "
+                                     "update: the chapter's behaviour.")
+        k["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="seed", persist_state=S))
+        devices = sup.available_devices(ui.num_gpus())
+        k["devices"] = st.multiselect("Devices", devices, default=devices, key="devices", persist_state=S)
+    return k
+
+
+def make_config(k: dict, mode: str, root: str) -> TrainConfig:
+    spec_size = models.get_spec(k["source"]).preprocess.input_size
+    return TrainConfig(
+        data_root=root, source=k["source"], mode=mode,
+        freeze=k["freeze"] if mode == "finetune" else False,
+        lr=k["lr_finetune"] if mode == "finetune" else k["lr_scratch"],
+        lr_mult=float(k["lr_mult"]), wd=float(k["wd"]), batch_size=int(k["batch_size"]),
+        epochs=int(k["epochs"]),
+        init_output_from_imagenet=k["init_output_from_imagenet"] if mode == "finetune" else False,
+        bn_mode=k["bn_mode"], seed=int(k["seed"]), devices=list(k["devices"]) or None,
+        input_size=None if int(k["input_size"]) == spec_size else int(k["input_size"]),
+    )
+
+
+st.title("Train")
+knobs = sidebar_knobs()
+root = ui.current_dataset()
+
+if not root:
+    st.info("Choose a data set on the Data page first.", icon=":material/info:")
+else:
+    try:
+        report = ui.dataset_report(root)
+    except HotdogError as err:
+        ui.show_error(err)
+        report = None
+    if report is not None:
+        counts = sup.counts_frame(report)
+        n_train = int(counts.loc[counts.split == "train", "images"].sum())
+        n_test = int(counts.loc[counts.split == "test", "images"].sum())
+        st.text(f"Data: {Path(root).name} · {len(report['classes'])} classes · "
+                f"{n_train} train / {n_test} test images")
+
+
+def start(modes: list[str]) -> None:
+    try:
+        configs = [make_config(knobs, m, root) for m in modes]
+        ui.start_jobs(configs)
+    except HotdogError as err:
+        st.session_state["train_error"] = str(err)
+    else:
+        st.session_state.pop("train_error", None)
+
+
+busy = ui.job_snapshot() is not None
+b1, b2, b3 = st.columns(3)
+b1.button("Fine-tune", type="primary", icon=":material/play_arrow:", key="btn_finetune", width="stretch",
+          disabled=busy or not root, on_click=start, args=(["finetune"],))
+b2.button("Train from scratch", icon=":material/restart_alt:", key="btn_scratch", width="stretch",
+          disabled=busy or not root, on_click=start, args=(["scratch"],))
+b3.button("Run the chapter's comparison", icon=":material/compare_arrows:", key="btn_compare", width="stretch",
+          disabled=busy or not root, on_click=start, args=(["finetune", "scratch"],),
+          help="Fine-tune, then train the same network from scratch at its own learning rate.")
+if st.session_state.get("train_error"):
+    st.error(sup.md_escape(st.session_state["train_error"]), icon=":material/error:")
+elif not busy and (last := ui.last_job()) is not None:
+    res = last.result
+    took = sup.format_duration((last.ended or 0) - (last.started or 0))
+    if last.state == "finished":
+        acc = f", test accuracy {res.test_acc:.3f}" if res is not None and res.test_acc is not None else ""
+        st.success(sup.md_escape(f"Run finished: {last.run_id}{acc} ({took})"), icon=":material/check_circle:")
+    elif last.state == "stopped":
+        st.info(sup.md_escape(f"Run stopped: {last.run_id} after {len(last.epochs)} epoch(s); "
+                              "completed epochs are kept."), icon=":material/stop_circle:")
+    else:
+        st.error(sup.md_escape(f"Run {last.state}: {last.run_id}: {last.error or ''}"), icon=":material/error:")
+
+
+def curves_chart(df: pd.DataFrame, height: int = 260):
+    """The chapter's plot: train loss, train acc, test acc per epoch; one colour per run."""
+    many = df["run"].nunique() > 1
+    base = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("value:Q", title=None),
+        tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".3f")],
+    )
+    if many:
+        return (base.encode(color=alt.Color("run:N", title="run", legend=alt.Legend(orient="bottom")))
+                .properties(height=height, width=260)
+                .facet(column=alt.Column("metric:N", title=None, sort=list(sup.METRIC_LABELS.values())))
+                .resolve_scale(y="independent"))
+    return base.encode(
+        color=alt.Color("metric:N", title=None, sort=list(sup.METRIC_LABELS.values()),
+                        scale=alt.Scale(range=["#1c7ed6", "#d9480f", "#2f9e44"])),
+        strokeDash=alt.StrokeDash("metric:N", legend=None, sort=list(sup.METRIC_LABELS.values())),
+    ).properties(height=height)
+
+
+@st.fragment(run_every=1.0)
+def live() -> None:
+    snap = ui.job_snapshot()
+    was = st.session_state.get("job_was_running")
+    st.session_state["job_was_running"] = snap is not None
+    if snap is None:
+        if was:  # the job just ended: redraw the whole page (buttons, history)
+            st.rerun(scope="app")
+        return
+    with st.container(border=True):
+        top_l, top_r = st.columns([5, 1], vertical_alignment="center")
+        top_l.markdown(f"**Running:** {sup.md_escape(snap['label'])}")
+        if top_r.button("Stop", icon=":material/stop:", key="btn_stop", width="stretch"):
+            ui.stop_job()
+            st.toast("Stopping after the current batch…")
+        p = snap.get("progress")
+        if p is not None:
+            st.progress(sup.progress_fraction(p), text=sup.progress_text(p))
+        else:
+            st.progress(0.0, text=snap.get("message") or "Starting…")
+        if snap.get("queued"):
+            st.caption("Next: " + sup.md_escape(", ".join(snap["queued"])))
+        df = sup.curves_frame(snap.get("metrics") or [], run=snap["run_id"])
+        if df.empty:
+            st.caption("Curves appear after the first epoch.")
+        else:
+            st.altair_chart(curves_chart(df), width="stretch")
+
+
+live()
+
+def confusion_chart(classes: list[str], confusion: list[list[int]]):
+    df = pd.DataFrame([{"true": t, "predicted": p, "images": int(confusion[i][j])}
+                       for i, t in enumerate(classes) for j, p in enumerate(classes)])
+    base = alt.Chart(df).encode(x=alt.X("predicted:N", sort=classes), y=alt.Y("true:N", sort=classes))
+    size = max(160, 60 * len(classes))
+    return (base.mark_rect().encode(color=alt.Color("images:Q", scale=alt.Scale(scheme="oranges"), legend=None))
+            + base.mark_text(fontSize=14).encode(text="images:Q")).properties(width=size, height=size)
+
+
+def inspect_run(run) -> None:
+    """Confusion matrix, misclassified photos and the weights of one finished run."""
+    try:
+        ev = ui.evaluation(run.run_dir)
+    except HotdogError as err:
+        ui.show_error(err)
+        return
+    classes = list(ev.get("classes") or ui.run_classes(run.run_dir))
+    left, right = st.columns([1, 2])
+    with left:
+        st.metric("Test accuracy", f"{ev['accuracy']:.3f}", help=f"{ev.get('n', '?')} test images")
+        if ev.get("confusion") is not None and classes:
+            st.altair_chart(confusion_chart(classes, ev["confusion"]), width="content")
+        params = Path(run.run_dir) / "model.params"
+        if params.is_file():
+            st.download_button("Download model.params", params.read_bytes(), file_name=f"{run.run_id}.params",
+                               mime="application/octet-stream", icon=":material/download:", key="dl_params")
+    with right:
+        wrong = list(ev.get("misclassified") or [])
+        st.markdown(f"**Misclassified test photos** ({len(wrong)})")
+        if not wrong:
+            st.caption("None.")
+        cols = st.columns(4)
+        for i, m in enumerate(wrong[:16]):
+            with cols[i % 4]:
+                try:
+                    from hotdog import data
+
+                    im = data.decode_image(m["path"])
+                    im.thumbnail((256, 256))
+                    st.image(im, width="stretch")
+                except HotdogError:
+                    pass
+                st.text(ui.misclassified_caption(m))
+        if len(wrong) > 16:
+            st.caption(f"…and {len(wrong) - 16} more.")
+
+
+# ------------------------------------------------------------------ history
+st.subheader("Runs")
+runs = ui.all_runs()
+if not runs:
+    st.caption("No runs yet.")
+else:
+    rows = [{
+        "run": r.run_id, "status": r.status, "mode": r.mode,
+        "source": ui.source_titles().get(r.source, r.source),
+        "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
+        "test acc": r.test_acc, "duration": sup.format_duration(ui.run_seconds(r)),
+        "message": r.message,
+    } for r in runs]
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"test acc": st.column_config.NumberColumn(format="%.3f"),
+                                "lr": st.column_config.NumberColumn(format="%g")})
+
+    labels = {r.run_id: f"{r.run_id} · {r.mode}" for r in runs}
+    with_metrics = [r.run_id for r in runs if r.epochs_done and r.status != "running"]
+    # A new run resets the choice to the newest two (the chapter's fine-tune vs scratch).
+    chosen = st.multiselect("Overlay the curves of", with_metrics, default=with_metrics[:2],
+                            format_func=labels.get, key=f"overlay-{len(with_metrics)}")
+    if chosen:
+        frames = [sup.curves_frame(ui.run_metrics(r), run=labels[r]) for r in chosen]
+        st.altair_chart(curves_chart(pd.concat(frames, ignore_index=True)), width="content")
+
+    finished = [r for r in runs if r.status in ("finished", "stopped") and r.epochs_done]
+    if finished:
+        st.subheader("Inspect a run")
+        run_id = st.selectbox("Run", [r.run_id for r in finished], format_func=lambda i: ui.run_label(
+            next(r for r in finished if r.run_id == i)), key="inspect_run")
+        inspect_run(next(r for r in finished if r.run_id == run_id))

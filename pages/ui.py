@@ -187,12 +187,51 @@ def sidebar_status() -> None:
     _job_status()
 
 
+@st.fragment(run_every=2.0)
 def _job_status() -> None:
-    try:
-        job = job_manager().current()
-    except (HotdogError, ImportError, AttributeError):
+    snap = job_snapshot()
+    if snap is None:
+        st.text("Job: none running")
         return
-    st.text(f"Job: {job}")
+    p = snap.get("progress")
+    where = f" · {sup.progress_fraction(p):.0%}" if p is not None else ""
+    st.text(f"Job: {snap['mode']} running{where}")
+    st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+
+
+def start_jobs(configs) -> str:
+    return sup.start_sequence(configs, job_manager())
+
+
+def stop_job() -> None:
+    sup.cancel_pending()
+    job_manager().stop()
+
+
+def job_snapshot() -> dict | None:
+    """What runs now in this server (any tab), or None when idle."""
+    s = job_manager().current()
+    queued = sup.pending_configs()
+    if not s.running and not queued:
+        return None
+    cfg = s.config
+    mode = {"finetune": "fine-tune", "scratch": "from scratch"}.get(getattr(cfg, "mode", ""), "training")
+    source = source_titles().get(getattr(cfg, "source", ""), getattr(cfg, "source", ""))
+    return {
+        "run_id": s.run_id or "…",
+        "mode": mode,
+        "label": f"{mode} of {source} · run {s.run_id}" + (" · stopping…" if s.state == "stopping" else ""),
+        "progress": s.progress if s.running else None,
+        "metrics": list(s.epochs) if s.running else [],
+        "queued": [{"finetune": "fine-tune", "scratch": "from scratch"}.get(c.mode, c.mode) for c in queued],
+        "message": "Waiting for the next run…" if not s.running else ("Stopping…" if s.state == "stopping" else None),
+    }
+
+
+def last_job():
+    """The JobState of the most recent training in this server (for its end message)."""
+    s = job_manager().current()
+    return None if s.running or s.state == "idle" else s
 
 
 # ------------------------------------------------------------------------------ runs & prediction
@@ -285,3 +324,59 @@ def run_output_rows(run_dir: str) -> dict:
     pred = predictor(run_dir)
     w = pred.net.output.weight.data().asnumpy().copy()
     return {c: w[i] for i, c in enumerate(pred.classes)}
+
+
+def run_metrics(run_id: str) -> list[dict]:
+    try:
+        return run_store().load(run_id).metrics
+    except HotdogError:
+        return []
+
+
+def run_seconds(summary) -> float | None:
+    """Wall time of a run: recorded at the end, else the sum of its epochs."""
+    try:
+        rec = run_store().load(summary.run_id)
+    except HotdogError:
+        return None
+    seconds = rec.status.get("seconds")
+    if isinstance(seconds, (int, float)):
+        return float(seconds)
+    total = sum(float(m.get("seconds") or 0) for m in rec.metrics)
+    return total or None
+
+
+def run_classes(run_dir: str) -> list[str]:
+    try:
+        return list(predictor(run_dir).classes)
+    except HotdogError:
+        return []
+
+
+def eval_split(root: str) -> str:
+    """The folder evaluate() should read: the test split of a d2l layout, else the whole folder."""
+    test = Path(root) / "test"
+    return str(test) if test.is_dir() else str(root)
+
+
+@st.cache_data(show_spinner="Evaluating on the test split…", max_entries=16)
+def _evaluation(run_dir: str, stamp: float, split: str, split_stamp: float) -> dict:
+    from hotdog.train import evaluate
+
+    return evaluate(run_dir, split, predictor=_predictor(run_dir, stamp)).to_dict()
+
+
+def evaluation(run_dir: str) -> dict:
+    """The run evaluated on the test split of the data set it was trained on."""
+    rec = run_store().load(Path(run_dir).name)
+    root = rec.config.get("data_root")
+    if not root or not Path(root).is_dir():
+        raise HotdogError(f"the data set this run was trained on is gone ({root})")
+    split = eval_split(root)
+    return _evaluation(str(run_dir), _params_stamp(run_dir), split, _stamp(split))
+
+
+def misclassified_caption(m: dict) -> str:
+    p = (m.get("probabilities") or {}).get(m.get("predicted"))
+    conf = f" ({p:.2f})" if isinstance(p, (int, float)) else ""
+    return f"{Path(str(m.get('path'))).name}\ntrue {m.get('label')} → {m.get('predicted')}{conf}"

@@ -1,0 +1,300 @@
+"""AppTest for every page of the Streamlit app: page switches, widgets, uploads, a tiny training."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import make_dataset, make_image
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def app_home(hotdog_home, monkeypatch):
+    """A HOTDOG_HOME holding one installed tiny data set; $HOTDOG_DATA unset."""
+    monkeypatch.delenv("HOTDOG_DATA", raising=False)
+    make_dataset(hotdog_home / "data" / "tiny")
+    return hotdog_home
+
+
+def new_app(timeout: float = 120) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def walk(node):
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from walk(child)
+
+
+def html_bodies(at: AppTest) -> list[str]:
+    """Every piece of markdown the app allowed to contain raw HTML."""
+    out = []
+    for node in walk(at._tree):
+        proto = getattr(node, "proto", None)
+        if proto is not None and getattr(proto, "allow_html", False):
+            out.append(proto.body)
+    return out
+
+
+def texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def png_bytes(color=(200, 60, 40), size=(48, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_home_lists_dataset_source_and_runs(app_home):
+    at = new_app()
+    assert_clean(at)
+    assert at.title[0].value.endswith("Hotdog Lab")
+    assert "tiny" in texts(at)
+    assert any("2 classes" in t for t in texts(at))
+    assert any(t.startswith("Source:") for t in texts(at))  # sidebar status
+    assert any("No training runs yet" in c.value for c in at.caption)
+
+
+def test_data_page_shows_counts_grid_and_augmentations(app_home):
+    at = new_app()
+    at.switch_page("pages/data.py").run()
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "2" and metrics["Train images"] == "16" and metrics["Test images"] == "8"
+    # 8 + 8 grid images, original + 6 train views + 1 test view
+    assert len(at.image) == 16 + 8
+    at.select_slider(key="aug_size").set_value(64).run()
+    at.button(key="aug_again").click().run()
+    assert_clean(at)
+    assert len(at.image) == 16 + 8
+
+
+def test_data_page_local_folder_and_zip_upload(app_home, tmp_path):
+    other = make_dataset(tmp_path / "other", classes={"cat": (200, 200, 40), "dog": (40, 40, 40), "fox": (250, 120, 0)})
+    at = new_app()
+    at.switch_page("pages/data.py").run()
+    at.text_input(key="folder_path").set_value(str(other)).run()
+    at.button(key="use_folder").click().run()
+    assert_clean(at)
+    assert at.session_state["data_root"] == str(other)
+    assert {m.label: m.value for m in at.metric}["Classes"] == "3"
+
+    at.text_input(key="folder_path").set_value(str(tmp_path / "missing")).run()
+    at.button(key="use_folder").click().run()
+    assert_clean(at)
+    assert at.error, "a missing folder is an error message"
+    assert at.session_state["data_root"] == str(other)
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted((app_home / "data" / "tiny").rglob("*.png")):
+            zf.write(p, p.relative_to(app_home / "data" / "tiny"))
+    at.file_uploader(key="zip_upload").set_value(("my set.zip", buf.getvalue(), "application/zip")).run()
+    at.text_input(key="zip_name").set_value("zipped").run()
+    at.button(key="install_zip").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["data_root"] == str(app_home / "data" / "zipped")
+
+    bad = io.BytesIO()
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../evil.png", png_bytes())
+    at.file_uploader(key="zip_upload").set_value(("evil.zip", bad.getvalue(), "application/zip")).run()
+    at.text_input(key="zip_name").set_value("evil").run()
+    at.button(key="install_zip").click().run()
+    assert_clean(at)
+    assert at.error
+    assert not (app_home / "data" / "evil").exists()
+    assert at.session_state["data_root"] == str(app_home / "data" / "zipped")
+
+
+def test_hostile_class_and_file_names_are_never_html(hotdog_home, monkeypatch, tmp_path):
+    root = make_dataset(hotdog_home / "data" / "xss", classes={XSS: (200, 60, 40), "plain": (40, 90, 200)})
+    monkeypatch.setenv("HOTDOG_DATA", str(root))
+    at = new_app()
+    assert_clean(at)
+    pages = ["pages/home.py", "pages/data.py", "pages/train.py", "pages/weights.py", "pages/predict.py"]
+    for page in pages:
+        at.switch_page(page).run()
+        assert_clean(at)
+        assert not any("onerror" in b for b in html_bodies(at)), page
+    at.switch_page("pages/data.py").run()
+    assert XSS in texts(at), "the class name is shown, as plain text"
+    at.switch_page("pages/predict.py").run()
+    at.radio(key="predict_kind").set_value("Pretrained ImageNet classifier").run()
+    at.file_uploader(key="photos").set_value([(XSS + ".png", png_bytes(), "image/png"),
+                                              (XSS + ".jpg", b"<html>" + XSS.encode(), "image/jpeg")]).run()
+    assert_clean(at)
+    assert XSS + ".png" in texts(at)
+    assert not any("onerror" in b for b in html_bodies(at))
+    assert len(at.error) == 1
+
+
+def test_predict_each_bad_file_gets_its_own_error(app_home, tmp_path):
+    good = make_image(tmp_path / "dog.png", (200, 60, 40)).read_bytes()
+    files = [
+        ("good.png", good, "image/png"),
+        ("empty.jpg", b"", "image/jpeg"),
+        ("page.jpg", b"<html><body>hi</body></html>", "image/jpeg"),
+        ("truncated.jpg", _jpeg()[:200], "image/jpeg"),
+        ("noise.webp", bytes(range(256)) * 8, "image/webp"),
+        ("also-good.gif", _gif(), "image/gif"),
+    ]
+    at = new_app()
+    at.switch_page("pages/predict.py").run()
+    assert_clean(at)
+    at.radio(key="predict_kind").set_value("Pretrained ImageNet classifier").run()
+    at.file_uploader(key="photos").set_value(files).run()
+    assert_clean(at)
+    assert len(at.error) == 4, [e.value for e in at.error]
+    shown = texts(at)
+    assert sum(t.startswith("→ ") for t in shown) == 2  # both good photos have a prediction
+    assert len(at.dataframe) == 0 and len(at.get("vega_lite_chart")) == 2
+
+    at.radio(key="predict_kind").set_value("Zero-shot ImageNet 'hotdog' head").run()
+    assert_clean(at)
+    assert len(at.error) == 4
+    assert len(at.dataframe) == 2  # the ImageNet top-5 beside each good photo
+    assert sum(t in ("→ hotdog", "→ not-hotdog") for t in texts(at)) == 2
+
+    at.radio(key="predict_kind").set_value("A finished training run").run()
+    assert_clean(at)
+    assert any("No finished run" in i.value for i in at.info)
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _gif() -> bytes:
+    frames = [Image.new("P", (32, 32), i * 40) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+def test_weights_page_finds_hotdog_by_name(app_home):
+    from hotdog import imagenet
+
+    at = new_app()
+    at.switch_page("pages/weights.py").run()
+    assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Index"] == str(imagenet.class_index("hotdog"))
+    assert any(imagenet.class_names()[713] in w.value for w in at.warning)
+    at.text_input(key="weights_class").set_value("hotdgo").run()
+    assert_clean(at)
+    assert at.error and "hotdog" in at.error[0].value
+    at.text_input(key="weights_class").set_value("photocopier")
+    at.slider(key="weights_k").set_value(5).run()
+    assert {m.label: m.value for m in at.metric}["Index"] == "713"
+
+
+def _wait_idle(at: AppTest, timeout: float = 240) -> None:
+    from hotdog.train import job_manager
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        at.run()
+        assert_clean(at)
+        if at.session_state["job_was_running"] is False and not job_manager().is_running():
+            from hotdog import app_support
+
+            if not app_support.pending_configs():
+                at.run()
+                return
+        time.sleep(0.5)
+    pytest.fail("training did not finish in time")
+
+
+def _tiny_knobs(at: AppTest) -> None:
+    at.number_input(key="epochs").set_value(1)
+    at.select_slider(key="batch").set_value(8)
+    at.select_slider(key="input_size").set_value(32)
+    at.run()
+
+
+def test_train_tiny_finetune_reaches_finished_then_predict_and_weights(app_home, tmp_path):
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    assert_clean(at)
+    _tiny_knobs(at)
+    # knobs survive a page switch
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/train.py").run()
+    assert at.number_input(key="epochs").value == 1 and at.select_slider(key="input_size").value == 32
+
+    at.button(key="btn_finetune").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    _wait_idle(at)
+    assert any("Run finished" in s.value for s in at.success), [s.value for s in at.success]
+    runs = at.dataframe[0].value
+    assert list(runs["status"]) == ["finished"] and list(runs["mode"]) == ["finetune"]
+    assert at.metric[0].label == "Test accuracy"
+    assert at.get("download_button"), "the run's params can be downloaded"
+    assert len(at.get("vega_lite_chart")) >= 2  # overlay curves + confusion matrix
+
+    # the finished run predicts uploaded photos, bad files get their own error
+    at.switch_page("pages/predict.py").run()
+    assert at.radio(key="predict_kind").value == "A finished training run"
+    photo = make_image(tmp_path / "p.png", (200, 60, 40)).read_bytes()
+    at.file_uploader(key="photos").set_value([("p.png", photo, "image/png"), ("x.jpg", b"nope", "image/jpeg")]).run()
+    assert_clean(at)
+    assert len(at.error) == 1
+    assert sum(t in ("→ hotdog", "→ not-hotdog") for t in texts(at)) == 1
+
+    # the weights page compares the learned row with ImageNet's
+    at.switch_page("pages/weights.py").run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert set(table["run class"]) == {"hotdog", "not-hotdog"}
+
+
+def test_train_comparison_runs_both_and_stop_works(app_home):
+    from hotdog.runs import RunStore
+
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    _tiny_knobs(at)
+    at.button(key="btn_compare").click().run()
+    assert_clean(at)
+    # a second tab is told that a job runs and cannot start another
+    other = new_app()
+    other.switch_page("pages/train.py").run()
+    assert other.button(key="btn_finetune").disabled
+    assert any("Running" in m.value for m in other.markdown)
+    _wait_idle(at)
+    runs = RunStore().list()
+    assert sorted(r.mode for r in runs) == ["finetune", "scratch"]
+    assert all(r.status == "finished" for r in runs)
+    assert {r.lr for r in runs} == {0.01, 0.1}  # scratch at its own learning rate
+    at.multiselect[0].set_value([r.run_id for r in runs]).run()
+    assert_clean(at)
+
+    # stop: a longer run, stopped at once
+    at.number_input(key="epochs").set_value(50).run()
+    at.button(key="btn_scratch").click().run()
+    at.button(key="btn_stop").click().run()
+    _wait_idle(at)
+    assert any("stopped" in i.value.lower() for i in at.info) or any("stopped" in s.lower() for s in
+                                                                    [r.status for r in RunStore().list()])
+    assert RunStore().list()[0].status == "stopped"
