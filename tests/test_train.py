@@ -1,0 +1,200 @@
+"""Training engine on tiny generated data: the real efficientnet_lite0 at 32 px, CPU only."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from hotdog.errors import DatasetError, HotdogError, RunStoreError
+from hotdog.runs import RunStore
+from hotdog.train import (BatchProgress, EpochMetrics, Predictor, TrainConfig, evaluate,
+                          resolve_devices, train)
+
+SMALL = dict(input_size=32, batch_size=6, epochs=2)
+
+
+def cfg(root, **kw) -> TrainConfig:
+    return TrainConfig(str(root), **{**SMALL, **kw})
+
+
+def params_of(run_dir) -> dict:
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(Path(run_dir) / "model.params")).items()}
+
+
+def test_config_defaults_are_the_chapters():
+    c = TrainConfig("x")
+    assert (c.mode, c.lr, c.lr_mult, c.wd, c.batch_size, c.epochs) == ("finetune", None, 10.0, 1e-3, 128, 5)
+    assert c.resolved_lr() == 0.01 and TrainConfig("x", mode="scratch").resolved_lr() == 0.1
+    assert c.bn_mode == "keep" and c.feature_cache and c.seed == 0
+    assert TrainConfig.from_dict({**c.to_dict(), "unknown_future_key": 1}) == c
+    from hotdog import models
+
+    assert c.source == models.DEFAULT_SOURCE
+
+
+@pytest.mark.parametrize("bad", [dict(mode="nope"), dict(bn_mode="x"), dict(lr=-1.0), dict(lr=float("nan")),
+                                 dict(batch_size=0), dict(epochs=0), dict(input_size=2)])
+def test_config_rejects_nonsense(bad):
+    with pytest.raises(HotdogError):
+        TrainConfig("x", **bad)
+
+
+def test_devices():
+    assert resolve_devices(None) == [mx.cpu()]  # no GPU on the test machine
+    assert resolve_devices(["cpu(0)", "cpu(1)"]) == [mx.cpu(0), mx.cpu(1)]
+    with pytest.raises(HotdogError):
+        resolve_devices(["tpu(0)"])
+
+
+def test_finetune_records_run_and_callbacks(tiny_dataset, tmp_path):
+    batches, epochs = [], []
+    res = train(cfg(tiny_dataset), runs_dir=tmp_path, on_batch=batches.append, on_epoch=epochs.append)
+    assert res.status == "finished" and len(res.epochs) == 2 and res.test_acc == res.epochs[-1].test_acc
+    assert all(isinstance(b, BatchProgress) for b in batches) and all(isinstance(e, EpochMetrics) for e in epochs)
+    # 16 images / batch 6 -> 3 batches per epoch (the last one partial)
+    assert [(b.epoch, b.batch, b.batches) for b in batches if b.epoch == 1][-1] == (1, 3, 3)
+    assert all(b.images_per_sec >= 0 for b in batches) and batches[-1].eta_seconds == 0
+    d = Path(res.run_dir)
+    assert sorted(p.name for p in d.iterdir()) == ["classes.json", "config.json", "metrics.jsonl",
+                                                   "model.json", "model.params", "status.json"]
+    assert json.loads((d / "classes.json").read_text()) == ["hotdog", "not-hotdog"]
+    model = json.loads((d / "model.json").read_text())
+    assert model["source"] == "efficientnet_lite0" and model["input_size"] == 32
+    rec = RunStore(tmp_path).load(res.run_id)
+    assert rec.state == "finished" and [m["epoch"] for m in rec.metrics] == [1, 2]
+    assert rec.metrics[1]["test_acc"] == res.epochs[1].test_acc
+    assert rec.train_config() == cfg(tiny_dataset)
+    assert res.to_dict()["epochs"][0].keys() == {"epoch", "train_loss", "train_acc", "test_acc", "seconds"}
+
+
+def test_same_seed_same_metrics(tiny_dataset, tmp_path):
+    a = train(cfg(tiny_dataset, epochs=2), runs_dir=tmp_path)
+    b = train(cfg(tiny_dataset, epochs=2), runs_dir=tmp_path)
+    c = train(cfg(tiny_dataset, epochs=2, seed=7), runs_dir=tmp_path)
+    strip = lambda r: [(e.train_loss, e.train_acc, e.test_acc) for e in r.epochs]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+    pa, pb = params_of(a.run_dir), params_of(b.run_dir)
+    assert all(np.array_equal(pa[k], pb[k]) for k in pa)
+
+
+def test_scratch_and_bn_update_run(tiny_dataset, tmp_path):
+    for kw in (dict(mode="scratch"), dict(bn_mode="update")):
+        res = train(cfg(tiny_dataset, epochs=1, **kw), runs_dir=tmp_path)
+        assert res.status == "finished" and math.isfinite(res.epochs[0].train_loss)
+
+
+def test_data_parallel_two_cpu_contexts_matches_one(tiny_dataset, tmp_path):
+    one = train(cfg(tiny_dataset, epochs=1), runs_dir=tmp_path)
+    two = train(cfg(tiny_dataset, epochs=1, devices=["cpu(0)", "cpu(1)"]), runs_dir=tmp_path)
+    assert two.status == "finished"
+    # Gradients of the shards are summed, so one step over two devices is one step over one.
+    assert two.epochs[0].train_loss == pytest.approx(one.epochs[0].train_loss, rel=1e-4)
+    p1, p2 = params_of(one.run_dir), params_of(two.run_dir)
+    assert max(float(np.abs(p1[k] - p2[k]).max()) for k in p1) < 1e-4
+
+
+def test_fewer_than_five_batches_and_batch_smaller_than_devices(tiny_dataset, tmp_path):
+    # One batch per epoch (the chapter's num_batches // 5 would be 0), and a last batch of
+    # one image split over two devices.
+    assert train(cfg(tiny_dataset, batch_size=64, epochs=1), runs_dir=tmp_path).status == "finished"
+    res = train(cfg(tiny_dataset, batch_size=5, epochs=1, devices=["cpu(0)", "cpu(1)"]), runs_dir=tmp_path)
+    assert res.status == "finished"
+
+
+def test_stop_mid_epoch_keeps_completed_epochs(tiny_dataset, tmp_path):
+    stop = threading.Event()
+
+    def on_batch(p):
+        if p.epoch == 2 and p.batch == 1:
+            stop.set()
+
+    res = train(cfg(tiny_dataset, epochs=4), runs_dir=tmp_path, on_batch=on_batch, stop_event=stop)
+    assert res.status == "stopped" and [e.epoch for e in res.epochs] == [1]
+    rec = RunStore(tmp_path).load(res.run_id)
+    assert rec.state == "stopped" and len(rec.metrics) == 1 and "1 completed epoch" in rec.status["message"]
+    assert (Path(res.run_dir) / "model.params").is_file()
+
+
+def test_divergence_names_learning_rate(tiny_dataset, tmp_path):
+    res = train(cfg(tiny_dataset, lr=1e6, epochs=3), runs_dir=tmp_path)
+    assert res.status == "diverged"
+    assert "learning rate 1e+06" in res.message and "non-finite" in res.message
+    rec = RunStore(tmp_path).load(res.run_id)
+    assert rec.state == "diverged" and rec.status["message"] == res.message
+    assert not (Path(res.run_dir) / "model.params").exists()  # NaN weights are not kept
+    with pytest.raises(RunStoreError, match="no saved model"):
+        Predictor.from_run(res.run_dir)
+
+
+def test_feature_cache_agrees_with_plain_frozen_loop(tiny_dataset, tmp_path):
+    kw = dict(freeze=True, augment=False, epochs=3, batch_size=5)
+    cached = train(cfg(tiny_dataset, **kw), runs_dir=tmp_path)
+    plain = train(cfg(tiny_dataset, feature_cache=False, **kw), runs_dir=tmp_path)
+    pc, pp = params_of(cached.run_dir), params_of(plain.run_dir)
+    for k in pc:
+        if k.startswith("output"):
+            np.testing.assert_allclose(pc[k], pp[k], atol=1e-4)
+        else:  # the backbone did not move in either path
+            np.testing.assert_array_equal(pc[k], pp[k])
+    for a, b in zip(cached.epochs, plain.epochs):
+        assert a.train_loss == pytest.approx(b.train_loss, abs=1e-4)
+        assert (a.train_acc, a.test_acc) == (b.train_acc, b.test_acc)
+
+
+def test_feature_cache_with_augmented_views(tiny_dataset, tmp_path):
+    phases = set()
+    res = train(cfg(tiny_dataset, freeze=True, augment_views=2), runs_dir=tmp_path,
+                on_batch=lambda p: phases.add(p.phase))
+    assert res.status == "finished" and phases == {"cache", "train"}
+
+
+def test_frozen_backbone_does_not_move(tiny_dataset, tmp_path):
+    from hotdog import models
+
+    res = train(cfg(tiny_dataset, freeze=True, feature_cache=False), runs_dir=tmp_path)
+    src = {k: v.data().asnumpy() for k, v in models.load_source("efficientnet_lite0")._collect_params_with_prefix().items()}
+    got = params_of(res.run_dir)
+    assert all(np.array_equal(got[k], src[k]) for k in got if k.startswith("features"))
+
+
+def test_bad_data_folder_creates_no_run(tmp_path):
+    with pytest.raises(DatasetError):
+        train(TrainConfig(str(tmp_path / "missing"), **SMALL), runs_dir=tmp_path / "runs")
+    assert RunStore(tmp_path / "runs").list() == []
+
+
+def test_predictor_and_evaluate(tiny_dataset, tmp_path):
+    res = train(cfg(tiny_dataset, epochs=2, batch_size=8), runs_dir=tmp_path)
+    pred = Predictor.from_run(res.run_dir)
+    assert pred.classes == ["hotdog", "not-hotdog"] and pred.preprocess.input_size == 32
+    img = tiny_dataset / "test" / "hotdog" / "000.png"
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    out = pred.predict([img, bad, img.read_bytes(), b"\x00" * 10], names=[None, None, "upload.png"])
+    assert [o.ok for o in out] == [True, False, True, False]
+    assert out[0].probabilities == pytest.approx(out[2].probabilities, abs=1e-5)
+    assert sum(out[0].probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert out[0].to_dict().keys() == {"path", "probabilities", "label"}
+    assert out[1].to_dict().keys() == {"path", "error"} and out[2].name == "upload.png"
+    # Same numbers as the training loop's own test accuracy (same preprocessing).
+    rep = evaluate(res.run_dir, tiny_dataset / "test")
+    assert rep.n == 8 and rep.accuracy == pytest.approx(res.test_acc)
+    assert np.array(rep.confusion).sum() == 8 and len(rep.misclassified) == round(8 * (1 - rep.accuracy))
+    assert set(rep.per_class) == {"hotdog", "not-hotdog"}
+    assert evaluate(res.run_dir, tiny_dataset).n == 8  # a d2l root: its test/ split
+    with pytest.raises(DatasetError, match="not classes of this run"):
+        evaluate(res.run_dir, _odd_split(tmp_path), predictor=pred)
+
+
+def _odd_split(tmp_path):
+    from conftest import make_image
+
+    make_image(tmp_path / "odd" / "cat" / "a.png", (1, 2, 3))
+    return tmp_path / "odd"
