@@ -333,9 +333,38 @@ class _ImageTransform:
         self.pre = pre
         self.train = train
         self._block = None
+        self._pid = os.getpid()
+        # Drawn in the building process (after the caller's seeding), so worker seeds
+        # below are reproducible for a seeded run.
+        self._base_seed = random.getrandbits(31) if train else 0
 
     def __getstate__(self):
-        return {"pre": self.pre, "train": self.train, "_block": None}
+        state = dict(self.__dict__)
+        state["_block"] = None
+        return state
+
+    def _reseed_if_forked(self) -> None:
+        """Give each DataLoader worker its own augmentation stream.
+
+        RandomFlipLeftRight draws from MXNet's RNG, which forked DataLoader workers inherit
+        in identical states: without this, worker 1 repeats worker 0's flips batch for
+        batch (Python's ``random``, used by RandomResizedCrop, is reseeded from the OS on
+        fork, which makes crops unreproducible instead). Each worker gets a seed from the
+        building process's draw and its worker index. Only worker processes are touched.
+        """
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        self._pid = pid
+        import multiprocessing
+
+        import mxnet as mx
+
+        ident = multiprocessing.current_process()._identity or (pid,)  # noqa: SLF001
+        seed = (self._base_seed + 7919 * int(ident[-1])) % (2**31 - 1)
+        random.seed(seed)
+        np.random.seed(seed)
+        mx.random.seed(seed)
 
     def _build(self):
         from mxnet.gluon.data.vision import transforms
@@ -349,6 +378,8 @@ class _ImageTransform:
         return transforms.Compose(steps + [transforms.ToTensor(), normalize])
 
     def __call__(self, img):
+        if self.train:
+            self._reseed_if_forked()
         nd = _as_hwc_uint8(img)
         h, w = nd.shape[0], nd.shape[1]
         # Gluon's crops misbehave on images smaller than the crop (1x1, thin strips).

@@ -254,6 +254,23 @@ def test_dataloader_with_workers(tiny_dataset):
         assert sorted(np.concatenate([b[1].asnumpy() for b in batches]).tolist()) == [0] * 8 + [1] * 8
 
 
+class _WithRandomDraw(ImageListDataset):
+    """Also reports one draw of MXNet's RNG right after the transform ran."""
+
+    def __getitem__(self, idx):
+        x, y = super().__getitem__(idx)
+        return x, mx.nd.random.uniform(shape=(1,))
+
+
+def test_workers_get_different_random_streams(tiny_dataset):
+    # Forked workers inherit one MXNet RNG state: without reseeding, worker 0 (batches
+    # 0, 2, ...) and worker 1 (batches 1, 3, ...) make the same flip decisions pairwise.
+    ds = _WithRandomDraw(load_splits(tiny_dataset).train[:8], train_transform(SMALL))
+    ds.preload()
+    draws = [float(r.asnumpy().ravel()[0]) for _, r in mx.gluon.data.DataLoader(ds, batch_size=1, num_workers=2)]
+    assert len(draws) == 8 and len(set(draws)) == 8
+
+
 def test_preload_drops_undecodable_files(tiny_dataset):
     s = load_splits(tiny_dataset)
     victim = s.train[3][0]
