@@ -128,6 +128,10 @@ def load_params_file(net: gluon.Block, path: str | os.PathLike, ctx=None) -> Non
             f"cannot load parameters from {path}: the file is corrupted, truncated or belongs to "
             f"another model ({detail.strip()[:200]})"
         ) from err
+    # .params files carry no checksum; flipped exponent bits show up as inf/NaN weights.
+    for p in net.collect_params().values():
+        if p._data is not None and not np.isfinite(p.data().asnumpy()).all():
+            raise ModelError(f"parameter file {path} holds non-finite values in {p.name} (file corrupted?)")
 
 
 def _load_resnet18_v2(params_path) -> gluon.HybridBlock:

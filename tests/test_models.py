@@ -117,7 +117,7 @@ def test_resnet_download_failure_names_the_offline_alternative(monkeypatch, tmp_
     assert "efficientnet_lite0" in msg and "Name or service not known" in msg and models.RESNET18_ENV in msg
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing", "other-model"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing", "other-model", "nan"])
 def test_bad_params_files_give_model_error(resnet_params, tmp_path, damage):
     path = tmp_path / "bad.params"
     data = resnet_params.read_bytes()
@@ -131,6 +131,14 @@ def test_bad_params_files_give_model_error(resnet_params, tmp_path, damage):
         dense = gluon.nn.Dense(3, in_units=2)
         dense.initialize()
         dense.save_parameters(str(path))
+    elif damage == "nan":
+        from mxnet.gluon.model_zoo import vision
+
+        net = vision.resnet18_v2()
+        net.load_parameters(str(resnet_params))
+        w = net.output.weight.data()
+        w[0, 0] = float("nan")
+        net.save_parameters(str(path))
     with pytest.raises(ModelError, match="bad.params"):
         models.load_source("resnet18_v2", params_path=path)
 
