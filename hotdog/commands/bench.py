@@ -1,0 +1,52 @@
+"""``python -m hotdog bench``: the performance ratios of issue 6, as a table or one JSON document."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from hotdog.commands._common import add_json_flag, emit_json
+
+log = logging.getLogger("hotdog.bench")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure training/prediction efficiency ratios on a data set",
+        description="Measure, in one process on the same data: frozen feature-cache speedup, "
+        "input-pipeline and prediction efficiency, training overhead, source-model images/s, "
+        "MKLDNN-fused and bfloat16 inference. Ratios only mean something within one run.",
+    )
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="data set root (train/ and test/ class folders); default: a small generated set")
+    p.add_argument("--quick", action="store_true", help="tiny images and few steps (seconds, for tests)")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from hotdog import bench
+
+    def progress(msg: str) -> None:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    result = bench.run_bench(args.data, quick=args.quick, progress=progress)
+    if args.json:
+        emit_json(_finite(result.to_dict()))
+    else:
+        print(bench.format_table(result))
+    return 0
+
+
+def _finite(obj):
+    """JSON has no NaN/Infinity; a measurement that could not be taken becomes null."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
