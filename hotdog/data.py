@@ -293,6 +293,13 @@ class Preprocess:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
 
+    def __post_init__(self):
+        # Lists from JSON/configs would make the frozen dataclass unhashable.
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if int(self.input_size) < 1 or int(self.resize) < 1:
+            raise ValueError(f"input_size and resize must be positive, got {self.input_size}, {self.resize}")
+
     def scaled(self, input_size: int) -> "Preprocess":
         """Same recipe at another crop size (keeps the chapter's 256/224 ratio)."""
         return Preprocess(int(input_size), int(round(input_size * 256 / 224)), tuple(self.mean), tuple(self.std))

@@ -43,6 +43,8 @@ def test_preprocess_defaults_and_scaling():
     assert custom.mean == (0.5, 0.5, 0.5) and custom.resize == 128
     with pytest.raises(Exception):
         pre.input_size = 3  # frozen: shared by every caller
+    from_json = Preprocess(**json.loads(json.dumps(pre.to_dict())))
+    assert from_json == pre and hash(from_json) == hash(pre)
 
 
 def test_normalisation_uses_the_given_mean_and_std():
