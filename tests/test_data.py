@@ -343,3 +343,21 @@ def test_cli_install_zip(tmp_path, capsys, hotdog_home):
     assert doc["counts"]["train"] == {"hotdog": 8, "not-hotdog": 8}
     assert os.path.isdir(doc["path"]) and doc["path"].startswith(str(hotdog_home))
     assert doc["name"] == "my-set"
+
+
+@pytest.mark.realdata
+def test_python_m_hotdog_data_on_real_photos(hotdog_mini, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HOTDOG_HOME=str(tmp_path / "home"))
+    proc = subprocess.run([sys.executable, "-m", "hotdog", "data", "--root", str(hotdog_mini), "--json"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counts"] == {"train": {"hotdog": 100, "not-hotdog": 100},
+                                                 "test": {"hotdog": 25, "not-hotdog": 25}}
+    bad = subprocess.run([sys.executable, "-m", "hotdog", "data", "--root", str(tmp_path / "nope")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: ") and "Traceback" not in bad.stderr
