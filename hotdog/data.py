@@ -61,7 +61,7 @@ ALLOWED_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", 
 # Extensions we *expect* to be images; only used for messages and for the "zip has no
 # images" check. Whether a file is really an image is always decided by opening it.
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .gif .bmp .webp .tif .tiff .ppm .pgm .pbm .pnm .ico .tga".split()
+    ".jpg .jpeg .jpe .jfif .png .gif .bmp .dib .webp .tif .tiff .ppm .pgm .pbm .pnm".split()
 )
 
 # ---------------------------------------------------------------------------------------
