@@ -347,6 +347,7 @@ def test_cli_install_zip(tmp_path, capsys, hotdog_home):
 
 @pytest.mark.realdata
 def test_python_m_hotdog_data_on_real_photos(hotdog_mini, tmp_path):
+    # One real subprocess (slow: it imports every command); error exits are checked in-process.
     import subprocess
     import sys
     from pathlib import Path
@@ -358,6 +359,3 @@ def test_python_m_hotdog_data_on_real_photos(hotdog_mini, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["counts"] == {"train": {"hotdog": 100, "not-hotdog": 100},
                                                  "test": {"hotdog": 25, "not-hotdog": 25}}
-    bad = subprocess.run([sys.executable, "-m", "hotdog", "data", "--root", str(tmp_path / "nope")],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: ") and "Traceback" not in bad.stderr
