@@ -77,6 +77,15 @@ def test_load_source_is_pretrained_cached_and_has_the_chapter_split():
     assert out.shape == (2, 1000) and np.isfinite(out.asnumpy()).all()
 
 
+def test_load_source_cache_is_thread_safe(resnet_params):
+    from concurrent.futures import ThreadPoolExecutor
+
+    models.clear_source_cache()
+    with ThreadPoolExecutor(4) as pool:
+        nets = list(pool.map(lambda _: models.load_source("resnet18_v2", params_path=resnet_params), range(4)))
+    assert all(n is nets[0] for n in nets)
+
+
 def test_params_option_is_refused_for_efficientnet(resnet_params):
     with pytest.raises(ModelError, match="resnet18_v2 only"):
         models.load_source(SRC, params_path=resnet_params)
