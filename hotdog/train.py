@@ -738,6 +738,12 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, ctx=None) -> "Predictor":
+        from hotdog.jobs import mx_call
+
+        return mx_call(cls._from_run, run_dir, ctx)
+
+    @classmethod
+    def _from_run(cls, run_dir, ctx=None) -> "Predictor":
         import mxnet as mx
 
         from hotdog import models
@@ -770,7 +776,15 @@ class Predictor:
 
     def predict(self, sources: Sequence[bytes | str | os.PathLike], names: Sequence[str] | None = None) -> list[Prediction]:
         """Per-class probabilities for every source, in order; a photo that cannot be decoded
-        gets ``error`` set and the others are still predicted (in batched forwards)."""
+        gets ``error`` set and the others are still predicted (in batched forwards).
+
+        Runs on the process-wide MXNet thread (``hotdog.jobs.mx_call``): safe and leak-free
+        from any thread, including Streamlit's short-lived script threads."""
+        from hotdog.jobs import mx_call
+
+        return mx_call(self._predict, list(sources), names)
+
+    def _predict(self, sources, names) -> list[Prediction]:
         import mxnet as mx
 
         results: list[Prediction] = []
