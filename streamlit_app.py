@@ -21,7 +21,7 @@ if _HERE not in sys.path:
 
 from pages import ui  # noqa: E402
 
-st.set_page_config(page_title="Hotdog Lab", page_icon="🌭", layout="wide")
+st.set_page_config(page_title="Hotdog Lab", page_icon=":material/lunch_dining:", layout="wide")
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -38,4 +38,4 @@ try:
 finally:
     # Drawn after the page so it reflects what the page just did (new data set, new job).
     with status_box:
-        ui.sidebar_status()
+        ui.sidebar_status(page.title)

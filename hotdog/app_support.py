@@ -163,7 +163,8 @@ def progress_text(p) -> str:
         f"ETA {format_duration(_get(p, 'eta_seconds'))}",
     ]
     loss, acc = _get(p, "loss"), _get(p, "acc")
-    if loss is not None and acc is not None:
+    # The engine reports 0/0 until its meter first syncs with the device: not a real loss.
+    if loss and acc is not None and math.isfinite(loss):
         parts.append(f"loss {loss:.3f}, acc {acc:.3f}")
     return " · ".join(parts)
 

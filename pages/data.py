@@ -144,7 +144,7 @@ def explore(current: str) -> None:
                 yOffset="split:N",
                 tooltip=["split", "class", "images"],
             )
-            .properties(height=max(120, 48 * len(report["classes"])))
+            .properties(height=max(200, 40 * len(report["classes"])))
         )
         st.altair_chart(chart, width="stretch")
     with right:
@@ -157,12 +157,14 @@ def explore(current: str) -> None:
                 alt.Chart(sizes)
                 .mark_circle(opacity=0.6, color="#d9480f")
                 .encode(
-                    x=alt.X("width:Q", title="width"),
-                    y=alt.Y("height:Q", title="height"),
+                    x=alt.X("width:Q", title="width",
+                            scale=alt.Scale(domain=[0, int(sizes.width.max() * 1.1) + 1])),
+                    y=alt.Y("height:Q", title="height",
+                            scale=alt.Scale(domain=[0, int(sizes.height.max() * 1.1) + 1])),
                     size=alt.Size("images:Q", title="images", scale=alt.Scale(range=[20, 400])),
                     tooltip=["width", "height", "images"],
                 )
-                .properties(height=max(120, 48 * len(report["classes"])))
+                .properties(height=max(200, 40 * len(report["classes"])))
             )
             st.altair_chart(chart, width="stretch")
 

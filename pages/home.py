@@ -10,7 +10,7 @@ from hotdog import app_support as sup
 from hotdog.errors import HotdogError
 from pages import ui
 
-st.title("🌭 Hotdog Lab")
+st.title(":material/lunch_dining: Hotdog Lab")
 st.markdown(
     "Fine-tune an ImageNet network to tell **hot dogs** from everything else, as in the "
     "[d2l.ai Fine-Tuning chapter](https://d2l.ai/chapter_computer-vision/fine-tuning.html).  \n"
@@ -19,7 +19,7 @@ st.markdown(
     "'hotdog' output row.  \nEverything runs on this machine, offline."
 )
 
-c_data, c_model, c_dev, c_runs = st.columns([1.2, 1, 0.8, 1.4])
+c_data, c_model, c_dev = st.columns([1.3, 1, 0.8])
 
 with c_data.container(border=True, height="stretch"):
     st.markdown("**Data set**")
@@ -59,7 +59,7 @@ with c_dev.container(border=True, height="stretch"):
     st.text(f"{n} GPU{'s' if n != 1 else ''}" if n else "CPU only")
     st.caption("Training uses every GPU it finds, else the CPU.")
 
-with c_runs.container(border=True, height="stretch"):
+with st.container(border=True):
     st.markdown("**Latest runs**")
     try:
         from hotdog.runs import RunStore

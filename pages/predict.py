@@ -16,10 +16,11 @@ st.title("Predict")
 st.write("Upload photos (or take one) and see what a model makes of them. A file that is not a "
          "usable image gets its own message; the others are still classified.")
 
-with st.sidebar:
-    kind = st.radio("Model", [RUN, IMAGENET, ZERO_SHOT], key="predict_kind",
-                    help="Zero-shot: ImageNet's own 'hotdog' probability against a threshold fitted "
-                         "on the training split, no training at all.")
+c_kind, c_pick = st.columns([1, 1.2])
+kind = c_kind.radio("Model", [RUN, IMAGENET, ZERO_SHOT], key="predict_kind",
+                    help="Zero-shot: the new output layer starts from ImageNet's 'hotdog' row (and a "
+                         "'not-hotdog' row built from the others, its bias fitted on a few training "
+                         "photos) with no training at all.")
 
 predictor = None
 zero_shot = None
@@ -27,11 +28,11 @@ source = ui.current_source()
 if kind == RUN:
     runs = ui.finished_runs()
     if not runs:
-        st.info("No finished run yet: train one on the Train page, or pick another model in the sidebar.",
-                icon=":material/info:")
+        c_pick.info("No finished run yet: train one on the Train page, or pick another model.",
+                    icon=":material/info:")
     else:
         labels = {r.run_id: ui.run_label(r) for r in runs}
-        run_id = st.sidebar.selectbox("Run", list(labels), format_func=labels.get, key="predict_run")
+        run_id = c_pick.selectbox("Run", list(labels), format_func=labels.get, key="predict_run")
         run = next(r for r in runs if r.run_id == run_id)
         source = run.source or source
         try:
@@ -39,12 +40,12 @@ if kind == RUN:
         except HotdogError as err:
             ui.show_error(err)
 else:
-    source = ui.source_select()
+    source = ui.source_select(c_pick)
     if kind == ZERO_SHOT:
         root = ui.current_dataset()
         if not root:
-            st.info("The zero-shot head fits its threshold on a data set: choose one on the Data page.",
-                    icon=":material/info:")
+            c_pick.info("The zero-shot head takes its classes from a data set: choose one on the Data page.",
+                        icon=":material/info:")
         else:
             try:
                 zero_shot = ui.zero_shot(source, root)
@@ -81,16 +82,15 @@ if files and ready:
                 if r.label is not None:
                     st.text(f"→ {r.label}")
                 df = sup.probabilities_frame(r.probabilities)
-                chart = (
-                    alt.Chart(df)
-                    .mark_bar(color="#d9480f")
-                    .encode(
-                        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title="probability"),
-                        y=alt.Y("class:N", sort="-x", title=None),
-                        tooltip=["class", alt.Tooltip("probability:Q", format=".3f")],
-                    )
-                    .properties(height=max(60, 28 * len(df)))
+                base = alt.Chart(df).encode(
+                    x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=None,
+                            axis=alt.Axis(format="%", tickCount=5)),
+                    y=alt.Y("class:N", sort="-x", title=None, axis=alt.Axis(labelLimit=200)),
+                    tooltip=["class", alt.Tooltip("probability:Q", format=".3f")],
                 )
+                chart = (base.mark_bar(color="#d9480f")
+                         + base.mark_text(align="left", dx=4).encode(text=alt.Text("probability:Q", format=".1%"))
+                         ).properties(height=36 * len(df) + 30)
                 st.altair_chart(chart, width="stretch")
             if c_top is None:
                 continue

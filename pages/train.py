@@ -136,7 +136,8 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
     """The chapter's plot: train loss, train acc, test acc per epoch; one colour per run."""
     many = df["run"].nunique() > 1
     base = alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"),
+                scale=alt.Scale(domainMin=1, nice=False)),
         y=alt.Y("value:Q", title=None),
         tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".3f")],
     )
@@ -148,7 +149,7 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
     return base.encode(
         color=alt.Color("metric:N", title=None, sort=list(sup.METRIC_LABELS.values()),
                         scale=alt.Scale(range=["#1c7ed6", "#d9480f", "#2f9e44"])),
-        strokeDash=alt.StrokeDash("metric:N", legend=None, sort=list(sup.METRIC_LABELS.values())),
+        strokeDash=alt.StrokeDash("metric:N", title=None, sort=list(sup.METRIC_LABELS.values())),
     ).properties(height=height)
 
 
@@ -187,9 +188,12 @@ def confusion_chart(classes: list[str], confusion: list[list[int]]):
     df = pd.DataFrame([{"true": t, "predicted": p, "images": int(confusion[i][j])}
                        for i, t in enumerate(classes) for j, p in enumerate(classes)])
     base = alt.Chart(df).encode(x=alt.X("predicted:N", sort=classes), y=alt.Y("true:N", sort=classes))
-    size = max(160, 60 * len(classes))
+    step = max(36, min(80, 320 // max(len(classes), 1)))
     return (base.mark_rect().encode(color=alt.Color("images:Q", scale=alt.Scale(scheme="oranges"), legend=None))
-            + base.mark_text(fontSize=14).encode(text="images:Q")).properties(width=size, height=size)
+            + base.mark_text(fontSize=14).encode(
+                text="images:Q",
+                color=alt.condition(alt.datum.images > 0, alt.value("black"), alt.value("#868e96")))
+            ).properties(width=alt.Step(step), height=alt.Step(step))
 
 
 def inspect_run(run) -> None:
@@ -231,11 +235,13 @@ def inspect_run(run) -> None:
 
 
 # ------------------------------------------------------------------ history
-st.subheader("Runs")
-runs = ui.all_runs()
-if not runs:
-    st.caption("No runs yet.")
-else:
+@st.fragment(run_every=2.0 if busy else None)
+def runs_table() -> None:
+    """Refreshes itself while a job runs, so the running row's epochs and message stay current."""
+    runs = ui.all_runs()
+    if not runs:
+        st.caption("No runs yet.")
+        return
     rows = [{
         "run": r.run_id, "status": r.status, "mode": r.mode,
         "source": ui.source_titles().get(r.source, r.source),
@@ -247,8 +253,13 @@ else:
                  column_config={"test acc": st.column_config.NumberColumn(format="%.3f"),
                                 "lr": st.column_config.NumberColumn(format="%g")})
 
+
+st.subheader("Runs")
+runs_table()
+runs = [r for r in ui.all_runs() if r.status != "running"]
+if runs:
     labels = {r.run_id: f"{r.run_id} · {r.mode}" for r in runs}
-    with_metrics = [r.run_id for r in runs if r.epochs_done and r.status != "running"]
+    with_metrics = [r.run_id for r in runs if r.epochs_done]
     # A new run resets the choice to the newest two (the chapter's fine-tune vs scratch).
     chosen = st.multiselect("Overlay the curves of", with_metrics, default=with_metrics[:2],
                             format_func=labels.get, key=f"overlay-{len(with_metrics)}")

@@ -172,31 +172,28 @@ def job_manager():
     return train.job_manager()
 
 
-def sidebar_status() -> None:
+def sidebar_status(page_title: str = "") -> None:
     """Data set, source model and the running job, on every page."""
-    st.caption("STATUS")
     root = current_dataset()
-    if root:
-        st.text(f"Data: {Path(root).name}")
-    else:
-        st.text("Data: none yet")
+    st.caption("**Data set:** " + (sup.md_escape(Path(root).name) if root else "none yet"))
     try:
-        st.text(f"Source: {source_titles().get(current_source(), current_source())}")
+        st.caption("**Source:** " + sup.md_escape(source_titles().get(current_source(), current_source())))
     except (HotdogError, ImportError):
         pass
-    _job_status()
+    _job_status(link=page_title != "Train")
 
 
 @st.fragment(run_every=2.0)
-def _job_status() -> None:
+def _job_status(link: bool = True) -> None:
     snap = job_snapshot()
     if snap is None:
-        st.text("Job: none running")
+        st.caption("**Training:** idle")
         return
     p = snap.get("progress")
     where = f" · {sup.progress_fraction(p):.0%}" if p is not None else ""
-    st.text(f"Job: {snap['mode']} running{where}")
-    st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+    st.caption(f"**Training:** {snap['mode']} running{where}")
+    if link:
+        st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
 
 
 def start_jobs(configs) -> str:

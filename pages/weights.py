@@ -60,7 +60,9 @@ if cw is not None:
         st.markdown("**Weight per feature dimension**")
         st.altair_chart(
             alt.Chart(vec).mark_bar(color="#d9480f", width=1)
-            .encode(x=alt.X("dimension:Q", title="feature dimension"), y=alt.Y("weight:Q", title="weight"),
+            .encode(x=alt.X("dimension:Q", title="feature dimension",
+                          scale=alt.Scale(domain=[0, len(cw.vector)], nice=False)),
+                    y=alt.Y("weight:Q", title="weight"),
                     tooltip=["dimension", alt.Tooltip("weight:Q", format=".4f")])
             .properties(height=260),
             width="stretch",
@@ -71,9 +73,9 @@ if cw is not None:
     st.altair_chart(
         alt.Chart(near).mark_bar(color="#d9480f")
         .encode(x=alt.X("cosine:Q", title="cosine similarity"),
-                y=alt.Y("name:N", sort="-x", title=None),
+                y=alt.Y("name:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
                 tooltip=["index", "name", alt.Tooltip("cosine:Q", format=".3f")])
-        .properties(height=max(120, 24 * len(near))),
+        .properties(height=max(120, 30 * len(near))),
         width="stretch",
     )
 

@@ -67,7 +67,8 @@ def test_home_lists_dataset_source_and_runs(app_home):
     assert at.title[0].value.endswith("Hotdog Lab")
     assert "tiny" in texts(at)
     assert any("2 classes" in t for t in texts(at))
-    assert any(t.startswith("Source:") for t in texts(at))  # sidebar status
+    status = [c.value for c in at.sidebar.caption]
+    assert any(c.startswith("**Source:**") for c in status) and "**Training:** idle" in status
     assert any("No training runs yet" in c.value for c in at.caption)
 
 

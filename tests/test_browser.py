@@ -1,0 +1,223 @@
+"""End to end in a real headless Chromium against ``streamlit run``.
+
+Starts the app on a free local port with a temporary HOTDOG_HOME holding a tiny generated data
+set, trains one tiny epoch, predicts an uploaded photo, checks that hostile class names stay
+text, and saves a screenshot of every page into docs/screenshots/ (for the README) and into an
+artifacts folder ($HOTDOG_ARTIFACTS, else a pytest temp folder).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import make_dataset, make_image
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = REPO / "docs" / "screenshots"
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (scripts/test.sh installs Debian's chromium)")
+    pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
+    tmp = tmp_path_factory.mktemp("browser")
+    home = tmp / "home"
+    data = make_dataset(home / "data" / "tiny")
+    hostile = make_dataset(tmp / "hostile", classes={XSS: (200, 60, 40), "plain": (40, 90, 200)},
+                           per_class={"train": 2, "test": 1})
+    port = _free_port()
+    env = {**os.environ, "HOTDOG_HOME": str(home), "HOTDOG_DATA": str(data), "PYTHONUNBUFFERED": "1"}
+    log = open(tmp / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
+        time.sleep(0.3)
+    yield {"url": url, "tmp": tmp, "hostile": hostile, "log": tmp / "streamlit.log"}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = ctx.new_page()
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def artifacts(server) -> Path:
+    out = Path(os.environ.get("HOTDOG_ARTIFACTS") or server["tmp"] / "artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def shoot(page, server, name: str) -> None:
+    """Screenshot once the app is idle (no 'Running…' indicator, no spinners)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && !document.querySelector('[data-testid=\"stSpinner\"]')",
+        timeout=60_000,
+    )
+    page.wait_for_timeout(700)  # charts draw after the data arrives
+    # Streamlit scrolls inside its main container, so a "full page" shot would stop at the
+    # viewport: grow the viewport to the content instead, then put it back.
+    height = page.evaluate(
+        "() => Math.max(...['stMain', 'stAppViewContainer', 'stSidebarContent'].map("
+        "id => document.querySelector(`[data-testid=\"${id}\"]`)?.scrollHeight || 0))")
+    page.set_viewport_size({"width": 1400, "height": max(1000, min(int(height) + 40, 5000))})
+    page.wait_for_timeout(800)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    target = SHOTS / f"{name}.png"
+    page.screenshot(path=str(target))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    shutil.copy(target, artifacts(server) / target.name)
+
+
+def goto(page, label: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+def test_every_page_in_a_real_browser(server, page):
+    try:
+        _walk_every_page(server, page)
+    except BaseException:
+        page.screenshot(path=str(artifacts(server) / "failure.png"), full_page=True)
+        print("streamlit log tail:\n" + server["log"].read_text()[-3000:])
+        print(f"failure screenshot: {artifacts(server) / 'failure.png'}")
+        raise
+
+
+def _walk_every_page(server, page):
+    url = server["url"]
+    t0 = time.time()
+    page.goto(url)
+    page.get_by_text("Hotdog Lab", exact=False).first.wait_for()
+    page.get_by_text("Latest runs").wait_for()
+    no_exception(page)
+
+    # ---- Data
+    goto(page, "Data")
+    page.get_by_text("Images per class").wait_for()
+    page.get_by_text("Augmentation preview").wait_for()
+    no_exception(page)
+    shoot(page, server, "data")
+
+    # ---- Train: 1 epoch, 32 px, batch 8
+    goto(page, "Train")
+    page.get_by_role("button", name="Fine-tune").wait_for()
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    epochs = sidebar.get_by_label("Epochs")
+    epochs.fill("1")
+    epochs.press("Enter")
+    sidebar.get_by_role("slider", name="Batch size").press("Home")
+    sidebar.get_by_text("More settings").click()
+    sidebar.get_by_role("slider", name="Image size").press("Home")
+    page.wait_for_timeout(800)
+    page.get_by_role("button", name="Fine-tune").click()
+    page.get_by_text("finished", exact=False).first.wait_for(timeout=90_000)
+    page.get_by_text("Run finished").wait_for(timeout=90_000)
+    no_exception(page)
+    page.get_by_text("Misclassified test photos").wait_for()
+    shoot(page, server, "train")
+
+    # ---- a longer run, watched live, then stopped (fine-tuning: scratch at lr 0.1 may diverge)
+    epochs.fill("30")
+    epochs.press("Enter")
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Fine-tune").click()
+    page.get_by_text(re.compile(r"Epoch ([3-9]|\d\d)/30")).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1200)  # let the curves draw
+    live = SHOTS / "train_live.png"
+    page.screenshot(path=str(live))
+    shutil.copy(live, artifacts(server) / live.name)
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text("Run stopped", exact=False).first.wait_for(timeout=60_000)
+    no_exception(page)
+
+    # ---- Predict with the run just trained
+    goto(page, "Predict")
+    page.get_by_text("Photos (jpg").wait_for()
+    photo = make_image(server["tmp"] / "my-hotdog.png", (200, 60, 40), size=(64, 48), seed=99)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(photo))
+    page.get_by_text("→ hotdog").or_(page.get_by_text("→ not-hotdog")).first.wait_for(timeout=60_000)
+    no_exception(page)
+    shoot(page, server, "predict")
+
+    # ---- Weights
+    goto(page, "Weights")
+    page.get_by_text("Nearest ImageNet classes").wait_for()
+    page.get_by_text("After fine-tuning").wait_for()
+    no_exception(page)
+    shoot(page, server, "weights")
+
+    # ---- Home last, so it lists the run
+    goto(page, "Home")
+    page.get_by_text("Latest runs").wait_for()
+    no_exception(page)
+    shoot(page, server, "home")
+
+    # ---- hostile class names are text, never HTML
+    goto(page, "Data")
+    page.get_by_role("tab", name="Use a local folder").click()
+    box = page.get_by_label("Folder on the server")
+    box.fill(str(server["hostile"]))
+    box.press("Enter")
+    page.get_by_role("button", name="Use this folder").click()
+    page.get_by_text(XSS, exact=True).first.wait_for()
+    no_exception(page)
+    assert page.locator("img[onerror]").count() == 0
+    assert page.evaluate("() => window.__xss === undefined")
+    assert time.time() - t0 < 150
