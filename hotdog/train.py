@@ -594,9 +594,9 @@ def train(config: TrainConfig, *, on_batch: Callable[[BatchProgress], Any] | Non
     t_start = time.time()
     store = RunStore(runs_dir)
     if run_id is None:
-        splits = data.load_splits(config.data_root)
         ctxs = resolve_devices(config.devices)
         pre = resolve_preprocess(config.source, config.input_size)
+        splits = data.load_splits(config.data_root)
         run_id, run_dir = store.create(config)
     else:
         run_dir = store.run_dir(run_id)
