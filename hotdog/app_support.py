@@ -19,10 +19,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-# The app runs forward passes on cached, shared source models from several sessions at once;
-# MXNet's cached graphs are not safe to call concurrently, so app inference takes turns.
-inference_lock = threading.Lock()
-
 IMAGE_TYPES = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 IMAGE_SUFFIXES = {"." + t for t in IMAGE_TYPES}
 ENV_DATA = "HOTDOG_DATA"
@@ -113,6 +109,26 @@ def sample_grid(classes: Sequence[str], items: Sequence[tuple[Any, int]], per_cl
         paths = by_class.get(i, [])
         rows.append((name, paths[:per_class] if i == 0 else paths[-per_class:]))
     return rows
+
+
+def mx_call(fn, *args, **kwargs):
+    """Every MXNet call of the app goes through the engine's one long-lived MXNet thread:
+    Streamlit runs each rerun in a new thread and MXNet keeps native memory per thread."""
+    from hotdog.jobs import mx_call as _mx_call
+
+    return _mx_call(fn, *args, **kwargs)
+
+
+def augmentation_views(image, pre, n: int = 6) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` train-transform samples and the test-transform view of one photo, un-normalised."""
+    from hotdog import data
+
+    def work():
+        train_tf, test_tf = data.train_transform(pre), data.test_transform(pre)
+        views = [to_display_image(train_tf(image), pre.mean, pre.std) for _ in range(n)]
+        return views, to_display_image(test_tf(image), pre.mean, pre.std)
+
+    return mx_call(work)
 
 
 def to_display_image(chw, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -258,7 +274,7 @@ def predict_photos(files: Sequence[tuple[str, bytes]], source: str, classify=Non
     images = [results[i].image for i in good]
     raws = [files[i][1] for i in good]
     try:
-        top = models.imagenet_topk(source, images, k=top_k)
+        top = mx_call(models.imagenet_topk, source, images, k=top_k)
     except HotdogError as err:
         for i in good:
             results[i].error = str(err)
@@ -292,6 +308,9 @@ class HeadClassifier:
         self.net, self.classes, self.preprocess = net, list(classes), preprocess
 
     def __call__(self, images, raws=None):
+        return mx_call(self._classify, list(images))
+
+    def _classify(self, images):
         import mxnet as mx
         from hotdog import data
 
@@ -299,8 +318,7 @@ class HeadClassifier:
         out = []
         for start in range(0, len(images), 16):
             x = mx.nd.stack(*[tf(im) for im in images[start:start + 16]])
-            with inference_lock:
-                p = mx.nd.softmax(self.net(x)).asnumpy()
+            p = mx.nd.softmax(self.net(x)).asnumpy()
             for row in p:
                 probs = {c: float(v) for c, v in zip(self.classes, row)}
                 out.append((probs, self.classes[int(row.argmax())], None))

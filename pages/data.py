@@ -206,14 +206,12 @@ def explore(current: str) -> None:
         except HotdogError as err:
             ui.show_error(err)
         else:
-            train_tf, test_tf = data.train_transform(pre), data.test_transform(pre)
-            views = [sup.to_display_image(train_tf(image), pre.mean, pre.std) for _ in range(6)]
+            views, test_view = sup.augmentation_views(image, pre, 6)
             cols = st.columns(8)
             cols[0].image(image, caption="original", width="stretch")
             for i, (col, v) in enumerate(zip(cols[1:7], views)):
                 col.image(v, caption=f"train #{i + 1}", width="stretch")
-            cols[7].image(sup.to_display_image(test_tf(image), pre.mean, pre.std), caption="test",
-                          width="stretch")
+            cols[7].image(test_view, caption="test", width="stretch")
 
 
 if current:

@@ -148,20 +148,12 @@ def source_select(container=None, key: str = "source_select") -> str:
     return choice
 
 
-@st.cache_resource(show_spinner="Loading the source model…", max_entries=4)
-def source_model(name: str):
-    """The pretrained network (shared, read-only: build_finetune copies what it needs)."""
-    from hotdog import models
-
-    return models.load_source(name)
-
-
 @st.cache_resource(show_spinner=False)
 def num_gpus() -> int:
     import mxnet as mx
 
     try:
-        return int(mx.context.num_gpus())
+        return int(sup.mx_call(mx.context.num_gpus))
     except Exception:  # no CUDA runtime at all is the same as no GPU here
         return 0
 
@@ -278,9 +270,9 @@ def _zero_shot(source: str, root: str, stamp: float):
     from hotdog import models
 
     splits = _splits(root, stamp)
-    net = models.build_finetune(
-        source, len(splits.classes), init_output_from_imagenet=True, class_names=splits.classes,
-        init_items=sup.sample_items(splits.train, per_class=32),
+    net = sup.mx_call(
+        models.build_finetune, source, len(splits.classes), init_output_from_imagenet=True,
+        class_names=splits.classes, init_items=sup.sample_items(splits.train, per_class=32),
     )
     return sup.HeadClassifier(net, splits.classes, models.get_spec(source).preprocess)
 
@@ -313,13 +305,13 @@ def predict_files(kind: str, files, *, source: str, predictor=None, zero_shot=No
 def class_weights(source: str, class_name: str, k: int):
     from hotdog import models
 
-    return models.class_weights(source, class_name, k=k)
+    return sup.mx_call(models.class_weights, source, class_name, k=k)
 
 
 def run_output_rows(run_dir: str) -> dict:
     """The fine-tuned run's output row per class (copies; the cached predictor stays untouched)."""
     pred = predictor(run_dir)
-    w = pred.net.output.weight.data().asnumpy().copy()
+    w = sup.mx_call(lambda: pred.net.output.weight.data().asnumpy().copy())
     return {c: w[i] for i, c in enumerate(pred.classes)}
 
 
