@@ -299,3 +299,70 @@ def test_train_comparison_runs_both_and_stop_works(app_home):
     assert any("stopped" in i.value.lower() for i in at.info) or any("stopped" in s.lower() for s in
                                                                     [r.status for r in RunStore().list()])
     assert RunStore().list()[0].status == "stopped"
+
+
+def test_server_config_keeps_xsrf_on_uploads_small_and_stats_off():
+    import tomllib
+
+    cfg = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["enableXsrfProtection"] is True
+    assert cfg["server"]["maxUploadSize"] <= 25
+    assert cfg["browser"]["gatherUsageStats"] is False
+
+
+def test_download_offline_is_a_clear_message_and_success_selects_the_set(app_home, monkeypatch):
+    from hotdog import data
+    from hotdog.errors import DownloadError
+
+    def offline(**kwargs):
+        kwargs["progress"](0, None)
+        raise DownloadError("cannot reach d2l-data.s3-accelerate.amazonaws.com: you seem to be offline")
+
+    monkeypatch.setattr(data, "download_hotdog", offline)
+    at = new_app()
+    at.switch_page("pages/data.py").run()
+    at.button(key="download").click().run()
+    assert_clean(at)
+    assert "offline" in at.error[0].value
+    assert any("local folder" in i.value for i in at.info)
+
+    def fake_download(**kwargs):
+        kwargs["progress"](50, 100)
+        kwargs["progress"](100, 100)
+        return make_dataset(app_home / "data" / "hotdog")
+
+    monkeypatch.setattr(data, "download_hotdog", fake_download)
+    at.button(key="download").click().run()
+    assert_clean(at)
+    assert not at.error
+    assert at.session_state["data_root"] == str(app_home / "data" / "hotdog")
+
+
+def test_app_mxnet_work_runs_on_the_engine_thread(app_home, monkeypatch, tmp_path):
+    """Streamlit reruns in fresh threads; MXNet keeps native memory per thread it ever ran on."""
+    import threading
+
+    from hotdog import data, models
+
+    seen = []
+
+    def spy(fn):
+        def wrapper(*a, **k):
+            seen.append((fn.__name__, threading.current_thread().name))
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(models, "imagenet_topk", spy(models.imagenet_topk))
+    monkeypatch.setattr(models, "class_weights", spy(models.class_weights))
+    monkeypatch.setattr(data, "train_transform", spy(data.train_transform))
+    at = new_app()
+    at.switch_page("pages/data.py").run()
+    at.select_slider(key="aug_size").set_value(96).run()  # uncached views
+    at.switch_page("pages/weights.py").run()
+    at.text_input(key="weights_class").set_value("pretzel").run()  # uncached row
+    at.switch_page("pages/predict.py").run()
+    at.radio(key="predict_kind").set_value("Pretrained ImageNet classifier").run()
+    at.file_uploader(key="photos").set_value(("a.png", png_bytes((10, 10, 10)), "image/png")).run()
+    assert_clean(at)
+    assert {name for name, _ in seen} == {"imagenet_topk", "class_weights", "train_transform"}
+    assert all(thread.startswith("hotdog-mx") for _, thread in seen), seen

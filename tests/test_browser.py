@@ -221,3 +221,61 @@ def _walk_every_page(server, page):
     assert page.locator("img[onerror]").count() == 0
     assert page.evaluate("() => window.__xss === undefined")
     assert time.time() - t0 < 150
+
+
+def test_upload_limit_and_xsrf_are_enforced(server, page):
+    """Issue 7 item 5 at the server: uploads need the XSRF token and are capped at 25 MB."""
+    page.goto(server["url"] + "/predict")
+    page.get_by_text("Photos (jpg").wait_for()
+    page.get_by_text("Pretrained ImageNet classifier").click()
+    page.wait_for_timeout(500)
+    photo = make_image(server["tmp"] / "small.png", (200, 60, 40), size=(32, 32))
+    uploader = page.locator('[data-testid="stFileUploader"] input[type="file"]').first
+    with page.expect_request(lambda r: "/_stcore/upload_file/" in r.url and r.method == "PUT") as info:
+        uploader.set_input_files(str(photo))
+    url = info.value.url
+    token = info.value.headers.get("x-xsrftoken")
+    assert token, "the app sends an XSRF token with uploads"
+    part = {"file": {"name": "x.png", "mimeType": "image/png", "buffer": photo.read_bytes()}}
+    assert page.request.put(url, multipart=part).status == 403  # no token: refused
+    assert page.request.put(url, multipart=part, headers={"X-Xsrftoken": "forged"}).status == 403
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+    assert _raw_put(url, 26 * 1024 * 1024, {"X-Xsrftoken": token, "Cookie": cookies}) == 413
+
+    # the browser refuses it too, with a message, and the app keeps working
+    huge = server["tmp"] / "huge.jpg"
+    with open(huge, "wb") as fh:
+        fh.truncate(26 * 1024 * 1024)
+    uploader.set_input_files(str(huge))
+    page.get_by_text("or smaller", exact=False).first.wait_for()
+    no_exception(page)
+    page.get_by_text("Upload photos").first.wait_for()
+
+
+def _raw_put(url: str, size: int, headers: dict) -> int:
+    """PUT a multipart body of ``size`` bytes, streamed, and return the HTTP status."""
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    boundary = "hotdogboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("PUT", u.path)
+    for k, v in {**headers, "Content-Type": f"multipart/form-data; boundary={boundary}",
+                 "Content-Length": str(len(head) + size + len(tail))}.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    try:  # the server may answer (and close) before the body is through
+        conn.send(head)
+        chunk = b"\0" * (1 << 20)
+        for _ in range(size // len(chunk)):
+            conn.send(chunk)
+        conn.send(tail)
+    except OSError:
+        pass
+    status = conn.getresponse().status
+    conn.close()
+    return status
