@@ -88,15 +88,18 @@ with get_folder:
 with get_zip:
     st.write("A zip holding `train/<class>/…` and `test/<class>/…`, or just `<class>/…`. "
              "It is checked before anything is written (no paths outside the target, no links, "
-             "no zip bombs). Bigger than the upload limit? Unpack it and use a local folder.")
+             "no zip bombs). Uploads are limited to 25 MB: for a bigger set, unpack it on the "
+             "server and use a local folder.")
     upload = st.file_uploader("Data set zip", type=["zip"], key="zip_upload")
-    default_name = Path(upload.name).stem if upload is not None else ""
-    name = st.text_input("Install as", value=default_name, key="zip_name",
-                         help="Folder name under $HOTDOG_HOME/data")
-    if st.button("Install", key="install_zip", disabled=upload is None or not name.strip()):
+    default_name = sup.dataset_name_from_file(upload.name) if upload is not None else ""
+    typed = st.text_input("Install as", key="zip_name", placeholder=default_name or "name of the data set",
+                          help="Folder name under $HOTDOG_HOME/data (letters, digits, '.', '_', '-'); "
+                               "empty: taken from the zip's file name")
+    name = typed.strip() or default_name
+    if st.button("Install", key="install_zip", disabled=upload is None or not name):
         try:
             with st.spinner("Checking and unpacking…"):
-                root = data.install_zip(upload.getvalue(), name.strip())
+                root = data.install_zip(upload.getvalue(), name)
             data.validate_dataset(root)
         except HotdogError as err:
             ui.show_error(err)

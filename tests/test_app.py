@@ -106,11 +106,14 @@ def test_data_page_local_folder_and_zip_upload(app_home, tmp_path):
     with zipfile.ZipFile(buf, "w") as zf:
         for p in sorted((app_home / "data" / "tiny").rglob("*.png")):
             zf.write(p, p.relative_to(app_home / "data" / "tiny"))
-    at.file_uploader(key="zip_upload").set_value(("my set.zip", buf.getvalue(), "application/zip")).run()
+    at.file_uploader(key="zip_upload").set_value(("my set (1).zip", buf.getvalue(), "application/zip")).run()
+    at.button(key="install_zip").click().run()  # name taken from the file name
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["data_root"] == str(app_home / "data" / "my-set-1")
     at.text_input(key="zip_name").set_value("zipped").run()
     at.button(key="install_zip").click().run()
     assert_clean(at)
-    assert not at.error, [e.value for e in at.error]
     assert at.session_state["data_root"] == str(app_home / "data" / "zipped")
 
     bad = io.BytesIO()
