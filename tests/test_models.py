@@ -39,6 +39,7 @@ def resnet_params(tmp_path_factory):
 
 
 def _snapshot(block) -> dict[str, np.ndarray]:
+    mx.nd.waitall()  # see models._settle: reading weights during a forward can race in MXNet 1.9
     return {k: p.data().asnumpy().copy() for k, p in block._collect_params_with_prefix().items()}
 
 
@@ -185,6 +186,7 @@ def test_output_layer_is_new_xavier_with_lr_mult():
 
 
 def _bn_stats(net):
+    mx.nd.waitall()
     return [(bn.running_mean.data().asnumpy().copy(), bn.running_var.data().asnumpy().copy())
             for bn in models.batchnorm_layers(net.features)]
 
