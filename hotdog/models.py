@@ -204,6 +204,8 @@ def load_source(name: str = DEFAULT_SOURCE, params_path=None) -> gluon.HybridBlo
             else:
                 net = _load_resnet18_v2(path)
             net.hybridize()
+            for old in [k for k in _source_cache if k[:2] == key[:2]]:
+                del _source_cache[old]  # the weights file changed on disk: drop the stale copy
             _source_cache[key] = net
         return net
 
