@@ -48,6 +48,12 @@ def test_bench_quick_json_has_every_key(hotdog_home, tmp_path):
     assert doc["machine"]["nproc"] >= 1
     assert set(doc["meets"]) == set(bench.TARGETS)
     assert not doc["details"]["training_overhead"]["attribution_missing"]
+    saved = tmp_path / "bench.json"
+    saved.write_text(proc.stdout)
+    again = subprocess.run([sys.executable, "-m", "hotdog", "bench", "--from-json", str(saved)],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "pipeline_efficiency" in again.stdout and "cores" in again.stdout
     # the benchmark cleans up after itself: no run left in the user's store
     assert not (hotdog_home / "runs").exists() or not any((hotdog_home / "runs").iterdir())
 
@@ -76,6 +82,9 @@ def test_table_lists_every_metric_and_machine():
     assert result.meets() == {"frozen_cache_speedup": True, "pipeline_efficiency": True,
                               "predict_efficiency": False, "training_overhead": True}
     assert "MISSES" in table
+    md = bench.format_markdown(result)
+    assert "| `frozen_cache_speedup` | 25.00 | ≥ 20 | meets |" in md
+    assert "2 cores" in md
 
 
 def test_generated_dataset_loads(tmp_path):

@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="DIR", default=None,
                    help="data set root (train/ and test/ class folders); default: a small generated set")
     p.add_argument("--quick", action="store_true", help="tiny images and few steps (seconds, for tests)")
+    p.add_argument("--from-json", metavar="FILE", default=None,
+                   help="re-render a document saved from --json instead of measuring")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -31,9 +34,22 @@ def run(args) -> int:
     def progress(msg: str) -> None:
         print(f"bench: {msg}", file=sys.stderr, flush=True)
 
-    result = bench.run_bench(args.data, quick=args.quick, progress=progress)
+    if args.from_json:
+        import json
+        from pathlib import Path
+
+        from hotdog.errors import HotdogError
+
+        try:
+            result = bench.BenchResult.from_dict(json.loads(Path(args.from_json).read_text()))
+        except (OSError, ValueError) as err:
+            raise HotdogError(f"cannot read benchmark results from {args.from_json}: {err}") from None
+    else:
+        result = bench.run_bench(args.data, quick=args.quick, progress=progress)
     if args.json:
         emit_json(_finite(result.to_dict()))
+    elif args.markdown:
+        print(bench.format_markdown(result))
     else:
         print(bench.format_table(result))
     return 0
