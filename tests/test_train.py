@@ -198,3 +198,13 @@ def _odd_split(tmp_path):
 
     make_image(tmp_path / "odd" / "cat" / "a.png", (1, 2, 3))
     return tmp_path / "odd"
+
+
+def test_error_inside_the_loop_marks_run_failed(tiny_dataset, tmp_path):
+    def boom(p):
+        raise RuntimeError("callback exploded")
+
+    with pytest.raises(RuntimeError):
+        train(cfg(tiny_dataset), runs_dir=tmp_path / "runs", on_batch=boom)
+    [s] = RunStore(tmp_path / "runs").list()
+    assert s.status == "failed" and "callback exploded" in s.message
