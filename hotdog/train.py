@@ -71,6 +71,10 @@ class TrainConfig:
     feature_cache: bool = True
     augment_views: int = 0
     num_workers: int | None = None
+    # Fine-tuning only: the first ``warmup_epochs`` of ``epochs`` train just the new output
+    # layer on cached features, so a random head's large early gradients never reach (and
+    # wreck) the pretrained features; the remaining epochs fine-tune everything.
+    warmup_epochs: int = 0
     # False trains on the test transform (no random crops/flips): used to check that the
     # feature-cache path agrees with the plain frozen loop.
     augment: bool = True
@@ -95,6 +99,8 @@ class TrainConfig:
             raise HotdogError("input_size must be at least 8 pixels")
         if int(self.augment_views) < 0:
             raise HotdogError("augment_views must not be negative")
+        if int(self.warmup_epochs) < 0:
+            raise HotdogError("warmup_epochs must not be negative")
         if isinstance(self.devices, str):
             self.devices = [d for d in self.devices.split(",") if d.strip()]
 
@@ -423,7 +429,7 @@ def _preload(ds, what: str) -> None:
         raise DatasetError(f"no readable {what} images")
 
 
-def _plain_loop(run: _Run, net, splits, pre, trainer, loss_fn, workers):
+def _plain_loop(run: _Run, net, splits, pre, trainer, loss_fn, workers, first_epoch: int = 1):
     """The chapter's train_ch13; with ``freeze`` the plain frozen loop (chapter exercise 3)."""
     from hotdog.data import ImageListDataset, test_transform, train_transform
 
@@ -439,7 +445,7 @@ def _plain_loop(run: _Run, net, splits, pre, trainer, loss_fn, workers):
     batches = len(sampler)
     run.images_total = len(train_ds) * cfg.epochs
     frozen = dict(features=net.features, head=net.output) if cfg.freeze else dict(net=net)
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.time()
         meter = _Meter()
         for b, (X, y) in enumerate(train_loader, 1):
@@ -490,7 +496,7 @@ def _extract(run: _Run, features, ds, workers, label: str, batch_size: int = 64,
     return feats.reshape((feats.shape[0], -1))
 
 
-def _cached_loop(run: _Run, net, splits, pre, trainer, loss_fn, workers):
+def _cached_loop(run: _Run, net, splits, pre, trainer, loss_fn, workers, last_epoch: int | None = None):
     """Frozen fast path: backbone features once per image, then only the head trains.
 
     Batch order and head updates are those of the plain frozen loop, so without
@@ -528,7 +534,7 @@ def _cached_loop(run: _Run, net, splits, pre, trainer, loss_fn, workers):
         chunks = ((test_feats[i:i + 1024], test_labels[i:i + 1024]) for i in range(0, len(test_ds), 1024))
         return _accuracy(head, chunks, ctxs)
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, (last_epoch or cfg.epochs) + 1):
         t0 = time.time()
         meter = _Meter()
         for b, idx in enumerate(sampler, 1):
@@ -622,9 +628,17 @@ def train(config: TrainConfig, *, on_batch: Callable[[BatchProgress], Any] | Non
         log.info("run %s: %s %s, %d train / %d test images, %d classes, lr %g, devices %s",
                  run_id, config.mode, config.source, len(splits.train), len(splits.test),
                  len(splits.classes), lr, ctxs)
-        loop = _cached_loop if config.uses_feature_cache else _plain_loop
+        warmup = 0 if config.freeze or config.mode != "finetune" else min(int(config.warmup_epochs), config.epochs)
         try:
-            loop(run, net, splits, pre, trainer, loss_fn, workers)
+            if config.uses_feature_cache:
+                _cached_loop(run, net, splits, pre, trainer, loss_fn, workers)
+            else:
+                if warmup:
+                    head_trainer = gluon.Trainer(net.output.collect_params(), "sgd",
+                                                 {"learning_rate": lr, "wd": config.wd})
+                    _cached_loop(run, net, splits, pre, head_trainer, loss_fn, workers, last_epoch=warmup)
+                if warmup < config.epochs:
+                    _plain_loop(run, net, splits, pre, trainer, loss_fn, workers, first_epoch=warmup + 1)
             status = "finished"
             last = run.epochs[-1].test_acc
             message = f"trained {len(run.epochs)} epochs, test accuracy {last:.3f}"

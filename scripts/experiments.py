@@ -100,13 +100,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--variant", action="append", default=[], help="extra stability run, e.g. lr=0.003,bn_mode=keep")
-    ap.add_argument("--only", default=None, help="comma-separated run names to do")
+    ap.add_argument("--only", default=None, help="semicolon-separated run names to do")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="hotdog-exp-"))
     base = dict(data_root=args.data, source=args.source, batch_size=args.batch_size,
                 input_size=args.input_size, seed=args.seed)
-    only = set(args.only.split(",")) if args.only else None
+    only = set(args.only.split(";")) if args.only else None
     results = []
     print(f"# {args.what} on {args.data}, {args.source}, {args.input_size} px, batch {args.batch_size}, "
           f"seed {args.seed}, {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
@@ -114,6 +114,8 @@ def main(argv=None) -> int:
         epochs = args.epochs or 5
         plan = [("bn_update_chapter", dict(bn_mode="update")), ("bn_keep", dict(bn_mode="keep"))]
         plan += [parse_variant(v) for v in args.variant]
+        if args.variant and not only:
+            only = set(args.variant)
         for name, kw in plan:
             if only and name not in only:
                 continue

@@ -208,3 +208,16 @@ def test_error_inside_the_loop_marks_run_failed(tiny_dataset, tmp_path):
         train(cfg(tiny_dataset), runs_dir=tmp_path / "runs", on_batch=boom)
     [s] = RunStore(tmp_path / "runs").list()
     assert s.status == "failed" and "callback exploded" in s.message
+
+
+def test_head_warmup_then_full_finetune(tiny_dataset, tmp_path):
+    phases = []
+    res = train(cfg(tiny_dataset, epochs=3, warmup_epochs=1), runs_dir=tmp_path,
+                on_batch=lambda p: phases.append((p.phase, p.epoch)))
+    assert res.status == "finished" and [e.epoch for e in res.epochs] == [1, 2, 3]
+    assert phases[0] == ("cache", 0) and ("train", 1) in phases and ("train", 3) in phases
+    from hotdog import models
+
+    src = models.load_source("efficientnet_lite0")._collect_params_with_prefix()
+    got = params_of(res.run_dir)
+    assert any(not np.array_equal(got[k], src[k].data().asnumpy()) for k in got if k.startswith("features"))
