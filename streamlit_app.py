@@ -23,19 +23,10 @@ from pages import ui  # noqa: E402
 
 st.set_page_config(page_title="Hotdog Lab", page_icon=":material/lunch_dining:", layout="wide")
 
-PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
-    st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
-]
-
-page = st.navigation(PAGES)
+page = st.navigation(ui.app_pages())
+st.session_state[ui.ROUTED_KEY] = True
 status_box = st.sidebar.container()
-try:
-    page.run()
-finally:
-    # Drawn after the page so it reflects what the page just did (new data set, new job).
-    with status_box:
-        ui.sidebar_status(page.title)
+page.run()
+# Drawn after the page so it reflects what the page just did (new data set, new job).
+with status_box:
+    ui.sidebar_status(page.title)

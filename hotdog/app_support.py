@@ -376,12 +376,13 @@ def _drain(manager) -> None:
             if state.state != "finished":  # stopped, diverged or failed: the rest is moot
                 _pending.clear()
                 return
-            config = _pending.pop(0)
             try:
-                manager.start(config)
+                manager.start(_pending[0])
             except HotdogError:
                 _pending.clear()
                 return
+            # Popped only once the next run is up, so readers never see "idle" in between.
+            _pending.pop(0)
 
 
 def pending_configs() -> list:

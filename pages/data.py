@@ -12,6 +12,8 @@ from hotdog import data
 from hotdog.errors import DownloadError, HotdogError
 from pages import ui
 
+ui.require_router()
+
 st.title("Data")
 st.write(
     "The chapter's hot dog set has 1,400 hot-dog and 1,400 other food photos in "
@@ -20,6 +22,16 @@ st.write(
 )
 
 # ------------------------------------------------------------------ choose
+FLASH = "data_flash"
+
+
+def use_now(root: str, message: str) -> None:
+    """Select the new data set and redraw, so the picker above already shows it."""
+    ui.set_dataset(root)
+    st.session_state[FLASH] = message
+    st.rerun()
+
+
 choices = ui.dataset_choices()
 current = ui.current_dataset()
 if choices:
@@ -38,6 +50,9 @@ if choices:
 else:
     st.info("No data set yet: download the chapter's set, point to a folder, or upload a zip below.",
             icon=":material/info:")
+
+if st.session_state.get(FLASH):
+    st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
 
 get_dl, get_folder, get_zip = st.tabs(["Download the chapter's set", "Use a local folder", "Upload a zip"])
 
@@ -66,9 +81,7 @@ with get_dl:
             ui.show_error(err)
         else:
             bar.progress(1.0, text="Done")
-            ui.set_dataset(str(root))
-            st.success("Downloaded and checked; now in use.", icon=":material/check_circle:")
-            current = str(root)
+            use_now(str(root), "Downloaded and checked; now in use.")
 
 with get_folder:
     folder = st.text_input("Folder on the server", key="folder_path",
@@ -81,9 +94,7 @@ with get_folder:
             ui.show_error(err)
         else:
             ui.remember_folder(path)
-            ui.set_dataset(path)
-            current = path
-            st.success("Folder checked; now in use.", icon=":material/check_circle:")
+            use_now(path, "Folder checked; now in use.")
 
 with get_zip:
     st.write("A zip holding `train/<class>/…` and `test/<class>/…`, or just `<class>/…`. "
@@ -104,9 +115,7 @@ with get_zip:
         except HotdogError as err:
             ui.show_error(err)
         else:
-            ui.set_dataset(str(root))
-            current = str(root)
-            st.success("Installed and checked; now in use.", icon=":material/check_circle:")
+            use_now(str(root), "Installed and checked; now in use.")
 
 # ------------------------------------------------------------------ explore
 def explore(current: str) -> None:

@@ -10,6 +10,8 @@ from hotdog import app_support as sup
 from hotdog.errors import HotdogError
 from pages import ui
 
+ui.require_router()
+
 st.title(":material/lunch_dining: Hotdog Lab")
 st.markdown(
     "Fine-tune an ImageNet network to tell **hot dogs** from everything else, as in the "

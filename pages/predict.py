@@ -10,6 +10,8 @@ from hotdog import data
 from hotdog.errors import HotdogError
 from pages import ui
 
+ui.require_router()
+
 RUN, IMAGENET, ZERO_SHOT = "A finished training run", "Pretrained ImageNet classifier", "Zero-shot ImageNet 'hotdog' head"
 
 st.title("Predict")

@@ -14,6 +14,8 @@ from hotdog.errors import HotdogError
 from hotdog.train import TrainConfig
 from pages import ui
 
+ui.require_router()
+
 LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
 WDS = [0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]
 BATCHES = [8, 16, 32, 64, 128, 256]
@@ -122,9 +124,11 @@ if st.session_state.get("train_error"):
 elif not busy and (last := ui.last_job()) is not None:
     res = last.result
     took = sup.format_duration((last.ended or 0) - (last.started or 0))
+    mode = {"finetune": "fine-tune", "scratch": "from scratch"}.get(getattr(last.config, "mode", ""), "")
     if last.state == "finished":
         acc = f", test accuracy {res.test_acc:.3f}" if res is not None and res.test_acc is not None else ""
-        st.success(sup.md_escape(f"Run finished: {last.run_id}{acc} ({took})"), icon=":material/check_circle:")
+        st.success(sup.md_escape(f"Run finished ({mode}): {last.run_id}{acc} ({took})"),
+                   icon=":material/check_circle:")
     elif last.state == "stopped":
         st.info(sup.md_escape(f"Run stopped: {last.run_id} after {len(last.epochs)} epoch(s); "
                               "completed epochs are kept."), icon=":material/stop_circle:")
@@ -142,7 +146,10 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
         tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".3f")],
     )
     if many:
-        return (base.encode(color=alt.Color("run:N", title="run", legend=alt.Legend(orient="bottom")))
+        return (base.encode(color=alt.Color("run:N", title="run",
+                                            scale=alt.Scale(range=["#d9480f", "#1c7ed6", "#2f9e44", "#7048e8",
+                                                                   "#f59f00", "#868e96"]),
+                                            legend=alt.Legend(orient="bottom", labelLimit=400, columns=1)))
                 .properties(height=height, width=260)
                 .facet(column=alt.Column("metric:N", title=None, sort=list(sup.METRIC_LABELS.values())))
                 .resolve_scale(y="independent"))
@@ -242,13 +249,18 @@ def runs_table() -> None:
     if not runs:
         st.caption("No runs yet.")
         return
-    rows = [{
-        "run": r.run_id, "status": r.status, "mode": r.mode,
-        "source": ui.source_titles().get(r.source, r.source),
-        "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
-        "test acc": r.test_acc, "duration": sup.format_duration(ui.run_seconds(r)),
-        "message": r.message,
-    } for r in runs]
+    rows = []
+    for r in runs:
+        rec = ui.run_record(r.run_id)
+        root = (rec.config.get("data_root") if rec else None) or ""
+        rows.append({
+            "run": r.run_id, "status": r.status, "mode": r.mode, "data": Path(root).name,
+            "source": ui.source_titles().get(r.source, r.source),
+            "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
+            "size": (rec.config.get("input_size") if rec else None) or "default",
+            "test acc": r.test_acc, "duration": sup.format_duration(ui.run_seconds(r, rec)),
+            "message": r.message,
+        })
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={"test acc": st.column_config.NumberColumn(format="%.3f"),
                                 "lr": st.column_config.NumberColumn(format="%g")})
@@ -260,8 +272,12 @@ runs = [r for r in ui.all_runs() if r.status != "running"]
 if runs:
     labels = {r.run_id: f"{r.run_id} · {r.mode}" for r in runs}
     with_metrics = [r.run_id for r in runs if r.epochs_done]
-    # A new run resets the choice to the newest two (the chapter's fine-tune vs scratch).
-    chosen = st.multiselect("Overlay the curves of", with_metrics, default=with_metrics[:2],
+    data_of = {r.run_id: ui.run_data_root(r.run_id) for r in runs}
+    newest_data = data_of.get(with_metrics[0]) if with_metrics else None
+    # A new run resets the choice to the newest two on the same data set (the chapter's
+    # fine-tune vs scratch); curves of different data sets are rarely worth comparing.
+    default = [r for r in with_metrics if data_of.get(r) == newest_data][:2]
+    chosen = st.multiselect("Overlay the curves of", with_metrics, default=default,
                             format_func=labels.get, key=f"overlay-{len(with_metrics)}")
     if chosen:
         frames = [sup.curves_frame(ui.run_metrics(r), run=labels[r]) for r in chosen]
@@ -270,6 +286,7 @@ if runs:
     finished = [r for r in runs if r.status in ("finished", "stopped") and r.epochs_done]
     if finished:
         st.subheader("Inspect a run")
+        # Keyed by the newest run: a run that just finished is the one shown.
         run_id = st.selectbox("Run", [r.run_id for r in finished], format_func=lambda i: ui.run_label(
-            next(r for r in finished if r.run_id == i)), key="inspect_run")
+            next(r for r in finished if r.run_id == i)), key=f"inspect-{finished[0].run_id}")
         inspect_run(next(r for r in finished if r.run_id == run_id))

@@ -17,6 +17,32 @@ from hotdog.errors import HotdogError
 DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
 SOURCE_KEY = "source_model"   # the source model, shared by Train, Predict and Weights
 FOLDERS_KEY = "typed_folders"  # local folders the user typed in this session
+ROUTED_KEY = "_hotdog_routed"  # set by streamlit_app.py before it runs a page
+
+
+def app_pages() -> list:
+    return [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
+        st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
+    ]
+
+
+def require_router() -> None:
+    """Make sure this page runs inside the router.
+
+    Because the pages live in ``pages/``, the very first run of a fresh server process that
+    lands on a page URL (a bookmark of /data) runs that file directly with Streamlit's legacy
+    folder navigation, which would also list this helper module as a page. Calling
+    ``st.navigation`` switches Streamlit to the router for good; the rerun then goes
+    through streamlit_app.py and lands on the same page.
+    """
+    if st.session_state.get(ROUTED_KEY):
+        return
+    st.navigation(app_pages(), position="hidden")
+    st.rerun()
 
 
 def show_error(err: BaseException, prefix: str = "") -> None:
@@ -244,7 +270,10 @@ def finished_runs() -> list:
 
 def run_label(r) -> str:
     acc = "" if r.test_acc is None else f", test acc {r.test_acc:.3f}"
-    return f"{r.run_id} · {r.mode or '?'} · {source_titles().get(r.source, r.source)}{acc}"
+    rec = run_record(r.run_id)
+    data = Path(rec.config.get("data_root") or "").name if rec else ""
+    return (f"{r.run_id} · {r.mode or '?'} · {source_titles().get(r.source, r.source)}"
+            + (f" · {data}" if data else "") + acc)
 
 
 def _params_stamp(run_dir: str) -> float:
@@ -322,11 +351,22 @@ def run_metrics(run_id: str) -> list[dict]:
         return []
 
 
-def run_seconds(summary) -> float | None:
-    """Wall time of a run: recorded at the end, else the sum of its epochs."""
+def run_record(run_id: str):
     try:
-        rec = run_store().load(summary.run_id)
+        return run_store().load(run_id)
     except HotdogError:
+        return None
+
+
+def run_data_root(run_id: str) -> str | None:
+    rec = run_record(run_id)
+    return rec.config.get("data_root") if rec else None
+
+
+def run_seconds(summary, rec=None) -> float | None:
+    """Wall time of a run: recorded at the end, else the sum of its epochs."""
+    rec = rec or run_record(summary.run_id)
+    if rec is None:
         return None
     seconds = rec.status.get("seconds")
     if isinstance(seconds, (int, float)):

@@ -11,6 +11,8 @@ from hotdog import imagenet
 from hotdog.errors import HotdogError
 from pages import ui
 
+ui.require_router()
+
 st.title("Weights")
 
 source = ui.source_select()

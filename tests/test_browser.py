@@ -25,6 +25,7 @@ from conftest import make_dataset, make_image
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
+HOTDOG_MINI = Path(os.environ.get("HOTDOG_MINI", REPO.parent / "shared" / "data" / "hotdog-mini"))
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / "docs" / "screenshots"
 XSS = "<img src=x onerror=alert(1)>"
@@ -143,7 +144,16 @@ def test_every_page_in_a_real_browser(server, page):
 def _walk_every_page(server, page):
     url = server["url"]
     t0 = time.time()
-    page.goto(url)
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    # The fresh server's first request is a page URL (a bookmark): it must still get the
+    # router's navigation, not Streamlit's legacy pages/ folder listing (which shows 'ui').
+    page.goto(url + "/data")
+    page.get_by_text("What is in it").wait_for()
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_text("Weights", exact=True).wait_for()
+    assert nav.get_by_text("ui", exact=True).count() == 0
+    goto(page, "Home")
     page.get_by_text("Hotdog Lab", exact=False).first.wait_for()
     page.get_by_text("Latest runs").wait_for()
     no_exception(page)
@@ -219,8 +229,77 @@ def _walk_every_page(server, page):
     page.get_by_text(XSS, exact=True).first.wait_for()
     no_exception(page)
     assert page.locator("img[onerror]").count() == 0
-    assert page.evaluate("() => window.__xss === undefined")
+    goto(page, "Train")
+    page.get_by_role("button", name="Fine-tune").wait_for()
+    goto(page, "Predict")
+    page.get_by_text("Photos (jpg").wait_for()
+    page.wait_for_timeout(500)
+    assert page.locator("img[onerror]").count() == 0
+    assert dialogs == [], "no script from a class name ever ran"
     assert time.time() - t0 < 150
+
+
+def _pick(page, label: str, option: str) -> None:
+    """Choose the first option containing ``option`` in the selectbox labelled ``label``."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.get_by_role("option").filter(has_text=option).first.click()
+
+
+def test_showcase_screenshots_on_real_photos(server, page):
+    """README screenshots on the real photo set: the chapter's comparison, real predictions.
+
+    Runs after the functional walk (same server) and overwrites its screenshots of noise images.
+    """
+    if not (HOTDOG_MINI / "train").is_dir():
+        pytest.skip(f"real photo set not found at {HOTDOG_MINI}: keeping the screenshots of generated data")
+    try:
+        _showcase(server, page)
+    except BaseException:
+        page.screenshot(path=str(artifacts(server) / "showcase-failure.png"), full_page=True)
+        raise
+
+
+def _showcase(server, page):
+    page.goto(server["url"] + "/data")
+    page.get_by_role("tab", name="Use a local folder").click()
+    box = page.get_by_label("Folder on the server")
+    box.fill(str(HOTDOG_MINI))
+    box.press("Enter")
+    page.get_by_role("button", name="Use this folder").click()
+    page.get_by_text("Folder checked").wait_for()
+    page.get_by_text("Augmentation preview").wait_for()
+    shoot(page, server, "data")
+
+    # The chapter's defaults (224 px, batch 128, 5 epochs) with frozen features: the
+    # features are computed once, so this takes seconds even on a busy CPU.
+    goto(page, "Train")
+    page.get_by_role("button", name="Fine-tune").wait_for()
+    page.locator('[data-testid="stSidebar"]').get_by_text("Freeze the copied features").click()
+    page.wait_for_timeout(800)
+    page.get_by_role("button", name="Fine-tune").click()
+    page.get_by_text(re.compile(r"Run finished \(fine-tune\)")).wait_for(timeout=150_000)
+    no_exception(page)
+    page.get_by_text("Misclassified test photos").wait_for()
+    shoot(page, server, "train")
+
+    goto(page, "Predict")
+    page.get_by_text("Photos (jpg").wait_for()
+    photos = [sorted((HOTDOG_MINI / "test" / c).iterdir())[0] for c in ("hotdog", "not-hotdog")]
+    bad = server["tmp"] / "notes.jpg"
+    bad.write_text("this is a text file, not a photo")
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        [str(p) for p in photos] + [str(bad)])
+    page.get_by_text("→ ", exact=False).nth(1).wait_for(timeout=60_000)
+    no_exception(page)
+    shoot(page, server, "predict")
+
+    goto(page, "Weights")
+    page.get_by_text("After fine-tuning").wait_for()
+    shoot(page, server, "weights")
+
+    goto(page, "Home")
+    page.get_by_text("Latest runs").wait_for()
+    shoot(page, server, "home")
 
 
 def test_upload_limit_and_xsrf_are_enforced(server, page):
