@@ -730,6 +730,29 @@ def _run_model_info(run_dir: Path) -> dict:
     return info
 
 
+def _fast_inference(net, pre, ctx):
+    """MKLDNN-fused copy of ``net`` when it matches the plain one to 1e-4 (about 2x faster
+    on a CPU), else the plain network hybridized."""
+    import mxnet as mx
+
+    if ctx.device_type == "cpu":
+        try:
+            from hotdog.inference import fast_inference_block
+
+            # A private RNG: drawing from MXNet's global one would shift a running training's draws.
+            rng = np.random.RandomState(0)
+            example = mx.nd.array(rng.standard_normal((2, 3, pre.input_size, pre.input_size)), ctx=ctx)
+            choice = fast_inference_block(net, example)
+            log.debug("predictor: %s (%s)", "fused" if choice.fused else "plain", choice.reason)
+            return choice.block
+        except ImportError:
+            pass
+        except Exception as err:  # never let an optimisation break prediction
+            log.warning("fused inference unavailable: %s", err)
+    net.hybridize(static_alloc=True)
+    return net
+
+
 class Predictor:
     """A saved run's network, ready to classify photos with the run's classes and its source
     model's test preprocessing at the run's input size. Thread-safe (one forward at a time)."""
@@ -774,13 +797,12 @@ class Predictor:
             net.load_parameters(str(run_dir / info.get("params", PARAMS_FILE)), ctx=ctx)
         except (mx.base.MXNetError, OSError, AssertionError, ValueError) as err:
             raise RunStoreError(f"cannot load the weights of run {run_dir.name}: {str(err).splitlines()[0]}") from err
-        net.hybridize(static_alloc=True)
         pre_d = info.get("preprocess")
         if pre_d:
             pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre_d.items()})
         else:
             pre = resolve_preprocess(source, info.get("input_size"))
-        return cls(net, classes, pre, source, ctx, run_dir)
+        return cls(_fast_inference(net, pre, ctx), classes, pre, source, ctx, run_dir)
 
     def _load(self, src) -> "Any":
         from hotdog.data import decode_image
