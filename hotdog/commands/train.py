@@ -45,6 +45,8 @@ def register(sub) -> None:
                    help="with --freeze, run the full network every batch instead of caching features")
     t.add_argument("--augment-views", type=int, default=None,
                    help="with --freeze, also cache K randomly augmented views of each training image")
+    t.add_argument("--warmup-epochs", type=int, default=None,
+                   help="fine-tune: train only the output layer (on cached features) for the first N epochs")
     t.add_argument("--runs-dir", default=None, help="run store folder (default $HOTDOG_HOME/runs)")
     add_json_flag(t)
     t.set_defaults(func=cmd_train)
@@ -79,7 +81,7 @@ def _config_from_args(args):
     kw = {"data_root": args.data, "mode": args.mode, "freeze": args.freeze,
           "init_output_from_imagenet": args.init_from_imagenet}
     for name in ("source", "lr", "lr_mult", "wd", "batch_size", "epochs", "seed", "input_size",
-                 "bn_mode", "augment_views"):
+                 "bn_mode", "augment_views", "warmup_epochs"):
         v = getattr(args, name)
         if v is not None:
             kw[name] = v
