@@ -401,3 +401,35 @@ def dataset_name_from_file(filename: str) -> str:
     Same rule as ``hotdog data install-zip`` without --name.
     """
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).stem).strip("-._")[:64] or "dataset"
+
+
+def run_output_rows(run_dir, classes: Sequence[str]) -> dict:
+    """Each class's row of a saved run's output layer, read from its ``.params`` file.
+
+    Glue until the engine exposes it: the Predictor's network may be a fused inference copy
+    without an ``output`` block. ``mx.nd.load`` reads plain tensors only (no pickle).
+    """
+    import json
+
+    from hotdog.errors import RunStoreError
+
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / "model.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    params = run_dir / info.get("params", "model.params")
+
+    def load():
+        import mxnet as mx
+
+        return {k: v.asnumpy() for k, v in mx.nd.load(str(params)).items() if k.endswith("output.weight")}
+
+    try:
+        found = mx_call(load)
+    except Exception as err:  # a corrupt file is the user's to know about, not a crash
+        raise RunStoreError(f"cannot read the weights of run {run_dir.name}: {str(err).splitlines()[0]}") from err
+    if len(found) != 1:
+        raise RunStoreError(f"run {run_dir.name}: no single output layer in {params.name}")
+    w = next(iter(found.values()))
+    return {c: w[i] for i, c in enumerate(classes) if i < len(w)}

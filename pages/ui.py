@@ -338,10 +338,8 @@ def class_weights(source: str, class_name: str, k: int):
 
 
 def run_output_rows(run_dir: str) -> dict:
-    """The fine-tuned run's output row per class (copies; the cached predictor stays untouched)."""
-    pred = predictor(run_dir)
-    w = sup.mx_call(lambda: pred.net.output.weight.data().asnumpy().copy())
-    return {c: w[i] for i, c in enumerate(pred.classes)}
+    """The fine-tuned run's output row per class, read from its saved parameters."""
+    return sup.run_output_rows(run_dir, run_classes(run_dir))
 
 
 def run_metrics(run_id: str) -> list[dict]:
