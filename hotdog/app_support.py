@@ -433,3 +433,20 @@ def run_output_rows(run_dir, classes: Sequence[str]) -> dict:
         raise RunStoreError(f"run {run_dir.name}: no single output layer in {params.name}")
     w = next(iter(found.values()))
     return {c: w[i] for i, c in enumerate(classes) if i < len(w)}
+
+
+def zero_shot_note(classes: Sequence[str]) -> str:
+    """Which ImageNet row each class of the zero-shot head starts from, in one sentence."""
+    from hotdog import imagenet
+
+    found = {c: imagenet.find_class(c) for c in classes}
+    parts = []
+    for c in classes:
+        j = found[c]
+        if j is not None:
+            parts.append(f"'{c}' = ImageNet row {j} ('{imagenet.short_name(j)}')")
+            continue
+        base = re.sub(r"^(not|non|no)[\s_-]*", "", c, flags=re.I)
+        k = imagenet.find_class(base) if base != c else None
+        parts.append(f"'{c}' = everything but row {k}" if k is not None else f"'{c}' = random (no ImageNet class of that name)")
+    return "Head rows: " + "; ".join(parts) + "."

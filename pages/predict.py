@@ -53,6 +53,8 @@ else:
                 zero_shot = ui.zero_shot(source, root)
             except HotdogError as err:
                 ui.show_error(err)
+            else:
+                c_pick.caption(sup.md_escape(sup.zero_shot_note(zero_shot.classes)))
 
 uploads = st.file_uploader(
     "Photos (jpg, png, webp, gif, bmp, tiff…)", accept_multiple_files=True, key="photos",

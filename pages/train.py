@@ -231,9 +231,10 @@ def inspect_run(run) -> None:
                 try:
                     from hotdog import data
 
-                    im = data.decode_image(m["path"])
-                    im.thumbnail((256, 256))
-                    st.image(im, width="stretch")
+                    from PIL import ImageOps
+
+                    # Square crops keep the gallery a tidy grid whatever the photos' shapes.
+                    st.image(ImageOps.fit(data.decode_image(m["path"]), (256, 256)), width="stretch")
                 except HotdogError:
                     pass
                 st.text(ui.misclassified_caption(m))

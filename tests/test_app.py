@@ -369,3 +369,16 @@ def test_app_mxnet_work_runs_on_the_engine_thread(app_home, monkeypatch, tmp_pat
     assert_clean(at)
     assert {name for name, _ in seen} == {"imagenet_topk", "class_weights", "train_transform"}
     assert all(thread.startswith("hotdog-mx") for _, thread in seen), seen
+
+
+def test_predict_camera_toggle_and_zero_shot_note(app_home):
+    at = new_app()
+    at.switch_page("pages/predict.py").run()
+    assert not at.get("camera_input")
+    at.toggle(key="use_camera").set_value(True).run()
+    assert_clean(at)
+    assert at.get("camera_input"), "the camera widget appears on demand (it asks for permission)"
+    at.radio(key="predict_kind").set_value("Zero-shot ImageNet 'hotdog' head").run()
+    assert_clean(at)
+    note = " ".join(c.value for c in at.caption)
+    assert "row 934" in note and "everything but row 934" in note
