@@ -175,6 +175,24 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn round after round.
+
+    On a shared machine the load drifts over seconds; alternating the contenders exposes
+    them to the same drift, so their ratio stays meaningful when absolute times are not.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, rounds)):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else float("nan")
 
@@ -193,12 +211,18 @@ def _stack_images(items, pre, n: int):
 
 
 class _Timeline:
-    """Callbacks for ``train``: timestamps per batch/epoch, and the time spent inside them."""
+    """Callbacks for ``train``: timestamps per batch/epoch, and the time spent inside them.
 
-    def __init__(self):
+    ``between_epochs`` runs inside ``on_epoch`` (the engine is idle then: the epoch's test
+    accuracy has been read back); its time is kept apart from the callbacks' own cost.
+    """
+
+    def __init__(self, between_epochs: Callable[[Any], Any] | None = None):
         self.batches: list[tuple[float, Any]] = []
-        self.epochs: list[tuple[float, Any]] = []
+        self.epochs: list[tuple[float, Any]] = []  # (time training resumes, EpochMetrics)
         self.callback_seconds = 0.0
+        self.hook_seconds = 0.0
+        self.between_epochs = between_epochs
 
     def on_batch(self, progress) -> None:
         t0 = time.perf_counter()
@@ -207,15 +231,19 @@ class _Timeline:
 
     def on_epoch(self, metrics) -> None:
         t0 = time.perf_counter()
-        self.epochs.append((t0, metrics))
-        self.callback_seconds += time.perf_counter() - t0
+        if self.between_epochs is not None:
+            self.between_epochs(metrics)
+        t1 = time.perf_counter()
+        self.hook_seconds += t1 - t0
+        self.epochs.append((t1, metrics))
+        self.callback_seconds += time.perf_counter() - t1
 
     def train_throughput(self, images_per_epoch: int, skip_epochs: int = 1) -> tuple[float, int, float]:
         """(images/s, images, seconds) of the training phase of the epochs after ``skip_epochs``.
 
-        An epoch's training phase runs from the previous epoch's ``on_epoch`` (after its test
-        evaluation and run-store writes) to the epoch's last training-batch report, which
-        the engine sends once that batch's numbers are back on the host.
+        An epoch's training phase runs from the end of the previous epoch's ``on_epoch`` (after
+        its test evaluation and run-store writes) to the epoch's last training-batch report,
+        which the engine sends once that batch's numbers are back on the host.
         """
         images, seconds = 0, 0.0
         for k in range(max(1, skip_epochs), len(self.epochs)):
@@ -283,18 +311,17 @@ class Bench:
         net = models.build_finetune(self.source, len(self.splits.classes), freeze=True)
         net.hybridize()
         plain = net.features
-        reps = 2
-        t_plain = _median_time(lambda: plain(x).wait_to_read(), reps)
+        rounds = 2 if self.s.quick else 3
+        # the static-allocation copy separates the fusion's gain from static memory planning's
+        static = inference.inference_copy(plain, x.context, x)
+        contenders = {"plain": lambda: plain(x).wait_to_read(), "static": lambda: static(x).wait_to_read()}
+        fused, fused_diff = None, 0.0
         if inference.mkldnn_enabled():
             fused = inference.fused_forward_block(plain, x)
             fused_diff = inference.max_abs_diff(plain, fused, x)
-            t_fused = _median_time(lambda: fused(x).wait_to_read(), reps)
-        else:
-            fused, fused_diff, t_fused = None, 0.0, float("nan")
-        t_plain = (t_plain + _median_time(lambda: plain(x).wait_to_read(), reps)) / 2
-        # separates the fusion's gain from static memory allocation's
-        static = inference.inference_copy(plain, x.context, x)
-        t_static = _median_time(lambda: static(x).wait_to_read(), reps)
+            contenders["fused"] = lambda: fused(x).wait_to_read()
+        t = _interleaved(contenders, rounds)
+        t_plain, t_static, t_fused = t["plain"], t["static"], t.get("fused", float("nan"))
         del static
         exact = fused is not None and fused_diff <= FUSED_ATOL
         self.metrics["fused_inference_speedup"] = _ratio(t_plain, t_fused) if fused is not None else 1.0
@@ -330,8 +357,8 @@ class Bench:
         ref = np.concatenate([fp32(xa[i:i + 32]).asnumpy() for i in range(0, n_agree, 32)])
         got = np.concatenate([bf(xa[i:i + 32]).asnumpy() for i in range(0, n_agree, 32)])
         agree = float((ref.argmax(1) == got.argmax(1)).mean())
-        t_fp32 = _median_time(lambda: fp32(x).wait_to_read(), reps)
-        t_bf = _median_time(lambda: bf(x).wait_to_read(), reps)
+        t = _interleaved({"fp32": lambda: fp32(x).wait_to_read(), "bf16": lambda: bf(x).wait_to_read()}, rounds)
+        t_fp32, t_bf = t["fp32"], t["bf16"]
         self.metrics["bf16_inference_speedup"] = _ratio(t_fp32, t_bf)
         self.metrics["bf16_top1_agreement"] = agree
         self.details["bf16"] = {
@@ -346,48 +373,59 @@ class Bench:
     # -- source models --------------------------------------------------------------------
 
     def source_models(self) -> None:
-        """Training and inference images/s of every source (random weights), same shapes."""
+        """Training and inference images/s of every source (random weights), same shapes.
+
+        The models take turns step by step, so a change in the machine's load hits both.
+        """
         import mxnet as mx
         from mxnet import autograd, gluon
 
         from hotdog import inference, models
 
         self.progress("source models: training and inference images/s")
-        out = {}
-        B, S = self.s.batch_size, self.pre.input_size
+        B, S = self.s.infer_batch, self.pre.input_size
         x = mx.nd.random.normal(shape=(B, 3, S, S))
         y = mx.nd.array(np.arange(B) % 2)
-        for name in models.list_sources():
-            net = models.build_scratch(name, 2)
-            net.hybridize()
-            trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "wd": 1e-3})
-            loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        train_fns, infer_fns, exact = {}, {}, {}
 
+        def make_step(net, trainer):
             def step():
                 with autograd.record():
                     loss = loss_fn(net(x), y)
                 loss.backward()
                 trainer.step(B)
                 mx.nd.waitall()
+            return step
 
-            t_train = _median_time(step, self.s.raw_steps)
-            xi = mx.nd.random.normal(shape=(self.s.infer_batch, 3, S, S))
-            t_inf = _median_time(lambda: net(xi).wait_to_read(), self.s.raw_steps)
-            fused = inference.fast_inference_block(net, xi, atol=FUSED_ATOL)
-            t_fused = _median_time(lambda: fused.block(xi).wait_to_read(), self.s.raw_steps)
-            out[name] = {
-                "train_images_per_sec": _ratio(B, t_train),
-                "infer_images_per_sec": _ratio(xi.shape[0], t_inf),
-                "fused_infer_images_per_sec": _ratio(xi.shape[0], t_fused),
-                "fused_exact": bool(fused.fused),
+        for name in models.list_sources():
+            net = models.build_scratch(name, 2)
+            net.hybridize()
+            trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "wd": 1e-3})
+            train_fns[name] = make_step(net, trainer)
+            fused = inference.fast_inference_block(net, x, atol=FUSED_ATOL)
+            exact[name] = fused.fused
+            infer_fns[name] = (lambda n: lambda: n(x).wait_to_read())(net)
+            infer_fns[name + "/fused"] = (lambda f: lambda: f(x).wait_to_read())(fused.block)
+        t_train = _interleaved(train_fns, self.s.raw_steps)
+        t_infer = _interleaved(infer_fns, self.s.raw_steps)
+        self.metrics["source_models"] = {
+            name: {
+                "train_images_per_sec": _ratio(B, t_train[name]),
+                "infer_images_per_sec": _ratio(B, t_infer[name]),
+                "fused_infer_images_per_sec": _ratio(B, t_infer[name + "/fused"]),
+                "fused_exact": bool(exact[name]),
             }
-        self.metrics["source_models"] = out
-        self.details["source_models"] = {"batch": B, "input_size": S, "weights": "random (Xavier)"}
+            for name in train_fns
+        }
+        self.details["source_models"] = {"batch": B, "input_size": S, "weights": "random (Xavier)",
+                                         "mode": "scratch (all layers train, BatchNorm updating)"}
 
     # -- end-to-end fine-tuning vs raw steps; training overhead -------------------------
 
-    def _raw_train_ips(self, config) -> float:
-        """Forward/backward/step images/s of the product's network on pre-made tensors."""
+    def _raw_stepper(self, config) -> Callable[[], float]:
+        """Returns a function timing ``raw_steps`` forward/backward/step of the product's
+        network (``train.build_net``, same optimizer and loss) on pre-made tensors."""
         import mxnet as mx
         from mxnet import autograd, gluon
 
@@ -411,41 +449,47 @@ class Bench:
             mx.nd.waitall()
 
         steps(1)  # graph build, memory planning
-        t0 = time.perf_counter()
-        steps(self.s.raw_steps)
-        return _ratio(B * self.s.raw_steps, time.perf_counter() - t0)
+
+        def sample() -> float:
+            t0 = time.perf_counter()
+            steps(self.s.raw_steps)
+            return _ratio(B * self.s.raw_steps, time.perf_counter() - t0)
+
+        return sample
 
     def pipeline_and_overhead(self) -> Path:
-        """One profiled fine-tuning run gives both pipeline efficiency and the overhead split.
+        """One profiled fine-tuning run gives pipeline efficiency and the overhead split.
 
-        cProfile adds ~1 us per Python call; a step here costs 10^5-10^6 us and ~10^3 calls, so
-        the distortion is far below the figures reported (and it inflates overhead, never hides it).
+        The raw reference is sampled after every epoch (inside ``on_epoch``, while the engine
+        is idle), so both sides of the ratio see the same machine load. cProfile adds ~1 us
+        per Python call to both; a step costs 10^5-10^6 us and ~10^3 calls, far below the
+        figures reported (and it can only inflate the overhead, never hide it).
         """
         from hotdog import train
 
         cfg = self.config(mode="finetune", freeze=False, epochs=self.s.pipeline_epochs)
-        self.progress("pipeline: raw forward/backward/step on pre-made tensors")
-        raw_before = self._raw_train_ips(cfg)
-        self.progress(f"pipeline: end-to-end fine-tuning, {cfg.epochs} epochs (profiled)")
-        timeline = _Timeline()
+        self.progress("pipeline: building the raw forward/backward/step reference")
+        raw_sample = self._raw_stepper(cfg)
+        raw_samples: list[float] = []
+        timeline = _Timeline(between_epochs=lambda m: raw_samples.append(raw_sample()))
+        self.progress(f"pipeline: end-to-end fine-tuning, {cfg.epochs} epochs, raw steps between epochs (profiled)")
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         result = prof.runcall(train.train, cfg, on_batch=timeline.on_batch, on_epoch=timeline.on_epoch,
                               runs_dir=self.runs_dir)
         wall = time.perf_counter() - t0
+        del raw_sample
         if result.status != "finished":
             raise RuntimeError(f"benchmark training run ended {result.status}: {result.message}")
-        self.progress("pipeline: raw steps again (the machine's load may have changed)")
-        raw_after = self._raw_train_ips(cfg)
-        raw = (raw_before + raw_after) / 2
         ips, images, seconds = timeline.train_throughput(len(self.splits.train), skip_epochs=1)
+        raw = statistics.mean(raw_samples) if raw_samples else float("nan")
         self.metrics["pipeline_efficiency"] = _ratio(ips, raw)
         self.details["pipeline"] = {
             "end_to_end_images_per_sec": ips, "images": images, "seconds": seconds,
-            "raw_images_per_sec": raw, "raw_before": raw_before, "raw_after": raw_after,
+            "raw_images_per_sec": raw, "raw_samples": raw_samples,
             "batch_size": cfg.batch_size, "input_size": self.pre.input_size,
             "epochs": cfg.epochs, "epochs_counted": max(0, cfg.epochs - 1),
-            "test_acc": result.test_acc, "run_seconds": wall,
+            "test_acc": result.test_acc, "run_seconds": wall - timeline.hook_seconds,
         }
         self._overhead_from_profile(prof, timeline)
         return Path(result.run_dir)
@@ -481,11 +525,12 @@ class Bench:
         loop = cum(named("_plain_loop"))
         evaluation = cum(named("_accuracy"), named("<lambda>", "finish_epoch"))
         preload = cum(named("_preload"))
-        step_time = loop - evaluation - preload
+        step_time = loop - evaluation - preload - timeline.hook_seconds
         # Callbacks: the engine's reporting (BatchProgress building) plus our callbacks.
         callbacks = cum(named("report")) + sum(
             edge[3] for k in funcs(lambda k: k[2] == "on_epoch" and k[0] == __file__)
-            for c, edge in stats[k][4].items() if is_train(c))
+            for c, edge in stats[k][4].items() if is_train(c)) - timeline.hook_seconds
+        callbacks = max(0.0, callbacks)
         # Metrics: host-side cost of the running loss/accuracy, *minus* the time the one
         # device->host copy per batch waits for the previous batch's compute (that wait is
         # step time the loop needs anyway, not overhead).
@@ -503,6 +548,7 @@ class Bench:
             "metrics_wait_excluded_seconds": waits, "store_seconds": store,
             "our_callbacks_seconds": timeline.callback_seconds,
             "evaluation_seconds": evaluation, "decode_preload_seconds": preload,
+            "raw_reference_seconds_excluded": timeline.hook_seconds,
             "attribution_missing": missing,
         }
         if missing:
@@ -511,9 +557,10 @@ class Bench:
     # -- prediction -----------------------------------------------------------------------
 
     def predict(self, run_dir: Path) -> None:
-        """Raw batch-1 forward vs Predictor.predict of one photo's bytes, interleaved."""
-        import mxnet as mx
+        """Raw batch-1 forward vs Predictor.predict of one photo's bytes, interleaved.
 
+        "Raw" runs the predictor's own network on a pre-made tensor, so whatever network the
+        Predictor uses (plain or fused) is compared with itself."""
         from hotdog.train import Predictor
 
         self.progress("predict: one uploaded photo vs raw batch-1 forward")
@@ -530,22 +577,25 @@ class Bench:
             if pred.error:
                 raise RuntimeError(pred.error)
 
-        raw(), one()
-        t_raw, t_one = [], []
-        for _ in range(self.s.predict_repeats):
-            t_raw.append(_median_time(raw, 1, warmup=0))
-            t_one.append(_median_time(one, 1, warmup=0))
-        raw_s, one_s = statistics.median(t_raw), statistics.median(t_one)
-        self.metrics["predict_efficiency"] = _ratio(raw_s, one_s)
         many = [Path(p).read_bytes() for p, _ in items[:8]]
-        t_many = _median_time(lambda: predictor.predict(many), 1 if self.s.quick else 2)
+        x_many = _stack_images(items, predictor.preprocess, len(many))
         big = _big_photo_bytes((480, 360) if self.s.quick else (4032, 3024))
-        t_big = _median_time(lambda: predictor.predict([big]), 1 if self.s.quick else 2)
+        t = _interleaved({
+            "raw": raw,
+            "one": one,
+            "raw_many": lambda: predictor.net(x_many).wait_to_read(),
+            "many": lambda: predictor.predict(many),
+            "big": lambda: predictor.predict([big]),
+        }, self.s.predict_repeats)
+        self.metrics["predict_efficiency"] = _ratio(t["raw"], t["one"])
         self.details["predict"] = {
-            "raw_batch1_seconds": raw_s, "predict_one_seconds": one_s,
-            "photo_bytes": len(photo), "predict_8_photos_seconds_per_photo": t_many / max(1, len(many)),
-            "large_photo": f"{_big_size(self.s.quick)} JPEG", "predict_large_photo_seconds": t_big,
-            "predict_efficiency_large_photo": _ratio(raw_s, t_big),
+            "raw_batch1_seconds": t["raw"], "predict_one_seconds": t["one"], "photo_bytes": len(photo),
+            "photos_in_one_call": len(many),
+            "predict_many_efficiency": _ratio(t["raw_many"], t["many"]),
+            "predict_many_seconds_per_photo": t["many"] / max(1, len(many)),
+            "large_photo": f"{_big_size(self.s.quick)} JPEG", "predict_large_photo_seconds": t["big"],
+            "predict_efficiency_large_photo": _ratio(t["raw"], t["big"]),
+            "predictor_network": type(predictor.net).__name__,
         }
 
     # -- frozen: plain loop vs feature cache --------------------------------------------
