@@ -198,10 +198,10 @@ def sidebar_status(page_title: str = "") -> None:
         st.caption("**Source:** " + sup.md_escape(source_titles().get(current_source(), current_source())))
     except (HotdogError, ImportError):
         pass
-    _job_status(link=page_title != "Train")
+    # Poll only while something runs: an idle tab learns of a new job on its next rerun.
+    (_job_status_live if job_snapshot() is not None else _job_status)(link=page_title != "Train")
 
 
-@st.fragment(run_every=2.0)
 def _job_status(link: bool = True) -> None:
     snap = job_snapshot()
     if snap is None:
@@ -212,6 +212,9 @@ def _job_status(link: bool = True) -> None:
     st.caption(f"**Training:** {snap['mode']} running{where}")
     if link:
         st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+
+
+_job_status_live = st.fragment(run_every=2.0)(_job_status)
 
 
 def start_jobs(configs) -> str:
