@@ -33,6 +33,7 @@ def new_app(timeout: float = 120) -> AppTest:
 
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
+    assert not [e.value for e in at.error if "unexpected error" in e.value]
 
 
 def walk(node):
@@ -382,3 +383,17 @@ def test_predict_camera_toggle_and_zero_shot_note(app_home):
     assert_clean(at)
     note = " ".join(c.value for c in at.caption)
     assert "row 934" in note and "everything but row 934" in note
+
+
+def test_a_page_bug_is_one_message_not_a_traceback(app_home, monkeypatch):
+    from hotdog.runs import RunStore
+
+    def broken(self):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(RunStore, "list", broken)
+    at = new_app()  # Home lists runs
+    assert not at.exception
+    assert any("unexpected error" in e.value for e in at.error)
+    assert not any("disk on fire" in e.value for e in at.error)
+    assert any(c.value.startswith("**Data set:**") for c in at.sidebar.caption), "the rest still renders"

@@ -129,6 +129,7 @@ def goto(page, label: str) -> None:
 def no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
         '[data-testid="stException"]').first.inner_text()
+    assert page.get_by_text("hit an unexpected error").count() == 0
 
 
 def test_every_page_in_a_real_browser(server, page):
