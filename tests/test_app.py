@@ -397,3 +397,61 @@ def test_a_page_bug_is_one_message_not_a_traceback(app_home, monkeypatch):
     assert any("unexpected error" in e.value for e in at.error)
     assert not any("disk on fire" in e.value for e in at.error)
     assert any(c.value.startswith("**Data set:**") for c in at.sidebar.caption), "the rest still renders"
+
+
+def _hostile_photos() -> list[tuple[str, bytes, str]]:
+    """Every odd kind of photo a public demo gets (issue 7 item 1), generated here."""
+    import struct
+    import zlib
+
+    def save(im, fmt, **kw):
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    png = save(Image.new("RGB", (8, 8), (200, 60, 40)), "PNG")
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    bomb = png[:8] + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + png[33:]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90
+    pal = Image.new("P", (40, 30), 1)
+    pal.putpalette([255, 255, 255, 200, 60, 40] + [0] * 762)
+    rgba = Image.new("RGBA", (40, 30), (200, 60, 40, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 20, 30))
+    return [
+        ("empty.jpg", b"", "image/jpeg"),
+        ("page.jpg", b"<html><body>not a photo</body></html>", "image/jpeg"),
+        ("truncated.jpg", save(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")[:300], "image/jpeg"),
+        ("bomb.png", bomb, "image/png"),
+        ("gray16.png", save(Image.new("I;16", (40, 30), 30000), "PNG"), "image/png"),
+        ("cmyk.jpg", save(Image.new("CMYK", (40, 30), (0, 200, 200, 0)), "JPEG"), "image/jpeg"),
+        ("palette.png", save(pal, "PNG", transparency=0), "image/png"),
+        ("rgba.png", save(rgba, "PNG"), "image/png"),
+        ("anim.gif", _gif(), "image/gif"),
+        ("photo.webp", save(Image.new("RGB", (40, 30), (200, 60, 40)), "WEBP"), "image/webp"),
+        ("gray.jpg", save(Image.new("L", (40, 30), 128), "JPEG"), "image/jpeg"),
+        ("rotated.jpg", save(Image.new("RGB", (40, 20), (200, 60, 40)), "JPEG", exif=exif), "image/jpeg"),
+        ("dot.png", save(Image.new("RGB", (1, 1), (200, 60, 40)), "PNG"), "image/png"),
+        ("strip.png", save(Image.new("RGB", (8000, 20), (200, 60, 40)), "PNG"), "image/png"),
+        ("photo.heic", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64, "image/heic"),
+        ("noise.bin", bytes(range(256)) * 16, "application/octet-stream"),
+    ]
+
+
+def test_predict_page_survives_every_hostile_photo_in_one_upload(app_home):
+    files = _hostile_photos()
+    at = new_app()
+    at.switch_page("pages/predict.py").run()
+    at.radio(key="predict_kind").set_value("Pretrained ImageNet classifier").run()
+    at.file_uploader(key="photos").set_value(files).run()
+    assert_clean(at)
+    names = [t for t in texts(at) if t in {n for n, _, _ in files}]
+    assert names == [n for n, _, _ in files], "every file gets its own card, in order"
+    predicted = sum(t.startswith("→ ") for t in texts(at))
+    assert predicted + len(at.error) == len(files)
+    assert len(at.error) >= 6  # empty, html, truncated, bomb, heic, noise at least
+    assert predicted >= 9  # the odd-but-valid images are still classified
+    # and the page still works afterwards
+    at.file_uploader(key="photos").set_value(("ok.png", png_bytes(), "image/png")).run()
+    assert_clean(at)
+    assert not at.error and sum(t.startswith("→ ") for t in texts(at)) == 1
