@@ -191,9 +191,7 @@ def explore(current: str) -> None:
         images = []
         for p in paths:
             try:
-                im = data.decode_image(p)
-                im.thumbnail((256, 256))
-                images.append(im)
+                images.append(ui.thumbnail(p))
             except HotdogError:
                 continue
         row = st.columns(8)

@@ -229,12 +229,8 @@ def inspect_run(run) -> None:
         for i, m in enumerate(wrong[:16]):
             with cols[i % 4]:
                 try:
-                    from hotdog import data
-
-                    from PIL import ImageOps
-
                     # Square crops keep the gallery a tidy grid whatever the photos' shapes.
-                    st.image(ImageOps.fit(data.decode_image(m["path"]), (256, 256)), width="stretch")
+                    st.image(ui.thumbnail(m["path"], square=True), width="stretch")
                 except HotdogError:
                     pass
                 st.text(ui.misclassified_caption(m))

@@ -410,3 +410,25 @@ def misclassified_caption(m: dict) -> str:
     p = (m.get("probabilities") or {}).get(m.get("predicted"))
     conf = f" ({p:.2f})" if isinstance(p, (int, float)) else ""
     return f"{Path(str(m.get('path'))).name}\ntrue {m.get('label')} → {m.get('predicted')}{conf}"
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _thumbnail(path: str, stamp: float, size: int, square: bool):
+    from PIL import ImageOps
+
+    from hotdog import data
+
+    im = data.decode_image(path)
+    if square:
+        return ImageOps.fit(im, (size, size))
+    im.thumbnail((size, size))
+    return im
+
+
+def thumbnail(path, size: int = 256, square: bool = False):
+    """A small decoded copy of a photo on disk, cached (pages redraw on every click)."""
+    try:
+        stamp = Path(path).stat().st_mtime
+    except OSError:
+        stamp = 0.0
+    return _thumbnail(str(path), stamp, size, square)
