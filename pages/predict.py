@@ -6,7 +6,6 @@ import altair as alt
 import streamlit as st
 
 from hotdog import app_support as sup
-from hotdog import data
 from hotdog.errors import HotdogError
 from pages import ui
 

@@ -6,7 +6,6 @@ sessions and threads, so callers treat them as read-only; training builds its ow
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import streamlit as st
