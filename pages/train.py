@@ -278,7 +278,9 @@ if runs:
                             format_func=labels.get, key=f"overlay-{len(with_metrics)}")
     if chosen:
         frames = [sup.curves_frame(ui.run_metrics(r), run=labels[r]) for r in chosen]
-        st.altair_chart(curves_chart(pd.concat(frames, ignore_index=True)), width="content")
+        # Several runs are drawn as one small chart per metric, which cannot stretch.
+        st.altair_chart(curves_chart(pd.concat(frames, ignore_index=True)),
+                        width="stretch" if len(chosen) == 1 else "content")
 
     finished = [r for r in runs if r.status in ("finished", "stopped") and r.epochs_done]
     if finished:
