@@ -61,6 +61,16 @@ def sidebar_knobs() -> dict:
                                 help="keep: pretrained running statistics, frozen (stable on small data); "
                                      "update: the chapter's behaviour.")
         k["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="seed", persist_state=S))
+        k["warmup_epochs"] = int(st.number_input(
+            "Head warm-up epochs", 0, 100, 0, key="warmup", persist_state=S,
+            help="Fine-tuning only: the first epochs train just the new output layer (on cached "
+                 "features), so its early random gradients never disturb the pretrained features."))
+        k["feature_cache"] = st.checkbox(
+            "Compute frozen features once", value=True, key="feature_cache", persist_state=S,
+            help="With frozen features, run the network body once per image and train the head on the results.")
+        k["augment_views"] = int(st.number_input(
+            "Augmented views per photo (frozen, cached)", 0, 20, 0, key="augment_views", persist_state=S,
+            help="0 = the test view only; more = that many random training crops per photo are cached."))
         devices = sup.available_devices(ui.num_gpus())
         k["devices"] = st.multiselect("Devices", devices, default=devices, key="devices", persist_state=S)
     return k
@@ -77,6 +87,8 @@ def make_config(k: dict, mode: str, root: str) -> TrainConfig:
         init_output_from_imagenet=k["init_output_from_imagenet"] if mode == "finetune" else False,
         bn_mode=k["bn_mode"], seed=int(k["seed"]), devices=list(k["devices"]) or None,
         input_size=None if int(k["input_size"]) == spec_size else int(k["input_size"]),
+        warmup_epochs=min(int(k["warmup_epochs"]), int(k["epochs"])) if mode == "finetune" else 0,
+        feature_cache=bool(k["feature_cache"]), augment_views=int(k["augment_views"]),
     )
 
 

@@ -247,11 +247,17 @@ def test_train_tiny_finetune_reaches_finished_then_predict_and_weights(app_home,
     at.switch_page("pages/train.py").run()
     assert at.number_input(key="epochs").value == 1 and at.select_slider(key="input_size").value == 32
 
+    at.number_input(key="warmup").set_value(1).run()
     at.button(key="btn_finetune").click().run()
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     _wait_idle(at)
     assert any("Run finished" in s.value for s in at.success), [s.value for s in at.success]
+    from hotdog.runs import RunStore
+
+    config = RunStore().load(RunStore().list()[0].run_id).config
+    assert (config["epochs"], config["batch_size"], config["input_size"], config["warmup_epochs"]) == (1, 8, 32, 1)
+    assert config["lr"] == 0.01 and config["wd"] == 0.001 and config["lr_mult"] == 10.0  # chapter defaults
     runs = at.dataframe[0].value
     assert list(runs["status"]) == ["finished"] and list(runs["mode"]) == ["finetune"]
     assert at.metric[0].label == "Test accuracy"
