@@ -640,11 +640,18 @@ class Bench:
 
     def run(self) -> BenchResult:
         t0 = time.perf_counter()
-        self.inference_variants()
-        self.source_models()
-        run_dir = self.pipeline_and_overhead()
-        self.predict(run_dir)
-        self.frozen()
+        memory = {}
+        for stage in ("inference_variants", "source_models", "pipeline_and_overhead", "predict", "frozen"):
+            if stage == "predict":
+                self.predict(run_dir)
+            elif stage == "pipeline_and_overhead":
+                run_dir = self.pipeline_and_overhead()
+            else:
+                getattr(self, stage)()
+            _release_memory()
+            memory[stage] = _rss_mb()
+        self.details["rss_mb_after_stage"] = memory
+        self.details["peak_rss_mb"] = _peak_rss_mb()
         return BenchResult(
             metrics={k: self.metrics.get(k, float("nan")) for k in METRIC_KEYS},
             details=self.details,
@@ -657,6 +664,43 @@ class Bench:
             },
             seconds=time.perf_counter() - t0,
         )
+
+
+def _release_memory() -> None:
+    """Drop the previous stage's networks (and their static buffers) before the next one.
+
+    The bench shares its machine; handing freed heap back to the OS keeps its peak near the
+    largest single stage instead of the sum of all of them.
+    """
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return None
 
 
 def _big_size(quick: bool) -> str:
