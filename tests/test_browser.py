@@ -170,7 +170,7 @@ def _walk_every_page(server, page):
     goto(page, "Train")
     page.get_by_role("button", name="Fine-tune").wait_for()
     sidebar = page.locator('[data-testid="stSidebar"]')
-    epochs = sidebar.get_by_label("Epochs")
+    epochs = sidebar.get_by_label("Epochs", exact=True)
     epochs.fill("1")
     epochs.press("Enter")
     sidebar.get_by_role("slider", name="Batch size").press("Home")
