@@ -395,14 +395,6 @@ def cancel_pending() -> None:
         _pending.clear()
 
 
-def dataset_name_from_file(filename: str) -> str:
-    """A name install_zip accepts, from an uploaded zip's file name ('photos (1).zip' -> 'photos-1').
-
-    Same rule as ``hotdog data install-zip`` without --name.
-    """
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).stem).strip("-._")[:64] or "dataset"
-
-
 def run_output_rows(run_dir, classes: Sequence[str]) -> dict:
     """Each class's row of a saved run's output layer, read from its ``.params`` file.
 

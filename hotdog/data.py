@@ -1059,6 +1059,11 @@ def _has_image_file(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*"))
 
 
+def dataset_name_from_file(filename: str) -> str:
+    """A name ``install_zip`` accepts, from an uploaded zip's file name ('photos (1).zip' -> 'photos-1')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).stem).strip("-._")[:64] or "dataset"
+
+
 def install_zip(src, name: str, home=None, limits: ZipLimits = ZipLimits()) -> Path:
     """Install a user-supplied data set zip as ``data_root(home)/name`` and return that folder.
 

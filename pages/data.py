@@ -102,7 +102,7 @@ with get_zip:
              "no zip bombs). Uploads are limited to 25 MB: for a bigger set, unpack it on the "
              "server and use a local folder.")
     upload = st.file_uploader("Data set zip", type=["zip"], key="zip_upload")
-    default_name = sup.dataset_name_from_file(upload.name) if upload is not None else ""
+    default_name = data.dataset_name_from_file(upload.name) if upload is not None else ""
     typed = st.text_input("Install as", key="zip_name", placeholder=default_name or "name of the data set",
                           help="Folder name under $HOTDOG_HOME/data (letters, digits, '.', '_', '-'); "
                                "empty: taken from the zip's file name")

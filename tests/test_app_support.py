@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hotdog import app_support as sup
+from hotdog import data
 from hotdog.errors import TrainingBusyError
 
 
@@ -76,8 +77,8 @@ def test_md_escape_makes_markup_inert():
 
 
 def test_dataset_name_from_file():
-    assert sup.dataset_name_from_file("photos (1).zip") == "photos-1"
-    assert sup.dataset_name_from_file("...zip") == "dataset"
+    assert data.dataset_name_from_file("photos (1).zip") == "photos-1"
+    assert data.dataset_name_from_file("...zip") == "dataset"
 
 
 def test_predict_photos_keeps_going_past_bad_files(monkeypatch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from hotdog.commands._common import add_json_flag, emit_json, progress_bar
@@ -100,12 +99,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_install_zip(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from hotdog.data import install_zip, validate_dataset
+    from hotdog.data import dataset_name_from_file, install_zip, validate_dataset
 
     # Zip file names often carry spaces or brackets ("photos (1).zip"); data set names may not.
-    name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(args.zip).stem).strip("-._")[:64] or "dataset"
+    name = args.name or dataset_name_from_file(args.zip)
     path = install_zip(args.zip, name, home=args.home)
     report = validate_dataset(path)
     if args.json:
