@@ -2,8 +2,9 @@
 
 Starts the app on a free local port with a temporary HOTDOG_HOME holding a tiny generated data
 set, trains one tiny epoch, predicts an uploaded photo, checks that hostile class names stay
-text, and saves a screenshot of every page into docs/screenshots/ (for the README) and into an
-artifacts folder ($HOTDOG_ARTIFACTS, else a pytest temp folder).
+text, and saves a screenshot of every page into an artifacts folder ($HOTDOG_ARTIFACTS, else a
+pytest temp folder). With HOTDOG_UPDATE_SCREENSHOTS=1 they also replace docs/screenshots/ (the
+README's pictures), so an ordinary test run leaves the working tree clean.
 """
 
 from __future__ import annotations
@@ -115,11 +116,12 @@ def shoot(page, server, name: str) -> None:
         "id => document.querySelector(`[data-testid=\"${id}\"]`)?.scrollHeight || 0))")
     page.set_viewport_size({"width": 1400, "height": max(1000, min(int(height) + 40, 5000))})
     page.wait_for_timeout(800)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    target = SHOTS / f"{name}.png"
+    target = artifacts(server) / f"{name}.png"
     page.screenshot(path=str(target))
     page.set_viewport_size({"width": 1400, "height": 1000})
-    shutil.copy(target, artifacts(server) / target.name)
+    if os.environ.get("HOTDOG_UPDATE_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(target, SHOTS / target.name)
 
 
 def goto(page, label: str) -> None:
