@@ -564,7 +564,7 @@ def resolve_preprocess(source: str, input_size: int | None):
     return pre
 
 
-def build_net(config: TrainConfig, num_classes: int, class_names, ctxs):
+def build_net(config: TrainConfig, num_classes: int, class_names, ctxs, init_items=None):
     """The target model for ``config``, initialised reproducibly from ``config.seed``."""
     from hotdog import models
 
@@ -579,6 +579,9 @@ def build_net(config: TrainConfig, num_classes: int, class_names, ctxs):
         config.source, num_classes, ctx=ctxs, lr_mult=config.lr_mult, freeze=config.freeze,
         bn_mode=config.bn_mode, init_output_from_imagenet=config.init_output_from_imagenet,
         class_names=class_names,
+        # The training split fits the bias of a 'not-<class>' row (0.94 vs 0.68 test accuracy
+        # before any training on hotdog-mini, see models.imagenet_head_init).
+        init_items=init_items if config.init_output_from_imagenet else None,
     )
 
 
@@ -614,7 +617,7 @@ def train(config: TrainConfig, *, on_batch: Callable[[BatchProgress], Any] | Non
             splits = data.load_splits(config.data_root)
             ctxs = resolve_devices(config.devices)
             pre = resolve_preprocess(config.source, config.input_size)
-        net = build_net(config, len(splits.classes), splits.classes, ctxs)
+        net = build_net(config, len(splits.classes), splits.classes, ctxs, init_items=splits.train)
         net.hybridize()
         seed_everything(config.seed + 1)  # augmentation and dropout draws, independent of the build
         workers = _default_workers(config, ctxs)
