@@ -66,7 +66,7 @@ class BenchSettings:
     source: str | None = None  # None: models.DEFAULT_SOURCE
     input_size: int | None = None  # None: the source's (224); quick: 32
     batch_size: int = 32
-    pipeline_epochs: int = 3  # the first one (graph build, warm caches) is not counted
+    pipeline_epochs: int = 2  # the first one (graph build, warm caches) is not counted
     frozen_epochs: int = 5
     raw_steps: int = 3
     infer_batch: int = 16
@@ -213,46 +213,67 @@ def _stack_images(items, pre, n: int):
 class _Timeline:
     """Callbacks for ``train``: timestamps per batch/epoch, and the time spent inside them.
 
-    ``between_epochs`` runs inside ``on_epoch`` (the engine is idle then: the epoch's test
-    accuracy has been read back); its time is kept apart from the callbacks' own cost.
+    ``reference`` (optional) is the raw-step sampler: from epoch ``reference_from`` on, after
+    every training batch the callback drains the engine (``waitall``: the product's own
+    compute, still counted as its time) and then runs one raw reference step, whose time is
+    taken out of the product's. Alternating batch by batch exposes both sides to the same
+    machine load; the price is that the product loses its one-batch overlap of loading with
+    compute (about 1% here), which can only lower its figure.
     """
 
-    def __init__(self, between_epochs: Callable[[Any], Any] | None = None):
+    def __init__(self, reference: Callable[[], float] | None = None, reference_from: int = 2):
         self.batches: list[tuple[float, Any]] = []
-        self.epochs: list[tuple[float, Any]] = []  # (time training resumes, EpochMetrics)
+        self.epochs: list[tuple[float, Any]] = []
         self.callback_seconds = 0.0
-        self.hook_seconds = 0.0
-        self.between_epochs = between_epochs
+        self.reference = reference
+        self.reference_from = reference_from
+        self.reference_samples: list[float] = []  # raw images/s, one per sample
+        self.reference_seconds: dict[int, float] = {}  # epoch -> raw-step seconds inside it
+        self.drain_seconds = 0.0  # waitall inside the callback: product compute, not callback cost
 
     def on_batch(self, progress) -> None:
         t0 = time.perf_counter()
         self.batches.append((t0, progress))
         self.callback_seconds += time.perf_counter() - t0
+        if (self.reference is not None and progress.phase == "train"
+                and progress.epoch >= self.reference_from and progress.batch < progress.batches):
+            import mxnet as mx
+
+            t1 = time.perf_counter()
+            mx.nd.waitall()
+            t2 = time.perf_counter()
+            self.reference_samples.append(self.reference())
+            t3 = time.perf_counter()
+            self.drain_seconds += t2 - t1
+            self.reference_seconds[progress.epoch] = self.reference_seconds.get(progress.epoch, 0.0) + (t3 - t2)
 
     def on_epoch(self, metrics) -> None:
         t0 = time.perf_counter()
-        if self.between_epochs is not None:
-            self.between_epochs(metrics)
-        t1 = time.perf_counter()
-        self.hook_seconds += t1 - t0
-        self.epochs.append((t1, metrics))
-        self.callback_seconds += time.perf_counter() - t1
+        self.epochs.append((t0, metrics))
+        self.callback_seconds += time.perf_counter() - t0
 
-    def train_throughput(self, images_per_epoch: int, skip_epochs: int = 1) -> tuple[float, int, float]:
-        """(images/s, images, seconds) of the training phase of the epochs after ``skip_epochs``.
+    @property
+    def hook_seconds(self) -> float:
+        return sum(self.reference_seconds.values())
 
-        An epoch's training phase runs from the end of the previous epoch's ``on_epoch`` (after
-        its test evaluation and run-store writes) to the epoch's last training-batch report,
-        which the engine sends once that batch's numbers are back on the host.
+    def train_throughput(self, images_per_epoch: int, skip_epochs: int = 1) -> tuple[float, int, float, list]:
+        """(images/s, images, seconds, per-epoch images/s) of the training phase of the epochs
+        after ``skip_epochs``, reference steps excluded.
+
+        An epoch's training phase runs from the previous epoch's ``on_epoch`` (after its test
+        evaluation and run-store writes) to the epoch's last training-batch report, which
+        the engine sends once that batch's numbers are back on the host.
         """
-        images, seconds = 0, 0.0
+        images, seconds, per_epoch = 0, 0.0, []
         for k in range(max(1, skip_epochs), len(self.epochs)):
             epoch_no = self.epochs[k][1].epoch
             ends = [t for t, p in self.batches if p.epoch == epoch_no and p.phase == "train"]
             if ends:
-                seconds += ends[-1] - self.epochs[k - 1][0]
+                sec = ends[-1] - self.epochs[k - 1][0] - self.reference_seconds.get(epoch_no, 0.0)
+                seconds += sec
                 images += images_per_epoch
-        return (_ratio(images, seconds), images, seconds)
+                per_epoch.append(_ratio(images_per_epoch, sec))
+        return (_ratio(images, seconds), images, seconds, per_epoch)
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,8 +445,8 @@ class Bench:
     # -- end-to-end fine-tuning vs raw steps; training overhead -------------------------
 
     def _raw_stepper(self, config) -> Callable[[], float]:
-        """Returns a function timing ``raw_steps`` forward/backward/step of the product's
-        network (``train.build_net``, same optimizer and loss) on pre-made tensors."""
+        """Returns a function timing one forward/backward/step of the product's network
+        (``train.build_net``, same optimizer and loss) on pre-made tensors of the same shape."""
         import mxnet as mx
         from mxnet import autograd, gluon
 
@@ -452,41 +473,42 @@ class Bench:
 
         def sample() -> float:
             t0 = time.perf_counter()
-            steps(self.s.raw_steps)
-            return _ratio(B * self.s.raw_steps, time.perf_counter() - t0)
+            steps(1)
+            return _ratio(B, time.perf_counter() - t0)
 
         return sample
 
     def pipeline_and_overhead(self) -> Path:
         """One profiled fine-tuning run gives pipeline efficiency and the overhead split.
 
-        The raw reference is sampled after every epoch (inside ``on_epoch``, while the engine
-        is idle), so both sides of the ratio see the same machine load. cProfile adds ~1 us
-        per Python call to both; a step costs 10^5-10^6 us and ~10^3 calls, far below the
-        figures reported (and it can only inflate the overhead, never hide it).
+        The first epoch (graph build, warm caches) is not counted; in the counted epochs a raw
+        reference step follows every training batch (see ``_Timeline``). cProfile adds ~1 us
+        per Python call to both sides; a step costs 10^5-10^6 us and ~10^3 calls, far below
+        the figures reported (and it can only inflate the overhead, never hide it).
         """
         from hotdog import train
 
         cfg = self.config(mode="finetune", freeze=False, epochs=self.s.pipeline_epochs)
         self.progress("pipeline: building the raw forward/backward/step reference")
-        raw_sample = self._raw_stepper(cfg)
-        raw_samples: list[float] = []
-        timeline = _Timeline(between_epochs=lambda m: raw_samples.append(raw_sample()))
-        self.progress(f"pipeline: end-to-end fine-tuning, {cfg.epochs} epochs, raw steps between epochs (profiled)")
+        timeline = _Timeline(reference=self._raw_stepper(cfg), reference_from=2)
+        self.progress(f"pipeline: end-to-end fine-tuning, {cfg.epochs} epochs, a raw step after each batch "
+                      "from epoch 2 (profiled)")
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         result = prof.runcall(train.train, cfg, on_batch=timeline.on_batch, on_epoch=timeline.on_epoch,
                               runs_dir=self.runs_dir)
         wall = time.perf_counter() - t0
-        del raw_sample
+        timeline.reference = None
         if result.status != "finished":
             raise RuntimeError(f"benchmark training run ended {result.status}: {result.message}")
-        ips, images, seconds = timeline.train_throughput(len(self.splits.train), skip_epochs=1)
-        raw = statistics.mean(raw_samples) if raw_samples else float("nan")
+        ips, images, seconds, per_epoch = timeline.train_throughput(len(self.splits.train), skip_epochs=1)
+        samples = timeline.reference_samples
+        raw = _ratio(len(samples), sum(1.0 / v for v in samples)) if samples else float("nan")  # harmonic mean
         self.metrics["pipeline_efficiency"] = _ratio(ips, raw)
         self.details["pipeline"] = {
-            "end_to_end_images_per_sec": ips, "images": images, "seconds": seconds,
-            "raw_images_per_sec": raw, "raw_samples": raw_samples,
+            "end_to_end_images_per_sec": ips, "end_to_end_per_epoch": per_epoch,
+            "images": images, "seconds": seconds,
+            "raw_images_per_sec": raw, "raw_samples": samples,
             "batch_size": cfg.batch_size, "input_size": self.pre.input_size,
             "epochs": cfg.epochs, "epochs_counted": max(0, cfg.epochs - 1),
             "test_acc": result.test_acc, "run_seconds": wall - timeline.hook_seconds,
@@ -529,7 +551,7 @@ class Bench:
         # Callbacks: the engine's reporting (BatchProgress building) plus our callbacks.
         callbacks = cum(named("report")) + sum(
             edge[3] for k in funcs(lambda k: k[2] == "on_epoch" and k[0] == __file__)
-            for c, edge in stats[k][4].items() if is_train(c)) - timeline.hook_seconds
+            for c, edge in stats[k][4].items() if is_train(c)) - timeline.hook_seconds - timeline.drain_seconds
         callbacks = max(0.0, callbacks)
         # Metrics: host-side cost of the running loss/accuracy, *minus* the time the one
         # device->host copy per batch waits for the previous batch's compute (that wait is
@@ -549,6 +571,7 @@ class Bench:
             "our_callbacks_seconds": timeline.callback_seconds,
             "evaluation_seconds": evaluation, "decode_preload_seconds": preload,
             "raw_reference_seconds_excluded": timeline.hook_seconds,
+            "drain_seconds_in_callbacks": timeline.drain_seconds,
             "attribution_missing": missing,
         }
         if missing:
