@@ -13,8 +13,8 @@ import pytest
 
 from hotdog.errors import DatasetError, HotdogError, RunStoreError
 from hotdog.runs import RunStore
-from hotdog.train import (BatchProgress, EpochMetrics, Predictor, TrainConfig, evaluate,
-                          resolve_devices, train)
+from hotdog.train import (BatchProgress, EpochMetrics, Predictor, TrainConfig, chapter_config, evaluate,
+                          recommended_config, resolve_devices, train)
 
 SMALL = dict(input_size=32, batch_size=6, epochs=2)
 
@@ -30,12 +30,23 @@ def params_of(run_dir) -> dict:
 def test_config_defaults_are_the_chapters():
     c = TrainConfig("x")
     assert (c.mode, c.lr, c.lr_mult, c.wd, c.batch_size, c.epochs) == ("finetune", None, 10.0, 1e-3, 128, 5)
-    assert c.resolved_lr() == 0.01 and TrainConfig("x", mode="scratch").resolved_lr() == 0.1
+    # lr None: the chapter's 0.01 for ResNet-18, 0.001 for EfficientNet-Lite0 (see FINETUNE_LR).
+    assert c.resolved_lr() == 0.001 and TrainConfig("x", source="resnet18_v2").resolved_lr() == 0.01
+    assert TrainConfig("x", mode="scratch").resolved_lr() == 0.1
     assert c.bn_mode == "keep" and c.feature_cache and c.seed == 0
     assert TrainConfig.from_dict({**c.to_dict(), "unknown_future_key": 1}) == c
     from hotdog import models
 
     assert c.source == models.DEFAULT_SOURCE
+
+
+def test_recommended_and_chapter_configs():
+    rec = recommended_config("d")
+    assert (rec.lr, rec.bn_mode, rec.batch_size, rec.init_output_from_imagenet) == (0.001, "keep", 32, True)
+    assert recommended_config("d", epochs=3).epochs == 3
+    assert recommended_config("d", mode="scratch").resolved_lr() == 0.1
+    ch = chapter_config("d")
+    assert (ch.lr, ch.lr_mult, ch.batch_size, ch.bn_mode, ch.wd) == (0.01, 10.0, 128, "update", 1e-3)
 
 
 @pytest.mark.parametrize("bad", [dict(mode="nope"), dict(bn_mode="x"), dict(lr=-1.0), dict(lr=float("nan")),
