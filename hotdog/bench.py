@@ -773,6 +773,35 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
+def _notes(d: dict) -> dict[str, str]:
+    """One-line context per headline figure (its two sides), where the details exist."""
+    out = {}
+    try:
+        f = d["frozen"]
+        out["frozen_cache_speedup"] = f"({f['plain_seconds']:.1f} s plain / {f['cache_seconds']:.1f} s cached, {f['epochs']} epochs)"
+    except (KeyError, TypeError):
+        pass
+    try:
+        p = d["pipeline"]
+        out["pipeline_efficiency"] = (f"({p['end_to_end_images_per_sec']:.2f} end-to-end / "
+                                      f"{p['raw_images_per_sec']:.2f} raw img/s)")
+    except (KeyError, TypeError):
+        pass
+    try:
+        q = d["predict"]
+        out["predict_efficiency"] = (f"({q['raw_batch1_seconds'] * 1e3:.0f} ms forward / "
+                                     f"{q['predict_one_seconds'] * 1e3:.0f} ms per photo)")
+    except (KeyError, TypeError):
+        pass
+    try:
+        o = d["training_overhead"]
+        out["training_overhead"] = (f"({o['callbacks_seconds'] + o['metrics_seconds'] + o['store_seconds']:.2f} s "
+                                    f"of {o['step_seconds']:.0f} s)")
+    except (KeyError, TypeError):
+        pass
+    return out
+
+
 def format_table(result: BenchResult) -> str:
     m, d = result.metrics, result.details
     meets = result.meets()
@@ -788,15 +817,18 @@ def format_table(result: BenchResult) -> str:
         return "" if key not in TARGETS else {True: "meets", False: "MISSES", None: "n/a"}[v]
 
     rows = [("metric", "value", "target", "")]
+    notes = _notes(d)
     for key in ("frozen_cache_speedup", "pipeline_efficiency", "predict_efficiency", "training_overhead"):
-        digits = 3 if key == "training_overhead" else 2
-        rows.append((key, _fmt(m[key], digits), target(key), status(key)))
+        digits = 4 if key == "training_overhead" else 2
+        rows.append((key, _fmt(m[key], digits), target(key), " ".join(x for x in (status(key), notes.get(key, "")) if x)))
     rows.append(("fused_inference_speedup", _fmt(m["fused_inference_speedup"]), "", f"max abs diff {_fmt(m['fused_max_abs_diff'])}"))
     bf = m["bf16_inference_speedup"]
     if bf == UNSUPPORTED:
         rows.append(("bf16_inference_speedup", UNSUPPORTED, "", ""))
     else:
-        rows.append(("bf16_inference_speedup", _fmt(bf), "", f"top-1 agreement {_fmt(m['bf16_top1_agreement'], 3)}"))
+        use = (d.get("bf16") or {}).get("use_it")
+        rows.append(("bf16_inference_speedup", _fmt(bf), "", f"top-1 agreement {_fmt(m['bf16_top1_agreement'], 3)}"
+                     + ("" if use is None else ("; enabled" if use else "; not worth enabling"))))
     for name, sm in (m.get("source_models") or {}).items():
         rows.append((f"{name} train img/s", _fmt(sm["train_images_per_sec"], 1), "", ""))
         rows.append((f"{name} infer img/s", _fmt(sm["infer_images_per_sec"], 1), "",
@@ -826,10 +858,12 @@ def format_markdown(result: BenchResult) -> str:
     m = result.metrics
     meets = result.meets()
     rows = ["| figure | value | target | |", "|---|---|---|---|"]
+    notes = _notes(result.details)
     for key in ("frozen_cache_speedup", "pipeline_efficiency", "predict_efficiency", "training_overhead"):
         op, t = TARGETS[key]
         mark = {True: "meets", False: "misses", None: "n/a"}[meets[key]]
-        rows.append(f"| `{key}` | {_fmt(m[key], 3 if key == 'training_overhead' else 2)} | "
+        mark = f"{mark} {notes.get(key, '')}".strip()
+        rows.append(f"| `{key}` | {_fmt(m[key], 4 if key == 'training_overhead' else 2)} | "
                     f"{'≥' if op == '>=' else '≤'} {t:g} | {mark} |")
     rows.append(f"| `fused_inference_speedup` | {_fmt(m['fused_inference_speedup'])} | | "
                 f"max abs diff {_fmt(m['fused_max_abs_diff'])} |")
