@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hotdog.train import TrainConfig, train  # noqa: E402
+from hotdog.train import RECOMMENDED, TrainConfig, train  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hotdog-mini"
 
@@ -66,6 +66,7 @@ def init_head_before(data: str, source: str, input_size: int) -> float:
                                 class_names=splits.classes, init_items=splits.train)
     from hotdog.train import Predictor, resolve_preprocess
 
+    net.hybridize()
     pred = Predictor(net, splits.classes, resolve_preprocess(source, input_size), source)
     res = pred.predict([p for p, _ in splits.test])
     correct = sum(r.label == splits.classes[lab] for r, (_, lab) in zip(res, splits.test))
@@ -112,7 +113,8 @@ def main(argv=None) -> int:
           f"seed {args.seed}, {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     if args.what == "stability":
         epochs = args.epochs or 5
-        plan = [("bn_update_chapter", dict(bn_mode="update")), ("bn_keep", dict(bn_mode="keep"))]
+        plan = [("bn_update_chapter", dict(bn_mode="update", lr=0.01)), ("bn_keep", dict(bn_mode="keep", lr=0.01)),
+                ("recommended", {k: v for k, v in RECOMMENDED[args.source].items() if k != "batch_size"})]
         plan += [parse_variant(v) for v in args.variant]
         if args.variant and not only:
             only = set(args.variant)
@@ -122,11 +124,14 @@ def main(argv=None) -> int:
             results.append(run_one(name, runs_dir, **base, epochs=epochs, **{"mode": "finetune", **kw}))
     else:
         epochs = args.epochs or 3
-        plan = [
+        plan = [  # the chapter's learning rates, BatchNorm kept
             ("finetune_lr0.01_x10", dict(mode="finetune", lr=0.01)),
             ("scratch_lr0.1", dict(mode="scratch", lr=0.1)),
-            ("frozen_cache", dict(mode="finetune", freeze=True)),
-            ("init_imagenet_after", dict(mode="finetune", init_output_from_imagenet=True)),
+            ("frozen_cache", dict(mode="finetune", freeze=True, lr=0.01)),
+            ("init_imagenet_after", dict(mode="finetune", init_output_from_imagenet=True, lr=0.01)),
+            # the recommended settings (lr 0.001)
+            ("frozen_cache_init_lr0.001", dict(mode="finetune", freeze=True, lr=0.001, init_output_from_imagenet=True)),
+            ("finetune_init_lr0.001", dict(mode="finetune", lr=0.001, init_output_from_imagenet=True)),
         ]
         if not only or "init_imagenet_before" in only:
             acc = init_head_before(args.data, args.source, args.input_size)
