@@ -313,10 +313,14 @@ class Bench:
     def config(self, **kw):
         from hotdog.train import TrainConfig
 
+        import dataclasses
+
+        # warmup_epochs=0: every counted epoch must be the loop under test, not head warm-up
         base = dict(data_root=str(self.root), source=self.source, batch_size=self.s.batch_size,
-                    input_size=self.s.input_size, seed=0)
+                    input_size=self.s.input_size, seed=0, warmup_epochs=0)
         base.update(kw)
-        return TrainConfig(**base)
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in base.items() if k in known})
 
     # -- inference: MKLDNN fusion and bf16 ----------------------------------------------
 
