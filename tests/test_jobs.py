@@ -144,5 +144,6 @@ def test_soak_twenty_trainings_no_leaks(tiny_dataset, tmp_path):
     extra = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
     assert sorted(t.name.split("_")[0] for t in extra) in (["hotdog-mx", "hotdog-train"], ["hotdog-train"])
     job.close()
-    assert not any(t.name.startswith("hotdog-train") for t in threading.enumerate())
+    # Only this job's thread: other tests' process-wide manager may still hold its own.
+    assert not any(t.is_alive() for t in extra if t.name.startswith("hotdog-train"))
     assert len(RunStore(tmp_path / "runs").list()) == 23
