@@ -257,7 +257,9 @@ def test_train_tiny_finetune_reaches_finished_then_predict_and_weights(app_home,
 
     config = RunStore().load(RunStore().list()[0].run_id).config
     assert (config["epochs"], config["batch_size"], config["input_size"], config["warmup_epochs"]) == (1, 8, 32, 1)
-    assert config["lr"] == 0.01 and config["wd"] == 0.001 and config["lr_mult"] == 10.0  # chapter defaults
+    # the offline source's recommended settings (hotdog.train.RECOMMENDED), not the chapter's
+    assert config["lr"] == 0.001 and config["wd"] == 0.001 and config["lr_mult"] == 10.0
+    assert config["bn_mode"] == "keep" and config["init_output_from_imagenet"] is True
     runs = at.dataframe[0].value
     assert list(runs["status"]) == ["finished"] and list(runs["mode"]) == ["finetune"]
     assert at.metric[0].label == "Test accuracy"
@@ -297,7 +299,7 @@ def test_train_comparison_runs_both_and_stop_works(app_home):
     runs = RunStore().list()
     assert sorted(r.mode for r in runs) == ["finetune", "scratch"]
     assert all(r.status == "finished" for r in runs)
-    assert {r.lr for r in runs} == {0.01, 0.1}  # scratch at its own learning rate
+    assert {r.lr for r in runs} == {0.001, 0.1}  # scratch at its own learning rate
     at.multiselect[0].set_value([r.run_id for r in runs]).run()
     assert_clean(at)
 
@@ -461,3 +463,15 @@ def test_predict_page_survives_every_hostile_photo_in_one_upload(app_home):
     at.file_uploader(key="photos").set_value(("ok.png", png_bytes(), "image/png")).run()
     assert_clean(at)
     assert not at.error and sum(t.startswith("→ ") for t in texts(at)) == 1
+
+
+def test_chapter_preset_is_one_click_away(app_home):
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    assert at.select_slider(key="lr_ft").value == 0.001 and at.select_slider(key="batch").value == 32
+    at.button(key="preset_chapter").click().run()
+    assert_clean(at)
+    assert at.select_slider(key="lr_ft").value == 0.01 and at.select_slider(key="batch").value == 128
+    assert at.radio(key="bn_mode").value == "update" and at.checkbox(key="init_head").value is False
+    at.button(key="preset_recommended").click().run()
+    assert at.select_slider(key="lr_ft").value == 0.001 and at.radio(key="bn_mode").value == "keep"
