@@ -52,8 +52,9 @@ def sidebar_knobs() -> dict:
     spec = models.get_spec(source)
     rec = recommended_config(".", source)
     k = {"source": source}
+    sb.caption("PRESETS")
     left, right = sb.columns(2)
-    left.button("Recommended", key="preset_recommended", on_click=_apply_preset, args=(source, "recommended"),
+    left.button("Stable", key="preset_recommended", on_click=_apply_preset, args=(source, "recommended"),
                 width="stretch", help="BatchNorm keeps its pretrained statistics, lr 0.001 for EfficientNet-Lite0, "
                                       "batch 32, output layer from ImageNet's rows: steady on small data sets.")
     right.button("Chapter's", key="preset_chapter", on_click=_apply_preset, args=(source, "chapter"),
