@@ -139,6 +139,10 @@ def machine_info() -> dict[str, Any]:
         "mxnet": mx.__version__,
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # Unset, MXNet on Intel x86 uses half the logical CPUs (it assumes hyperthreading), so a
+        # 2-vCPU machine computes on one thread: the figures depend on this.
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "mxnet_omp_max_threads_env": os.environ.get("MXNET_OMP_MAX_THREADS"),
     }
 
 
@@ -847,7 +851,9 @@ def format_table(result: BenchResult) -> str:
     flags = ", ".join(f for f, on in mach["flags"].items() if on) or "none"
     s = result.settings
     lines.append("")
-    lines.append(f"machine: {mach['nproc']} cores, {mach['cpu_model']}, flags: {flags}; MXNet {mach['mxnet']}; {mach['date']}")
+    omp = mach.get("omp_num_threads_env") or "unset"
+    lines.append(f"machine: {mach['nproc']} cores, {mach['cpu_model']}, flags: {flags}; MXNet {mach['mxnet']}, "
+                 f"OMP_NUM_THREADS {omp}; {mach['date']}")
     lines.append(f"data: {s['data']} ({s['train_images']} train / {s['test_images']} test), source {s['source']}, "
                  f"{s['input_size']} px, batch {s['batch_size']}; bench took {result.seconds:.0f} s")
     ov = d.get("training_overhead", {})
@@ -881,6 +887,6 @@ def format_markdown(result: BenchResult) -> str:
     flags = ", ".join(f for f, on in mach["flags"].items() if on) or "none"
     rows.append("")
     rows.append(f"Measured {mach['date']} on {mach['nproc']} cores ({mach['cpu_model']}; {flags}), "
-                f"MXNet {mach['mxnet']}, data `{s['data']}` ({s['train_images']} train / {s['test_images']} test), "
+                f"MXNet {mach['mxnet']} (OMP_NUM_THREADS {mach.get('omp_num_threads_env') or 'unset'}), data `{s['data']}` ({s['train_images']} train / {s['test_images']} test), "
                 f"{s['source']} at {s['input_size']} px, batch {s['batch_size']}.")
     return "\n".join(rows)
