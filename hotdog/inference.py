@@ -90,6 +90,12 @@ def inference_copy(
     """
     ctx = ctx or (example.context if example is not None else _ctx_of(net))
     _finish_deferred_init(net, example)
+    if example is not None:
+        # Tracing with a bare symbol cannot see the input size: give EfficientNet's SAME
+        # padding the example's size first so the copy gets the fast static padding.
+        from hotdog.efficientnet import configure_same_padding
+
+        configure_same_padding(net, example)
     data = mx.sym.var("data", dtype="float32")
     out = net(data)
     block = gluon.SymbolBlock(out, data)

@@ -91,3 +91,51 @@ def test_missing_checkpoint_package_gives_model_error(monkeypatch, tmp_path):
                         staticmethod(lambda: str(tmp_path / "nope.pth")))
     with pytest.raises(ModelError, match="reinstall"):
         E.cached_params_path(home=tmp_path)
+
+
+def _dynamic_forward(net, x):
+    """The always-correct shape_array padding path, bypassing the static configuration."""
+    for b in E._walk(net):
+        if isinstance(b, E.SamePadConv):
+            b.parity = None
+        b._clear_cached_op()
+    y = x
+    for child in net.features._children.values():
+        y = child(y)
+    return net.output(y).asnumpy()
+
+
+def test_static_same_padding_matches_dynamic_and_follows_size_changes():
+    import mxnet as mx
+    import numpy as np
+
+    from hotdog.models import load_source
+
+    # Real weights: with random ones activations explode layer after layer and the dynamic
+    # path's own float rounding (b + (a - b) != a) is amplified past any tolerance.
+    mx.random.seed(0)
+    net = E.EfficientNetLite0()
+    net.initialize()
+    for mine, real in zip(net.collect_params().values(), load_source("efficientnet_lite0").collect_params().values()):
+        mine.set_data(real.data())
+    net.hybridize()
+    for size in [(64, 64), (65, 63), (33, 47), (64, 64)]:
+        x = mx.nd.random.uniform(-1, 1, shape=(2, 3) + size)
+        ref = _dynamic_forward(net, x)
+        out = net(x).asnumpy()  # configures static padding for this size, rebuilds the graph
+        strided = [b.parity for b in E._walk(net) if isinstance(b, E.SamePadConv) and b._s == 2]
+        assert strided[0] == (size[0] % 2 == 1, size[1] % 2 == 1)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(ref).max()))
+        feats = net.features(x).asnumpy()  # the body alone configures itself too
+        assert feats.shape == (2, E.HEAD_CHANNELS)
+    # a wrong parity really changes the result, so the check above can fail
+    x = mx.nd.random.uniform(-1, 1, shape=(2, 3, 65, 63))
+    ref = _dynamic_forward(net, x)
+    for b in E._walk(net):
+        if isinstance(b, E.SamePadConv) and b._s == 2:
+            b.parity = (False, False)
+        b._clear_cached_op()
+    y = x
+    for child in net.features._children.values():
+        y = child(y)
+    assert np.abs(net.output(y).asnumpy() - ref).max() > 1e-3
