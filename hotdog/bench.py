@@ -783,30 +783,23 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 def _notes(d: dict) -> dict[str, str]:
     """One-line context per headline figure (its two sides), where the details exist."""
+    sides = {
+        "frozen_cache_speedup": ("frozen", lambda f: f"({f['plain_seconds']:.1f} s plain / "
+                                                     f"{f['cache_seconds']:.1f} s cached, {f['epochs']} epochs)"),
+        "pipeline_efficiency": ("pipeline", lambda p: f"({p['end_to_end_images_per_sec']:.2f} end-to-end / "
+                                                      f"{p['raw_images_per_sec']:.2f} raw img/s)"),
+        "predict_efficiency": ("predict", lambda q: f"({q['raw_batch1_seconds'] * 1e3:.0f} ms forward / "
+                                                    f"{q['predict_one_seconds'] * 1e3:.0f} ms per photo)"),
+        "training_overhead": ("training_overhead", lambda o: (
+            f"({o['callbacks_seconds'] + o['metrics_seconds'] + o['store_seconds']:.2f} s "
+            f"of {o['step_seconds']:.0f} s)")),
+    }
     out = {}
-    try:
-        f = d["frozen"]
-        out["frozen_cache_speedup"] = f"({f['plain_seconds']:.1f} s plain / {f['cache_seconds']:.1f} s cached, {f['epochs']} epochs)"
-    except (KeyError, TypeError):
-        pass
-    try:
-        p = d["pipeline"]
-        out["pipeline_efficiency"] = (f"({p['end_to_end_images_per_sec']:.2f} end-to-end / "
-                                      f"{p['raw_images_per_sec']:.2f} raw img/s)")
-    except (KeyError, TypeError):
-        pass
-    try:
-        q = d["predict"]
-        out["predict_efficiency"] = (f"({q['raw_batch1_seconds'] * 1e3:.0f} ms forward / "
-                                     f"{q['predict_one_seconds'] * 1e3:.0f} ms per photo)")
-    except (KeyError, TypeError):
-        pass
-    try:
-        o = d["training_overhead"]
-        out["training_overhead"] = (f"({o['callbacks_seconds'] + o['metrics_seconds'] + o['store_seconds']:.2f} s "
-                                    f"of {o['step_seconds']:.0f} s)")
-    except (KeyError, TypeError):
-        pass
+    for key, (section, describe) in sides.items():
+        try:  # an older or partial result simply has no context for that figure
+            out[key] = describe(d[section])
+        except (KeyError, TypeError):
+            pass
     return out
 
 
