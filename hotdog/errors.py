@@ -29,7 +29,11 @@ class UnsafeCheckpointError(ModelError):
     """A checkpoint file was refused because it is not a plain tensor dictionary."""
 
 
-class RunStoreError(HotdogError):
+class StorageError(HotdogError):
+    """A file or folder cannot be written or locked (read-only, full disk, busy)."""
+
+
+class RunStoreError(StorageError):
     """The run store cannot be read or written (read-only, full, missing run)."""
 
 
