@@ -1131,3 +1131,10 @@ __all__ = [
     "DatasetSplits", "DatasetReport", "load_splits", "validate_dataset", "ImageListDataset",
     "download_hotdog", "ZipLimits", "install_zip", "installed_datasets",
 ]
+
+
+def list_images(folder) -> list[Path]:
+    """Placeholder until the data package split lands (content-based rule there)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)

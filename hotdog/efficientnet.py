@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,7 +30,9 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from hotdog.errors import ModelError
+from hotdog.fileio import atomic_path
 from hotdog.paths import cache_root
+from hotdog.weights import load_params_file
 
 log = logging.getLogger(__name__)
 
@@ -270,16 +270,8 @@ def convert_torch_weights(src: Path, dst: Path) -> float:
                              f"{arr.shape} vs {param.shape}")
         param.set_data(mx.nd.array(arr, dtype="float32"))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        net.save_parameters(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(dst) as tmp:
+        net.save_parameters(str(tmp))
     return time.perf_counter() - t0
 
 
@@ -301,8 +293,6 @@ def cached_params_path(home=None) -> Path:
 
 
 def efficientnet_lite0(pretrained: bool = True, classes: int = 1000, home=None) -> EfficientNetLite0:
-    from hotdog.models import load_params_file
-
     net = EfficientNetLite0(classes=classes)
     if not pretrained:
         return net

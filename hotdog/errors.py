@@ -5,6 +5,10 @@ class HotdogError(Exception):
     """Base class: anything the user can fix or should be told about in one sentence."""
 
 
+class ConfigError(HotdogError):
+    """A training setting is out of range or of the wrong type."""
+
+
 class DownloadError(HotdogError):
     """A download failed (offline, HTTP error, truncated body, checksum mismatch)."""
 

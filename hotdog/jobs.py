@@ -2,21 +2,16 @@
 click, so the training must live outside the script run and be watchable from any rerun).
 
     job = job_manager()              # the process-wide manager (documented global)
-    run_id = job.start(config)       # TrainingBusyError if a training already runs
+    run_id = job.start([config])     # TrainingBusyError if a training already runs
     job.current()                    # JobState snapshot: progress, epochs, result, error
     job.stop()                       # cooperative: the loop stops at the next batch
 
-``start`` checks the data folder and the source name and creates the run in the store
-before it returns, so those errors (and a read-only or full runs folder) reach the caller
-at once instead of surfacing later in a background thread.
-
-Why long-lived threads: MXNet 1.9 keeps per-thread native memory (oneDNN/engine
-thread-locals) that is never returned when a thread exits. Measured here: every new thread
-that runs one EfficientNet-Lite0 forward at 224 px costs ~40-70 MB of resident memory for
-good, one that runs a short training ~15 MB. Streamlit runs each script rerun in a new
-thread, so all MXNet work of the app must go through the same few long-lived threads:
-trainings run on the job manager's single worker thread, forward passes on the
-``mx_call`` thread (used by ``Predictor`` and ``evaluate``).
+``start`` takes a list of configs (the chapter's comparison is fine-tuning, then scratch):
+they run one after the other on one long-lived thread (see :mod:`hotdog.mxthread` for why
+MXNet work must stay on few threads) and keep going when the browser tab is closed. It
+checks the data folder and the source and creates the first run in the store before it
+returns, so those errors (and a read-only or full runs folder) reach the caller at once.
+The data set is scanned once per run, outside the lock, so other tabs never wait on it.
 """
 
 from __future__ import annotations
@@ -28,8 +23,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from hotdog.errors import TrainingBusyError
+from hotdog.errors import HotdogError, TrainingBusyError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class JobState:
     """What the UI shows. ``state`` is "idle", "running", "stopping" or the run's end state
-    ("finished", "stopped", "diverged", "failed")."""
+    ("finished", "stopped", "diverged", "failed"). ``pending`` counts configs still queued."""
 
     state: str = "idle"
     run_id: str | None = None
@@ -49,37 +45,12 @@ class JobState:
     error: str | None = None
     started: float | None = None
     ended: float | None = None
+    pending: int = 0
+    run_ids: list = field(default_factory=list)  # every run this job started, in order
 
     @property
     def running(self) -> bool:
-        return self.state in ("running", "stopping")
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("state", "run_id", "run_dir", "error", "started", "ended")}
-        d["config"] = self.config.to_dict() if self.config is not None else None
-        d["progress"] = dataclasses.asdict(self.progress) if self.progress is not None else None
-        d["epochs"] = [e.to_dict() for e in self.epochs]
-        d["result"] = self.result.to_dict() if self.result is not None else None
-        return d
-
-
-_MX_THREAD_PREFIX = "hotdog-mx"
-_mx_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_mx_executor_lock = threading.Lock()
-
-
-def mx_call(fn, *args, **kwargs):
-    """Run ``fn(*args, **kwargs)`` on the process-wide MXNet inference thread and return its
-    result (exceptions propagate). Use it for any forward pass requested from short-lived
-    threads (Streamlit reruns); see the module docstring for why."""
-    global _mx_executor
-    if threading.current_thread().name.startswith(_MX_THREAD_PREFIX):
-        return fn(*args, **kwargs)
-    with _mx_executor_lock:
-        if _mx_executor is None:
-            _mx_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=_MX_THREAD_PREFIX)
-        ex = _mx_executor
-    return ex.submit(fn, *args, **kwargs).result()
+        return self.state in ("running", "stopping") or self.pending > 0
 
 
 class TrainingJob:
@@ -93,30 +64,35 @@ class TrainingJob:
         self._stop = threading.Event()
         self._state = JobState()
 
-    def start(self, config, runs_dir: str | os.PathLike | None = None) -> str:
-        from hotdog import data, models
-        from hotdog.runs import RunStore, mark_active
-        from hotdog.train import resolve_devices
+    def _busy_error(self) -> TrainingBusyError:
+        more = f" ({self._state.pending} more queued)" if self._state.pending else ""
+        return TrainingBusyError(f"training run {self._state.run_id} is already running in this server{more}; "
+                                 "stop it or wait for it to finish before starting another")
 
+    def start(self, configs, runs_dir: str | os.PathLike | None = None) -> str:
+        """Start ``configs`` (one config or a list) one after the other; returns the first run id."""
+        from hotdog.runs import RunStore, mark_active
+        from hotdog.train import prepare
+
+        configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
+        if not configs:
+            raise ValueError("nothing to train")
+        if self.is_running():
+            raise self._busy_error()
+        first = prepare(configs[0])  # slow (reads every photo header): outside the lock
+        store = RunStore(runs_dir if runs_dir is not None else self.runs_dir)
         with self._lock:
             if self._future is not None and not self._future.done():
-                raise TrainingBusyError(
-                    f"training run {self._state.run_id} is already running in this process; "
-                    "stop it or wait for it to finish before starting another")
-            # Fail fast, in the caller's thread, on what can be checked cheaply.
-            models.get_spec(config.source)
-            resolve_devices(config.devices)
-            data.load_splits(config.data_root)
-            store = RunStore(runs_dir if runs_dir is not None else self.runs_dir)
-            run_id, run_dir = store.create(config)
+                raise self._busy_error()
+            run_id, run_dir = store.create(first.config)
             self._stop = threading.Event()
-            self._state = JobState(state="running", run_id=run_id, run_dir=str(run_dir), config=config,
-                                   started=time.time())
+            self._state = JobState(state="running", run_id=run_id, run_dir=str(run_dir), config=first.config,
+                                   started=time.time(), pending=len(configs) - 1, run_ids=[run_id])
             try:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
                         max_workers=1, thread_name_prefix="hotdog-train")
-                self._future = self._executor.submit(self._work, config, store.root, run_id, self._stop)
+                self._future = self._executor.submit(self._work, first, configs[1:], store, run_id, self._stop)
             except RuntimeError as err:  # cannot start a thread: the run must not look alive
                 mark_active(run_id, False)
                 store.write_status(run_id, "failed", f"could not start the training thread: {err}")
@@ -124,39 +100,61 @@ class TrainingJob:
                 raise
             return run_id
 
-    def _work(self, config, runs_root, run_id, stop_event):
-        from hotdog.train import train
+    def _update(self, **changes) -> None:
+        with self._lock:
+            for k, v in changes.items():
+                setattr(self._state, k, v)
+
+    def _work(self, prepared, rest: Sequence, store, run_id: str, stop_event: threading.Event) -> None:
+        from hotdog.train import prepare, train
 
         def on_batch(p):
-            self._state.progress = p
+            self._update(progress=p)
 
         def on_epoch(m):
-            self._state.epochs = self._state.epochs + [m]
-
-        try:
-            result = train(config, on_batch=on_batch, on_epoch=on_epoch, stop_event=stop_event,
-                           runs_dir=runs_root, run_id=run_id)
-        except BaseException as err:  # noqa: BLE001 - a background thread must report, not die silently
-            log.warning("training run %s failed: %s", run_id, err)
             with self._lock:
-                self._state.state = "failed"
-                self._state.error = str(err) or type(err).__name__
-                self._state.ended = time.time()
-            return
-        with self._lock:
-            self._state.result = result
-            self._state.epochs = list(result.epochs)
-            self._state.state = result.status
-            self._state.error = result.message if result.status in ("diverged", "failed") else None
-            self._state.ended = time.time()
+                self._state.epochs = self._state.epochs + [m]
+
+        queue = list(rest)
+        while True:
+            try:
+                result = train(prepared.config, on_batch=on_batch, on_epoch=on_epoch, stop_event=stop_event,
+                               runs_dir=store.root, run_id=run_id, prepared=prepared)
+            except BaseException as err:  # noqa: BLE001 - a background thread must report, not die silently
+                log.warning("training run %s failed: %s", run_id, err)
+                self._update(state="failed", error=str(err) or type(err).__name__, ended=time.time(), pending=0)
+                return
+            with self._lock:
+                s = self._state
+                s.result, s.epochs, s.state = result, list(result.epochs), result.status
+                s.error = result.message if result.status in ("diverged", "failed") else None
+                s.ended = time.time()
+                if result.status != "finished" or not queue:  # stopped, diverged or failed: the rest is moot
+                    s.pending = 0
+                    return
+            config = queue.pop(0)
+            try:
+                prepared = prepare(config)
+                run_id, run_dir = store.create(prepared.config)
+            except HotdogError as err:
+                self._update(state="failed", error=str(err), pending=0)
+                return
+            with self._lock:
+                # Swapped in one step so readers never see "idle" between two runs.
+                self._state = dataclasses.replace(
+                    self._state, state="running", run_id=run_id, run_dir=str(run_dir), config=prepared.config,
+                    progress=None, epochs=[], result=None, error=None, started=time.time(), ended=None,
+                    pending=len(queue), run_ids=self._state.run_ids + [run_id])
 
     def stop(self, wait: float | None = None) -> bool:
-        """Ask the running training to stop at its next batch; True if none is running (any more)."""
+        """Ask the running training to stop at its next batch (and drop what is queued);
+        True if none is running (any more)."""
         with self._lock:
             fut = self._future
             if fut is None or fut.done():
                 return True
             self._stop.set()
+            self._state.pending = 0
             if self._state.state == "running":
                 self._state.state = "stopping"
         if wait is not None:
@@ -185,7 +183,7 @@ class TrainingJob:
         """A snapshot (safe to read while the training thread keeps updating)."""
         with self._lock:
             s = self._state
-            return dataclasses.replace(s, epochs=list(s.epochs))
+            return dataclasses.replace(s, epochs=list(s.epochs), run_ids=list(s.run_ids))
 
 
 _manager: TrainingJob | None = None

@@ -32,7 +32,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import mxnet as mx
 import numpy as np
@@ -40,13 +40,13 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from hotdog import imagenet
-from hotdog.errors import HotdogError, ModelError
+from hotdog.errors import ModelError
+from hotdog.settings import BN_MODES, DEFAULT_SOURCE
+from hotdog.weights import load_params_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOURCE = "efficientnet_lite0"
 RESNET18_ENV = "HOTDOG_RESNET18_PARAMS"
-BN_MODES = ("keep", "update")
 # Names like 'not-hotdog', 'not_hot_dog', 'non hotdog', 'nothotdog': the negative of a class.
 NEGATION_PREFIXES = ("not ", "non ", "no ", "not", "non")
 
@@ -114,26 +114,6 @@ def _arch(name: str, classes: int) -> gluon.HybridBlock:
     return vision.resnet18_v2(classes=classes)
 
 
-def load_params_file(net: gluon.Block, path: str | os.PathLike, ctx=None) -> None:
-    """``net.load_parameters`` that turns a missing, truncated or mismatched file into ModelError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"parameter file not found: {path}")
-    try:
-        net.load_parameters(str(path), ctx=ctx or mx.cpu())
-    except (mx.base.MXNetError, AssertionError, ValueError, KeyError, OSError, RuntimeError) as err:
-        first = str(err).strip().splitlines()
-        detail = next((ln for ln in reversed(first) if ln.strip()), type(err).__name__)
-        raise ModelError(
-            f"cannot load parameters from {path}: the file is corrupted, truncated or belongs to "
-            f"another model ({detail.strip()[:200]})"
-        ) from err
-    # .params files carry no checksum; flipped exponent bits show up as inf/NaN weights.
-    for p in net.collect_params().values():
-        if p._data is not None and not np.isfinite(p.data().asnumpy()).all():
-            raise ModelError(f"parameter file {path} holds non-finite values in {p.name} (file corrupted?)")
-
-
 def _load_resnet18_v2(params_path) -> gluon.HybridBlock:
     from mxnet.gluon.model_zoo import vision
 
@@ -161,10 +141,13 @@ def _load_resnet18_v2(params_path) -> gluon.HybridBlock:
 
 
 # Pretrained sources are large and identical across runs, so one copy per (source, weights
-# file) is kept for the life of the process. Guarded by _cache_lock; the returned nets are
-# shared and read-only by convention (builders copy from them, never into them). Forward
-# passes on them go through _forward_lock because a hybridized CachedOp is not thread-safe.
-_source_cache: dict[tuple, gluon.HybridBlock] = {}
+# file) is kept for the life of the process, with a numpy snapshot of its weights taken
+# right after loading, before any forward pass. Builders and weight readers use only the
+# snapshot: MXNet 1.9's oneDNN backend reorders a convolution weight in place during a
+# forward pass without the engine counting it as a write, so reading the live net while
+# another thread runs a forward on it can return scrambled values. Guarded by _cache_lock;
+# forward passes on the shared nets go through _forward_lock (a CachedOp is not thread-safe).
+_source_cache: dict[tuple, tuple[gluon.HybridBlock, dict[str, np.ndarray]]] = {}
 _cache_lock = threading.Lock()
 _forward_lock = threading.Lock()
 
@@ -179,11 +162,7 @@ def _resolve_params_path(name: str, params_path) -> Path | None:
     return Path(params_path).expanduser().resolve()
 
 
-def load_source(name: str = DEFAULT_SOURCE, params_path=None) -> gluon.HybridBlock:
-    """The pretrained source network (1000 ImageNet outputs) on CPU, cached per process.
-
-    Never mutate the returned network; build a trainable copy with :func:`build_finetune`.
-    """
+def _cached_source(name: str, params_path) -> tuple[gluon.HybridBlock, dict[str, np.ndarray]]:
     get_spec(name)
     path = _resolve_params_path(name, params_path)
     stamp = None
@@ -192,22 +171,39 @@ def load_source(name: str = DEFAULT_SOURCE, params_path=None) -> gluon.HybridBlo
             st = path.stat()
             stamp = (st.st_size, st.st_mtime_ns)
         except OSError:
-            raise ModelError(f"parameter file not found: {path}") from None
+            raise ModelError(f"parameter file not found: {path.name}") from None
     key = (name, str(path) if path else None, stamp)
     with _cache_lock:
-        net = _source_cache.get(key)
-        if net is None:
+        hit = _source_cache.get(key)
+        if hit is None:
             if name == "efficientnet_lite0":
                 from hotdog.efficientnet import efficientnet_lite0
 
                 net = efficientnet_lite0(pretrained=True)
             else:
                 net = _load_resnet18_v2(path)
+            mx.nd.waitall()
+            snapshot = {k: p.data(mx.cpu()).asnumpy().copy() for k, p in _structural_params(net).items()}
             net.hybridize()
             for old in [k for k in _source_cache if k[:2] == key[:2]]:
                 del _source_cache[old]  # the weights file changed on disk: drop the stale copy
-            _source_cache[key] = net
-        return net
+            hit = _source_cache[key] = (net, snapshot)
+        return hit
+
+
+def load_source(name: str = DEFAULT_SOURCE, params_path=None) -> gluon.HybridBlock:
+    """The pretrained source network (1000 ImageNet outputs) on CPU, cached per process.
+
+    For forward passes only (under ``_forward_lock``); never mutate it or read its weights:
+    :func:`source_weights` has them, and builders copy from there.
+    """
+    return _cached_source(name, params_path)[0]
+
+
+def source_weights(name: str = DEFAULT_SOURCE, params_path=None) -> dict[str, np.ndarray]:
+    """The source's weights by structural name ('features.3.depthwise.bn.gamma'), as loaded.
+    Shared: treat the arrays as read-only."""
+    return _cached_source(name, params_path)[1]
 
 
 def clear_source_cache() -> None:
@@ -229,28 +225,17 @@ def _structural_params(block: gluon.Block) -> dict[str, gluon.Parameter]:
     return block._collect_params_with_prefix()
 
 
-def _settle() -> None:
-    """Wait for pending MXNet work before reading weights.
-
-    MXNet 1.9's oneDNN backend reorders a convolution weight during an imperative forward
-    pass without the engine treating it as a write, so reading that weight (asnumpy, copy,
-    save_parameters) before the forward finishes intermittently returns scrambled values
-    (measured: ~1 in 4 resnet18_v2 nets read right after a non-hybridized forward; the stored
-    weight itself is fine once the forward is done). Waiting first avoids copying garbage.
-    """
-    mx.nd.waitall()
-
-
-def _copy_params(dst: gluon.Block, src: gluon.Block, ctx: list) -> None:
-    dparams, sparams = _structural_params(dst), _structural_params(src)
-    if set(dparams) != set(sparams):
+def _copy_features(dst: gluon.Block, weights: dict[str, np.ndarray], ctx: list) -> None:
+    """Initialise ``dst`` (a network's ``features``) from the snapshot's 'features.*' arrays."""
+    dparams = _structural_params(dst)
+    src = {k[len("features."):]: v for k, v in weights.items() if k.startswith("features.")}
+    if set(dparams) != set(src):
         raise ModelError("internal error: fine-tune network does not match its source architecture")
-    _settle()
     for k, p in dparams.items():
-        data = sparams[k].data(mx.cpu()).asnumpy()  # a plain copy: nothing can be shared
+        data = src[k]
         p.shape = data.shape
         p.initialize(mx.init.Zero(), ctx=ctx, force_reinit=True)
-        p.set_data(mx.nd.array(data, dtype=data.dtype))
+        p.set_data(mx.nd.array(data, dtype=data.dtype))  # a copy: nothing is shared with the source
 
 
 def batchnorm_layers(block: gluon.Block) -> list[nn.BatchNorm]:
@@ -324,9 +309,8 @@ def build_finetune(
     if bn_mode not in BN_MODES:
         raise ModelError(f"unknown BatchNorm mode {bn_mode!r}; valid: {', '.join(BN_MODES)}")
     ctx = _ctx_list(ctx)
-    src = load_source(source, params_path)
     net = _arch(source, num_classes)
-    _copy_params(net.features, src.features, ctx)
+    _copy_features(net.features, source_weights(source, params_path), ctx)
     net.output.initialize(mx.init.Xavier(), ctx=ctx)
     if init_output_from_imagenet:
         if not class_names or len(class_names) != num_classes:
@@ -467,9 +451,8 @@ class ClassWeights:
 
 def output_layer(source: str, params_path=None) -> tuple[np.ndarray, np.ndarray]:
     """Copies of the source's ImageNet output weight (1000 x D) and bias (1000,)."""
-    net = load_source(source, params_path)
-    _settle()
-    return net.output.weight.data().asnumpy().copy(), net.output.bias.data().asnumpy().copy()
+    w = source_weights(source, params_path)
+    return w["output.weight"].copy(), w["output.bias"].copy()
 
 
 def class_weights(source: str, class_name: str = "hotdog", k: int = 10, params_path=None) -> ClassWeights:
@@ -600,83 +583,17 @@ def imagenet_head_init(source: str, class_names: Sequence[str], *, init_items=No
                     train_accuracy=train_acc)
 
 
-@dataclass
-class ThresholdClassifier:
-    """Zero-shot baseline: 'positive' when the source's 1000-way softmax probability of an
-    ImageNet class exceeds a threshold fitted on a training split (no training at all).
-
-    ``classes`` are the data set's class names; ``positive`` is the position of the class that
-    matches ImageNet (e.g. 'hotdog'), every other image gets ``negative``.
-    """
-
-    source: str
-    index: int
-    classes: list[str]
-    positive: int
-    negative: int
-    threshold: float = 0.5
-    train_accuracy: float | None = None
-    params_path: str | None = None
-
-    @classmethod
-    def fit(cls, source: str, items: Sequence[tuple[Path, int]], classes: Sequence[str],
-            class_name: str | None = None, params_path=None) -> "ThresholdClassifier":
-        classes = list(classes)
-        if len(classes) != 2:
-            raise HotdogError("the threshold classifier needs exactly two classes")
-        positive = None
-        if class_name is not None:
-            index = imagenet.class_index(class_name)
-            positive = next((i for i, c in enumerate(classes) if imagenet.find_class(c) == index), 0)
-        else:
-            for i, c in enumerate(classes):
-                j = imagenet.find_class(c)
-                if j is not None:
-                    positive, index = i, j
-                    break
-            if positive is None:
-                raise HotdogError(f"none of the classes {classes} is an ImageNet class name; pass class_name")
-        _, logits, labels = items_forward(source, items, params_path)
-        probs = _softmax(logits)[:, index]
-        scores = np.log(np.clip(probs, 1e-30, 1.0))  # fit in log space: probabilities bunch near 0
-        t, acc = _fit_threshold(scores, labels == positive)
-        return cls(source=source, index=index, classes=classes, positive=positive, negative=1 - positive,
-                   threshold=float(math.exp(t)), train_accuracy=acc,
-                   params_path=str(params_path) if params_path else None)
-
-    @staticmethod
-    def _probs(source, images, index, params_path) -> np.ndarray:
-        _, logits = _forward_batches(source, images, params_path)
-        return _softmax(logits)[:, index] if len(logits) else np.zeros(0)
-
-    def probabilities(self, images: Sequence) -> np.ndarray:
-        """The 1000-way softmax probability of the ImageNet class for each PIL image."""
-        return self._probs(self.source, list(images), self.index, self.params_path)
-
-    def predict(self, images: Sequence) -> list[int]:
-        return [self.positive if p > self.threshold else self.negative for p in self.probabilities(images)]
-
-    def predict_items(self, items: Sequence[tuple[Path, int]]) -> list[int]:
-        _, logits, _ = items_forward(self.source, items, self.params_path)
-        probs = _softmax(logits)[:, self.index] if len(logits) else np.zeros(0)
-        return [self.positive if p > self.threshold else self.negative for p in probs]
-
-    def evaluate(self, items: Sequence[tuple[Path, int]]) -> float:
-        """Accuracy on ``(path, label)`` items."""
-        labels = np.array([int(label) for _, label in items], dtype=np.int64)
-        pred = np.array(self.predict_items(items))
-        return float(np.mean(pred == labels)) if len(labels) else float("nan")
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "index": self.index, "name": imagenet.class_names()[self.index],
-                "classes": self.classes, "positive": self.positive, "threshold": self.threshold,
-                "train_accuracy": self.train_accuracy}
-
-
-def head_accuracy(net: gluon.Block, source: str, items: Sequence[tuple[Path, int]], params_path=None) -> float:
-    """Test accuracy of a fine-tune net whose ``features`` still equal the source's (e.g. the
-    zero-shot head before training): the memoised source features go through ``net.output``."""
-    feats, _, labels = items_forward(source, items, params_path)
-    ctx = net.output.weight.list_ctx()[0]
-    pred = net.output(mx.nd.array(feats, ctx=ctx)).argmax(axis=1).asnumpy().astype(np.int64)
-    return float(np.mean(pred == labels)) if len(labels) else float("nan")
+def head_note(classes: Sequence[str]) -> str:
+    """Which ImageNet row each class of an ImageNet-initialised head starts from, in one
+    sentence (the same rules as :func:`imagenet_head_init`)."""
+    parts = []
+    for c in classes:
+        j = imagenet.find_class(c)
+        if j is not None:
+            parts.append(f"'{c}' = ImageNet row {j} ('{imagenet.short_name(j)}')")
+            continue
+        target = _negated(c)
+        k = imagenet.find_class(target) if target else None
+        parts.append(f"'{c}' = everything but row {k}" if k is not None else
+                     f"'{c}' = random (no ImageNet class of that name)")
+    return "Head rules: " + "; ".join(parts) + "."

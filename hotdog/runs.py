@@ -22,7 +22,6 @@ readers, so listing never races with a live writer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import secrets
@@ -30,15 +29,16 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotdog.errors import RunStoreError
+from hotdog.errors import RunStoreError, StorageError
+from hotdog.fileio import append_jsonl, atomic_path, atomic_write_json, fsync_dir, read_json, read_jsonl
 from hotdog.paths import runs_root
 
 STATES = ("running", "finished", "stopped", "diverged", "failed")
-TERMINAL_STATES = ("finished", "stopped", "diverged", "failed")
+PARAMS_FILE = "model.params"
 
 # A live run rewrites its heartbeat at least this often (see HEARTBEAT_EVERY); a reader
 # that finds it much older assumes the owner died even when it cannot check the pid
@@ -63,98 +63,6 @@ def mark_active(run_id: str, active: bool = True) -> None:
 def is_active(run_id: str) -> bool:
     with _ACTIVE_LOCK:
         return run_id in _ACTIVE
-
-
-# ---------------------------------------------------------------------------- atomic IO
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise RunStoreError(f"cannot write {path}: {err.strerror or err}") from err
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
-
-
-def _json_default(obj):
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is only durable once the directory entry is; best effort where the
-    # platform refuses O_RDONLY on directories.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def append_jsonl(path: Path, obj: Any) -> None:
-    """Append one JSON line with a single write + fsync (a crash may drop the line, not tear it)."""
-    line = json.dumps(obj, sort_keys=True, default=_json_default) + "\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as err:
-        raise RunStoreError(f"cannot append to {path}: {err.strerror or err}") from err
-
-
-def read_json(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        return json.loads(fh.read().decode("utf-8"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete line of a JSONL file; a torn last line (crash mid-append) is ignored."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 # ---------------------------------------------------------------------------- process liveness
@@ -232,7 +140,10 @@ class RunSummary:
     epochs: int | None = None
     freeze: bool | None = None
     lr: float | None = None
+    lr_mult: float | None = None
     bn_mode: str | None = None
+    data: str | None = None  # the data set's folder name
+    data_root: str | None = None
     run_dir: str = ""
 
     def to_dict(self) -> dict:
@@ -252,11 +163,6 @@ class RunRecord:
     @property
     def state(self) -> str:
         return self.status.get("state", "failed")
-
-    def train_config(self):
-        from hotdog.train import TrainConfig
-
-        return TrainConfig.from_dict(self.config)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -318,7 +224,7 @@ class RunStore:
             mark_active(run_id, False)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return run_id, final
 
     # -- writers (used by the owner of a run)
@@ -353,8 +259,16 @@ class RunStore:
     def append_metrics(self, run_id: str, row: Any) -> None:
         append_jsonl(self.run_dir(run_id) / "metrics.jsonl", row)
 
-    def write_json(self, run_id: str, name: str, obj: Any) -> None:
-        atomic_write_json(self.run_dir(run_id) / name, obj)
+    def save_model(self, run_id: str, net, model_info: dict) -> None:
+        """The trained weights, then model.json (what a Predictor needs, the one record of the
+        run's classes): a run with model.json always has its weights."""
+        run_dir = self.run_dir(run_id)
+        try:
+            with atomic_path(run_dir / PARAMS_FILE) as tmp:
+                net.save_parameters(str(tmp))
+            atomic_write_json(run_dir / "model.json", {**model_info, "params": PARAMS_FILE})
+        except StorageError as err:
+            raise RunStoreError(f"cannot save the weights of run {run_id}: {err}") from err
 
     # -- readers
     def exists(self, run_id: str) -> bool:
@@ -420,7 +334,7 @@ def load_run_dir(run_dir: str | os.PathLike) -> RunRecord:
         except (OSError, ValueError):
             model = None
     return RunRecord(
-        run_id=d.name, run_dir=d, config=config, metrics=read_jsonl(d / "metrics.jsonl"),
+        run_id=d.name, run_dir=d, config=config, metrics=read_jsonl(d / "metrics.jsonl")[0],
         status=status, model=model, created=raw_status.get("created"),
     )
 
@@ -433,12 +347,11 @@ def _summarize(d: Path) -> RunSummary:
                           created=None, message=str(err), run_dir=str(d))
     cfg = rec.config
     last = rec.metrics[-1] if rec.metrics else {}
-    lr = cfg.get("lr")
-    if lr is None and cfg.get("mode"):
-        lr = 0.1 if cfg.get("mode") == "scratch" else 0.01
+    lr = cfg.get("lr")  # as recorded: configs are resolved before they are written
     return RunSummary(
         run_id=rec.run_id, status=rec.state, mode=cfg.get("mode"), source=cfg.get("source"),
         test_acc=last.get("test_acc"), created=rec.created, message=rec.status.get("message", ""),
         epochs_done=len(rec.metrics), epochs=cfg.get("epochs"), freeze=cfg.get("freeze"), lr=lr,
-        bn_mode=cfg.get("bn_mode"), run_dir=str(d),
+        lr_mult=cfg.get("lr_mult"), bn_mode=cfg.get("bn_mode"), data_root=cfg.get("data_root"),
+        data=Path(cfg["data_root"]).name if cfg.get("data_root") else None, run_dir=str(d),
     )

@@ -21,32 +21,45 @@ log = logging.getLogger("hotdog.train")
 EXIT_USAGE = 2
 
 
+def _knob_args(parser) -> None:
+    """One flag per knob of the settings table (hotdog.settings.KNOBS): help and defaults
+    come from there, so the CLI cannot drift from the app."""
+    from hotdog import settings
+
+    for name, knob in settings.KNOBS.items():
+        if name in settings.PRESET_KNOBS:
+            default = f" (default: {settings.describe_default(name)})"
+        elif knob.default is not None:
+            default = f" (default: {knob.default})"
+        else:
+            default = ""
+        if knob.kind is bool:
+            parser.add_argument(knob.cli_flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=knob.help + default)
+        elif knob.choices:
+            parser.add_argument(knob.cli_flag, dest=name, choices=knob.choices, default=None, help=knob.help + default)
+        else:
+            parser.add_argument(knob.cli_flag, dest=name, type=knob.kind, default=None, metavar="N",
+                                help=knob.help + default)
+
+
 def register(sub) -> None:
+    from hotdog import settings
+
     t = sub.add_parser("train", help="fine-tune (or train from scratch) on an image-folder data set",
-                       description="The chapter's train_fine_tuning: SGD, weight decay 1e-3, head lr x10. "
-                                   "Ctrl-C stops after the current batch and keeps completed epochs.")
+                       description="The chapter's train_fine_tuning (SGD) with the settings of a preset: "
+                                   + "; ".join(f"{p}: {h.rstrip('.')}" for p, h in settings.PRESET_HELP.items())
+                                   + " Explicit flags override single settings. Ctrl-C stops after the "
+                                     "current batch and keeps completed epochs.")
     t.add_argument("--data", required=True, help="data set folder (train/ and test/, or one folder per class)")
-    t.add_argument("--source", default=None, help="source model (default efficientnet_lite0; see `sources`)")
-    t.add_argument("--mode", choices=["finetune", "scratch"], default="finetune")
-    t.add_argument("--freeze", action="store_true", help="train only the output layer")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 fine-tune, 0.1 scratch)")
-    t.add_argument("--lr-mult", type=float, default=None, help="output-layer learning-rate multiplier (default 10)")
-    t.add_argument("--wd", type=float, default=None, help="weight decay (default 0.001)")
-    t.add_argument("--batch-size", type=int, default=None, help="default 128")
-    t.add_argument("--epochs", type=int, default=None, help="default 5")
-    t.add_argument("--seed", type=int, default=None, help="default 0")
-    t.add_argument("--init-from-imagenet", action="store_true",
-                   help="start output rows from matching ImageNet classes (e.g. hotdog)")
-    t.add_argument("--input-size", type=int, default=None, help="crop size in pixels (default: the source's, 224)")
-    t.add_argument("--bn-mode", choices=["keep", "update"], default=None,
-                   help="BatchNorm statistics: keep the pretrained ones (default) or update them (the chapter)")
-    t.add_argument("--devices", default=None, help="e.g. cpu(0),cpu(1) or gpu(0),gpu(1) (default: all GPUs, else CPU)")
-    t.add_argument("--no-feature-cache", action="store_true",
-                   help="with --freeze, run the full network every batch instead of caching features")
-    t.add_argument("--augment-views", type=int, default=None,
-                   help="with --freeze, also cache K randomly augmented views of each training image")
-    t.add_argument("--warmup-epochs", type=int, default=None,
-                   help="fine-tune: train only the output layer (on cached features) for the first N epochs")
+    t.add_argument("--source", choices=settings.SOURCES, default=settings.DEFAULT_SOURCE,
+                   help=f"source model (default {settings.DEFAULT_SOURCE}; see `sources`)")
+    t.add_argument("--mode", choices=settings.MODES, default="finetune")
+    t.add_argument("--preset", choices=settings.PRESETS, default=settings.DEFAULT_PRESET,
+                   help=f"settings to start from (default {settings.DEFAULT_PRESET}, as the app)")
+    _knob_args(t)
+    t.add_argument("--devices", default=None,
+                   help="e.g. 'cpu(0),cpu(1)' or 'gpu(0),gpu(1)' (quote it in a shell; default: all GPUs, else CPU)")
     t.add_argument("--runs-dir", default=None, help="run store folder (default $HOTDOG_HOME/runs)")
     add_json_flag(t)
     t.set_defaults(func=cmd_train)
@@ -76,20 +89,11 @@ def register(sub) -> None:
 # ------------------------------------------------------------------------------- train
 
 def _config_from_args(args):
-    from hotdog.train import TrainConfig
+    from hotdog import settings
 
-    kw = {"data_root": args.data, "mode": args.mode, "freeze": args.freeze,
-          "init_output_from_imagenet": args.init_from_imagenet}
-    for name in ("source", "lr", "lr_mult", "wd", "batch_size", "epochs", "seed", "input_size",
-                 "bn_mode", "augment_views", "warmup_epochs"):
-        v = getattr(args, name)
-        if v is not None:
-            kw[name] = v
-    if args.devices:
-        kw["devices"] = [d.strip() for d in args.devices.replace(";", ",").split(",") if d.strip()]
-    if args.no_feature_cache:
-        kw["feature_cache"] = False
-    return TrainConfig(**kw)
+    knobs = {name: getattr(args, name) for name in settings.KNOBS}
+    return settings.config_for(args.data, source=args.source, mode=args.mode, preset=args.preset,
+                               devices=args.devices, **knobs)
 
 
 def cmd_train(args) -> int:
@@ -169,7 +173,7 @@ def _resolve_run(run: str, runs_dir) -> Path:
 
 
 def cmd_evaluate(args) -> int:
-    from hotdog.train import evaluate
+    from hotdog.predict import evaluate
 
     report = evaluate(_resolve_run(args.run, args.runs_dir), args.data)
     if args.json:
@@ -193,7 +197,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from hotdog.train import Predictor
+    from hotdog.predict import Predictor
 
     try:
         predictor = Predictor.from_run(_resolve_run(args.run, args.runs_dir))
@@ -217,7 +221,8 @@ def cmd_predict(args) -> int:
 
 # ------------------------------------------------------------------------------- runs
 
-_RUN_KEYS = ("run_id", "status", "mode", "source", "test_acc", "created", "message")
+_RUN_KEYS = ("run_id", "status", "mode", "source", "data", "lr", "lr_mult", "epochs", "epochs_done",
+             "test_acc", "created", "message")
 
 
 def cmd_runs(args) -> int:
@@ -237,10 +242,12 @@ def cmd_runs(args) -> int:
         return 0
     import time
 
-    print(f"{'run id':<24} {'status':<9} {'mode':<9} {'source':<18} {'test acc':>8}  created")
+    print(f"{'run id':<24} {'status':<9} {'mode':<9} {'data':<14} {'lr':>7} {'epochs':>6} {'test acc':>8}  created")
     for s in runs:
         acc = f"{s.test_acc:.3f}" if isinstance(s.test_acc, (int, float)) else "-"
+        lr = f"{s.lr:g}" if isinstance(s.lr, (int, float)) else "-"
+        ep = f"{s.epochs_done}/{s.epochs}" if s.epochs else "-"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-"
-        print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.source):<18} {acc:>8}  {when}"
+        print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.data)[:14]:<14} {lr:>7} {ep:>6} {acc:>8}  {when}"
               + (f"  ({s.message})" if s.status in ("failed", "diverged") and s.message else ""))
     return 0

@@ -1,0 +1,270 @@
+"""Every training knob in one table, the presets per source, and the resolved ``TrainConfig``.
+
+One place answers "what does a run train with": the app's sidebar (labels, ranges, help,
+defaults), ``python -m hotdog train`` (flags, help texts, defaults), the benchmark and
+scripts/experiments.py all read this module. A ``TrainConfig`` is always *resolved*: after
+construction every knob holds the value the run uses (no ``None`` meaning "the default"),
+so config.json records what was used and nobody recomputes it.
+
+Presets (``PRESETS``):
+
+* ``stable`` (default): what reached >= 0.90 test accuracy on hotdog-mini at the end of
+  every epoch from the 3rd on (efficientnet_lite0, 224 px, 5 epochs: 0.92 0.84 0.94 0.92 0.90,
+  README). BatchNorm keeps its pretrained statistics (batch statistics of 32 augmented photos
+  drift), lr 0.001 for EfficientNet-Lite0 (the chapter's 0.01 wrecks its features within an
+  epoch: 0.82 0.52 0.82 ...), batch 32, and the output layer starts from ImageNet's rows where
+  class names match ("hotdog": 0.94 before any training), so no random head sends large
+  gradients into the features.
+* ``chapter``: the chapter's ``train_fine_tuning`` exactly: lr 0.01 (scratch 0.1), output
+  layer x10, batch 128, BatchNorm statistics updating, a random output layer.
+
+Explicit values always win over the preset (``TrainConfig(root, lr=0.003)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from hotdog.errors import ConfigError
+
+DEFAULT_SOURCE = "efficientnet_lite0"
+SOURCES = ("efficientnet_lite0", "resnet18_v2")
+MODES = ("finetune", "scratch")
+BN_MODES = ("keep", "update")
+PRESETS = ("stable", "chapter")
+DEFAULT_PRESET = "stable"
+PRESET_TITLES = {"stable": "Stable", "chapter": "Chapter's"}
+PRESET_HELP = {
+    "stable": "BatchNorm keeps its pretrained statistics, lr 0.001 for EfficientNet-Lite0, batch 32, "
+              "output layer from ImageNet's rows: steady on small data sets.",
+    "chapter": "The chapter's train_fine_tuning exactly: lr 0.01, x10 head, batch 128, BatchNorm "
+               "statistics updating, random output layer.",
+}
+
+# (preset, mode) -> values; (preset, mode, source) -> what differs for that source.
+_PRESET_VALUES: dict[tuple, dict[str, Any]] = {
+    ("stable", "finetune"): {"lr": 0.001, "lr_mult": 10.0, "wd": 1e-3, "batch_size": 32, "epochs": 5,
+                             "bn_mode": "keep", "init_output_from_imagenet": True},
+    ("stable", "scratch"): {"lr": 0.1, "lr_mult": 1.0, "wd": 1e-3, "batch_size": 32, "epochs": 5,
+                            "bn_mode": "update", "init_output_from_imagenet": False},
+    ("chapter", "finetune"): {"lr": 0.01, "lr_mult": 10.0, "wd": 1e-3, "batch_size": 128, "epochs": 5,
+                              "bn_mode": "update", "init_output_from_imagenet": False},
+    ("chapter", "scratch"): {"lr": 0.1, "lr_mult": 1.0, "wd": 1e-3, "batch_size": 128, "epochs": 5,
+                             "bn_mode": "update", "init_output_from_imagenet": False},
+}
+_SOURCE_VALUES: dict[tuple, dict[str, Any]] = {
+    # ResNet-18 is the chapter's own model: its 0.01 is stable there.
+    ("stable", "finetune", "resnet18_v2"): {"lr": 0.01},
+}
+PRESET_KNOBS = ("lr", "lr_mult", "wd", "batch_size", "epochs", "bn_mode", "init_output_from_imagenet")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting: its type and allowed range (validation), its words (CLI and sidebar)."""
+
+    name: str
+    kind: type
+    label: str
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself not allowed (a learning rate of 0)
+    choices: tuple = ()
+    default: Any = None  # knobs outside the presets
+    flag: str | None = None  # CLI flag; None = "--" + name with dashes
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+KNOBS: dict[str, Knob] = {k.name: k for k in (
+    Knob("lr", float, "Learning rate", "SGD learning rate of the copied layers", 0.0, 10.0, lo_open=True),
+    Knob("lr_mult", float, "Output layer lr multiplier",
+         "the new output layer learns this many times faster than the copied features", 0.0, 1000.0, lo_open=True),
+    Knob("wd", float, "Weight decay", "L2 weight decay", 0.0, 1.0),
+    Knob("batch_size", int, "Batch size", "images per SGD step", 1, 4096),
+    Knob("epochs", int, "Epochs", "passes over the training split", 1, 1000),
+    Knob("bn_mode", str, "BatchNorm",
+         "keep: pretrained running statistics, frozen (stable on small data); update: the chapter's behaviour",
+         choices=BN_MODES),
+    Knob("init_output_from_imagenet", bool, "Start the output layer from ImageNet's rows",
+         "a class named like an ImageNet class ('hotdog') starts from that row; 'not-hotdog' from its negative",
+         flag="--init-from-imagenet"),
+    Knob("freeze", bool, "Freeze the copied features",
+         "train only the output layer (much faster: features are computed once)", default=False),
+    Knob("seed", int, "Seed", "seed of weight init, augmentation and batch order", 0, 2**31 - 1, default=0),
+    Knob("input_size", int, "Image size", "crop size in pixels (default: the source model's, 224)", 32, 1024),
+    Knob("warmup_epochs", int, "Head warm-up epochs",
+         "fine-tuning only: the first N epochs train just the new output layer (on cached features), so "
+         "its early random gradients never disturb the pretrained features", 0, 1000, default=0),
+    Knob("feature_cache", bool, "Compute frozen features once",
+         "with frozen features, run the network body once per image and train the head on the results",
+         default=True),
+    Knob("augment_views", int, "Augmented views per photo (frozen, cached)",
+         "with frozen features, also cache K randomly augmented views of each training image", 0, 32, default=0),
+    Knob("num_workers", int, "Data loader workers", "decoding/augmentation worker processes "
+         "(default: 0 on a CPU, which keeps runs reproducible; up to 4 with GPUs)", 0, 64),
+)}
+
+
+def preset_values(preset: str = DEFAULT_PRESET, mode: str = "finetune", source: str = DEFAULT_SOURCE) -> dict:
+    """The preset's value of every preset knob for this mode and source."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    values = dict(_PRESET_VALUES[(preset, mode)])
+    values.update(_SOURCE_VALUES.get((preset, mode, source), {}))
+    return values
+
+
+def describe_default(name: str) -> str:
+    """The defaults of a preset knob in words, for help texts: 'stable 0.001 (resnet18_v2: 0.01),
+    scratch 0.1; chapter 0.01, scratch 0.1'."""
+    parts = []
+    for preset in PRESETS:
+        base = preset_values(preset, "finetune")[name]
+        others = [f"{s}: {_fmt(preset_values(preset, 'finetune', s)[name])}" for s in SOURCES
+                  if preset_values(preset, "finetune", s)[name] != base]
+        scratch = preset_values(preset, "scratch")[name]
+        text = f"{preset} {_fmt(base)}" + (f" ({', '.join(others)})" if others else "")
+        if scratch != base and name not in ("init_output_from_imagenet", "lr_mult", "bn_mode"):
+            text += f", scratch {_fmt(scratch)}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def check_value(name: str, value: Any) -> Any:
+    """``value`` converted to the knob's type, or ConfigError with one sentence saying why not."""
+    knob = KNOBS[name]
+    label = knob.label.lower()
+    if knob.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{label} must be true or false, not {value!r}")
+    if knob.kind is str:
+        if value not in knob.choices:
+            raise ConfigError(f"{label} must be one of {', '.join(knob.choices)}, not {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{label} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{label} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{label} must be a finite number, not {value!r}")
+    if knob.kind is int:
+        if number != int(number):
+            raise ConfigError(f"{label} must be a whole number, not {value!r}")
+        number = int(number)
+    lo, hi = knob.lo, knob.hi
+    if lo is not None and (number < lo or (knob.lo_open and number == lo)):
+        raise ConfigError(f"{label} must be {'above' if knob.lo_open else 'at least'} {_fmt(lo)}, not {value!r}")
+    if hi is not None and number > hi:
+        raise ConfigError(f"{label} must be at most {_fmt(hi)}, not {value!r}")
+    return number
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run, resolved: a knob left ``None`` takes the value of
+    ``preset`` for this mode and source (see PRESETS); an invalid value raises ConfigError.
+
+    For ``mode="scratch"`` the fine-tuning-only knobs are normalised to what a scratch run
+    does (nothing frozen, random head, BatchNorm updating, no warm-up)."""
+
+    data_root: str
+    source: str = DEFAULT_SOURCE
+    mode: str = "finetune"
+    preset: str = DEFAULT_PRESET
+    lr: float | None = None
+    lr_mult: float | None = None
+    wd: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    bn_mode: str | None = None
+    init_output_from_imagenet: bool | None = None
+    freeze: bool = False
+    seed: int = 0
+    input_size: int | None = None  # None: the source model's own size
+    warmup_epochs: int = 0
+    feature_cache: bool = True
+    augment_views: int = 0
+    num_workers: int | None = None  # None: chosen per device (see train._default_workers)
+    devices: list[str] | None = None  # None: every GPU, else the CPU
+    # False trains on the test transform (no random crops/flips): used to check that the
+    # feature-cache path agrees with the plain frozen loop.
+    augment: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.data_root, (str, bytes)) and not hasattr(self.data_root, "__fspath__"):
+            raise ConfigError(f"data_root must be a folder path, not {self.data_root!r}")
+        self.data_root = str(self.data_root)
+        if self.source not in SOURCES:
+            raise ConfigError(f"unknown source model {self.source!r}; valid sources: {', '.join(SOURCES)}")
+        defaults = preset_values(self.preset, self.mode, self.source)
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        for name, knob in KNOBS.items():
+            value = getattr(self, name)
+            if value is None:
+                if knob.default is None and name in ("input_size", "num_workers"):
+                    continue
+                value = knob.default
+            setattr(self, name, check_value(name, value))
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"head warm-up epochs ({self.warmup_epochs}) cannot exceed epochs ({self.epochs})")
+        if not isinstance(self.augment, bool):
+            raise ConfigError(f"augment must be true or false, not {self.augment!r}")
+        if self.mode == "scratch":
+            # Every layer is new: nothing to freeze, warm up, keep statistics of or multiply.
+            self.freeze, self.init_output_from_imagenet, self.warmup_epochs = False, False, 0
+            self.bn_mode, self.lr_mult = "update", 1.0
+        if isinstance(self.devices, str):
+            self.devices = [d.strip() for d in self.devices.replace(";", ",").split(",") if d.strip()]
+        if self.devices is not None:
+            if not isinstance(self.devices, (list, tuple)) or not all(isinstance(d, str) for d in self.devices):
+                raise ConfigError(f"devices must be a list like ['cpu(0)', 'gpu(0)'], not {self.devices!r}")
+            self.devices = list(self.devices) or None
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        return bool(self.freeze and self.feature_cache and self.mode == "finetune")
+
+    @property
+    def head_lr(self) -> float:
+        """The output layer's learning rate."""
+        return self.lr * self.lr_mult
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From config.json; unknown keys (newer or older versions) are ignored."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training config must be a JSON object, not {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "data_root" not in d:
+            raise ConfigError("the training config names no data set (data_root)")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def config_for(data_root, source: str = DEFAULT_SOURCE, mode: str = "finetune",
+               preset: str = DEFAULT_PRESET, **overrides) -> TrainConfig:
+    """The preset's config; ``overrides`` (explicit values, ``None`` ignored) win."""
+    return TrainConfig(str(data_root), source=source, mode=mode, preset=preset,
+                       **{k: v for k, v in overrides.items() if v is not None})
