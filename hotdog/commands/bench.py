@@ -29,29 +29,31 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from hotdog import bench
+    from hotdog import bench_report
 
     def progress(msg: str) -> None:
         print(f"bench: {msg}", file=sys.stderr, flush=True)
 
-    if args.from_json:
+    if args.from_json:  # re-rendering needs neither MXNet nor data
         import json
         from pathlib import Path
 
         from hotdog.errors import HotdogError
 
         try:
-            result = bench.BenchResult.from_dict(json.loads(Path(args.from_json).read_text()))
-        except (OSError, ValueError) as err:
+            result = bench_report.BenchResult.from_dict(json.loads(Path(args.from_json).read_text()))
+        except (OSError, ValueError, AttributeError) as err:
             raise HotdogError(f"cannot read benchmark results from {args.from_json}: {err}") from None
     else:
+        from hotdog import bench
+
         result = bench.run_bench(args.data, quick=args.quick, progress=progress)
     if args.json:
         emit_json(_finite(result.to_dict()))
     elif args.markdown:
-        print(bench.format_markdown(result))
+        print(bench_report.format_markdown(result))
     else:
-        print(bench.format_table(result))
+        print(bench_report.format_table(result))
     return 0
 
 
