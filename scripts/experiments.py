@@ -3,11 +3,16 @@
     .venv/bin/python scripts/experiments.py stability [--data DIR] [--epochs 5] [--batch-size 32]
     .venv/bin/python scripts/experiments.py compare   [--data DIR] [--epochs 3] [--batch-size 32]
 
-``stability``: fine-tuning with the chapter's settings (SGD lr 0.01, head x10) with BatchNorm
-statistics updating (the chapter) vs kept (our default), plus any extra variants given with
-``--variant key=value,...``; per-epoch test accuracy.
+``stability``: fine-tuning with the chapter's preset (SGD lr 0.01, head x10) with BatchNorm
+statistics updating (the chapter) vs kept, and the stable preset (the default), plus any extra
+variants given with ``--variant key=value,...`` (on the stable preset unless the variant says
+``preset=chapter``); per-epoch test accuracy.
 ``compare``: fine-tune vs scratch, frozen (feature cache) vs full fine-tune, and the head
 initialised from ImageNet's output layer before and after training.
+
+Every run's config comes from ``hotdog.settings.config_for(data, source, mode, preset, ...)``:
+a row names its preset and only the knobs it changes; ``--batch-size``, ``--input-size`` and
+``--seed`` apply to every row.
 
 Prints one JSON line per run (prefixed ``RESULT``) plus a readable table; runs go to
 ``--runs-dir`` (default a temp folder) so they never clutter the user's run list.
@@ -26,13 +31,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hotdog.train import RECOMMENDED, TrainConfig, train  # noqa: E402
+from hotdog.settings import config_for  # noqa: E402
+from hotdog.train import train  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hotdog-mini"
 
 
-def run_one(name: str, runs_dir: Path, **kw) -> dict:
-    cfg = TrainConfig(**kw)
+def run_one(name: str, runs_dir: Path, data: str, source: str, preset: str, mode: str = "finetune", **kw) -> dict:
+    cfg = config_for(data, source, mode, preset, **kw)
     t0 = time.time()
     last = {"t": 0.0}
 
@@ -64,7 +70,8 @@ def init_head_before(data: str, source: str, input_size: int) -> float:
     splits = hdata.load_splits(data)
     net = models.build_finetune(source, len(splits.classes), init_output_from_imagenet=True,
                                 class_names=splits.classes, init_items=splits.train)
-    from hotdog.train import Predictor, resolve_preprocess
+    from hotdog.predict import Predictor
+    from hotdog.train import resolve_preprocess
 
     net.hybridize()
     pred = Predictor(net, splits.classes, resolve_preprocess(source, input_size), source)
@@ -105,7 +112,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="hotdog-exp-"))
-    base = dict(data_root=args.data, source=args.source, batch_size=args.batch_size,
+    base = dict(data=args.data, source=args.source, batch_size=args.batch_size,
                 input_size=args.input_size, seed=args.seed)
     only = set(args.only.split(";")) if args.only else None
     results = []
@@ -113,25 +120,27 @@ def main(argv=None) -> int:
           f"seed {args.seed}, {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     if args.what == "stability":
         epochs = args.epochs or 5
-        plan = [("bn_update_chapter", dict(bn_mode="update", lr=0.01)), ("bn_keep", dict(bn_mode="keep", lr=0.01)),
-                ("recommended", {k: v for k, v in RECOMMENDED[args.source].items() if k != "batch_size"})]
+        plan = [("bn_update_chapter", dict(preset="chapter")),
+                ("bn_keep", dict(preset="chapter", bn_mode="keep")),
+                ("recommended", dict(preset="stable"))]
         plan += [parse_variant(v) for v in args.variant]
         if args.variant and not only:
             only = set(args.variant)
         for name, kw in plan:
             if only and name not in only:
                 continue
-            results.append(run_one(name, runs_dir, **base, epochs=epochs, **{"mode": "finetune", **kw}))
+            results.append(run_one(name, runs_dir, **base, epochs=epochs, **{"preset": "stable", **kw}))
     else:
         epochs = args.epochs or 3
-        plan = [  # the chapter's learning rates, BatchNorm kept
-            ("finetune_lr0.01_x10", dict(mode="finetune", lr=0.01)),
-            ("scratch_lr0.1", dict(mode="scratch", lr=0.1)),
-            ("frozen_cache", dict(mode="finetune", freeze=True, lr=0.01)),
-            ("init_imagenet_after", dict(mode="finetune", init_output_from_imagenet=True, lr=0.01)),
-            # the recommended settings (lr 0.001)
-            ("frozen_cache_init_lr0.001", dict(mode="finetune", freeze=True, lr=0.001, init_output_from_imagenet=True)),
-            ("finetune_init_lr0.001", dict(mode="finetune", lr=0.001, init_output_from_imagenet=True)),
+        chapter_keep = dict(preset="chapter", bn_mode="keep")  # the chapter's learning rates, BatchNorm kept
+        plan = [
+            ("finetune_lr0.01_x10", dict(chapter_keep)),
+            ("scratch_lr0.1", dict(preset="chapter", mode="scratch")),
+            ("frozen_cache", dict(chapter_keep, freeze=True)),
+            ("init_imagenet_after", dict(chapter_keep, init_output_from_imagenet=True)),
+            # the stable preset (lr 0.001 for every source, as the names say)
+            ("frozen_cache_init_lr0.001", dict(preset="stable", freeze=True, lr=0.001)),
+            ("finetune_init_lr0.001", dict(preset="stable", lr=0.001)),
         ]
         if not only or "init_imagenet_before" in only:
             acc = init_head_before(args.data, args.source, args.input_size)
