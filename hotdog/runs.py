@@ -21,6 +21,7 @@ readers, so listing never races with a live writer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -172,6 +173,17 @@ class RunRecord:
 
 # ---------------------------------------------------------------------------- store
 
+@contextlib.contextmanager
+def _store_errors(what: str):
+    """File errors inside the store are the store's errors (one type for callers to catch)."""
+    try:
+        yield
+    except RunStoreError:
+        raise
+    except StorageError as err:
+        raise RunStoreError(f"{what}: {err}") from err
+
+
 class RunStore:
     """All runs under one folder (default ``runs_root()``, i.e. ``$HOTDOG_HOME/runs``)."""
 
@@ -210,11 +222,12 @@ class RunStore:
                     f"cannot create a run in {self.root}: {err.strerror or err}"
                     " (is the folder read-only or the disk full?)"
                 ) from err
-            atomic_write_json(tmp / "config.json", cfg)
-            atomic_write_json(tmp / "status.json", {
-                "state": "running", "message": "starting", "created": now,
-                "heartbeat": now, "updated": now, **owner_fields(),
-            })
+            with _store_errors(f"cannot create run {run_id}"):
+                atomic_write_json(tmp / "config.json", cfg)
+                atomic_write_json(tmp / "status.json", {
+                    "state": "running", "message": "starting", "created": now,
+                    "heartbeat": now, "updated": now, **owner_fields(),
+                })
             mark_active(run_id)  # the creator owns the run until it records an end state
             try:
                 os.rename(tmp, final)
@@ -240,7 +253,8 @@ class RunStore:
         status = {**old, **extra, "state": state, "message": message, "heartbeat": now,
                   "updated": now, **owner_fields()}
         status.setdefault("created", now)
-        atomic_write_json(path, status)
+        with _store_errors(f"cannot record the status of run {run_id}"):
+            atomic_write_json(path, status)
         return status
 
     def heartbeat(self, run_id: str, message: str | None = None) -> None:
@@ -254,10 +268,12 @@ class RunStore:
         status["updated"] = now
         if message is not None:
             status["message"] = message
-        atomic_write_json(path, status)
+        with _store_errors(f"cannot record the heartbeat of run {run_id}"):
+            atomic_write_json(path, status)
 
     def append_metrics(self, run_id: str, row: Any) -> None:
-        append_jsonl(self.run_dir(run_id) / "metrics.jsonl", row)
+        with _store_errors(f"cannot record the metrics of run {run_id}"):
+            append_jsonl(self.run_dir(run_id) / "metrics.jsonl", row)
 
     def save_model(self, run_id: str, net, model_info: dict) -> None:
         """The trained weights, then model.json (what a Predictor needs, the one record of the

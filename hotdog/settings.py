@@ -83,7 +83,7 @@ class Knob:
 
 
 KNOBS: dict[str, Knob] = {k.name: k for k in (
-    Knob("lr", float, "Learning rate", "SGD learning rate of the copied layers", 0.0, 10.0, lo_open=True),
+    Knob("lr", float, "Learning rate", "SGD learning rate of the copied layers", 0.0, 1e6, lo_open=True),
     Knob("lr_mult", float, "Output layer lr multiplier",
          "the new output layer learns this many times faster than the copied features", 0.0, 1000.0, lo_open=True),
     Knob("wd", float, "Weight decay", "L2 weight decay", 0.0, 1.0),

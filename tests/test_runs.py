@@ -11,18 +11,21 @@ import time
 import pytest
 
 from hotdog.errors import RunStoreError
-from hotdog.runs import RunStore, effective_status, read_jsonl
+from hotdog.fileio import read_jsonl
+from hotdog.runs import RunStore, effective_status
 
 
 def test_create_list_load_delete(tmp_path):
     store = RunStore(tmp_path / "runs")
-    run_id, d = store.create({"mode": "finetune", "source": "efficientnet_lite0", "epochs": 2})
+    run_id, d = store.create({"mode": "finetune", "source": "efficientnet_lite0", "epochs": 2, "lr": 0.001,
+                               "data_root": "/data/hotdog"})
     assert (d / "config.json").is_file() and (d / "status.json").is_file()
     store.append_metrics(run_id, {"epoch": 1, "train_loss": 0.5, "train_acc": 0.7, "test_acc": 0.8, "seconds": 1.0})
     store.write_status(run_id, "finished", "done")
     [summary] = store.list()
     assert summary.run_id == run_id and summary.status == "finished"
-    assert summary.test_acc == 0.8 and summary.mode == "finetune" and summary.lr == 0.01
+    assert summary.test_acc == 0.8 and summary.mode == "finetune" and summary.lr == 0.001  # as recorded, never recomputed
+    assert summary.data == "hotdog" and summary.epochs_done == 1
     rec = store.load(run_id)
     assert rec.metrics[0]["epoch"] == 1 and rec.state == "finished"
     store.delete(run_id)
@@ -93,7 +96,8 @@ def test_corrupt_run_listed_not_raised(tmp_path):
 def test_torn_jsonl_line_ignored(tmp_path):
     p = tmp_path / "m.jsonl"
     p.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
-    assert [r["epoch"] for r in read_jsonl(p)] == [1, 2]
+    rows, bad = read_jsonl(p)
+    assert [r["epoch"] for r in rows] == [1, 2] and bad == 1
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")

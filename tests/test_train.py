@@ -11,10 +11,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from hotdog.errors import DatasetError, HotdogError, RunStoreError
+from hotdog.callbacks import BatchProgress, Callback, EpochMetrics
+from hotdog.devices import resolve_devices
+from hotdog.errors import ConfigError, DatasetError, RunStoreError
+from hotdog.predict import Predictor, evaluate
 from hotdog.runs import RunStore
-from hotdog.train import (BatchProgress, EpochMetrics, Predictor, TrainConfig, chapter_config, evaluate,
-                          recommended_config, resolve_devices, train)
+from hotdog.settings import TrainConfig
+from hotdog.train import train
 
 SMALL = dict(input_size=32, batch_size=6, epochs=2)
 
@@ -27,39 +30,10 @@ def params_of(run_dir) -> dict:
     return {k: v.asnumpy() for k, v in mx.nd.load(str(Path(run_dir) / "model.params")).items()}
 
 
-def test_config_defaults_are_the_chapters():
-    c = TrainConfig("x")
-    assert (c.mode, c.lr, c.lr_mult, c.wd, c.batch_size, c.epochs) == ("finetune", None, 10.0, 1e-3, 128, 5)
-    # lr None: the chapter's 0.01 for ResNet-18, 0.001 for EfficientNet-Lite0 (see FINETUNE_LR).
-    assert c.resolved_lr() == 0.001 and TrainConfig("x", source="resnet18_v2").resolved_lr() == 0.01
-    assert TrainConfig("x", mode="scratch").resolved_lr() == 0.1
-    assert c.bn_mode == "keep" and c.feature_cache and c.seed == 0
-    assert TrainConfig.from_dict({**c.to_dict(), "unknown_future_key": 1}) == c
-    from hotdog import models
-
-    assert c.source == models.DEFAULT_SOURCE
-
-
-def test_recommended_and_chapter_configs():
-    rec = recommended_config("d")
-    assert (rec.lr, rec.bn_mode, rec.batch_size, rec.init_output_from_imagenet) == (0.001, "keep", 32, True)
-    assert recommended_config("d", epochs=3).epochs == 3
-    assert recommended_config("d", mode="scratch").resolved_lr() == 0.1
-    ch = chapter_config("d")
-    assert (ch.lr, ch.lr_mult, ch.batch_size, ch.bn_mode, ch.wd) == (0.01, 10.0, 128, "update", 1e-3)
-
-
-@pytest.mark.parametrize("bad", [dict(mode="nope"), dict(bn_mode="x"), dict(lr=-1.0), dict(lr=float("nan")),
-                                 dict(batch_size=0), dict(epochs=0), dict(input_size=2)])
-def test_config_rejects_nonsense(bad):
-    with pytest.raises(HotdogError):
-        TrainConfig("x", **bad)
-
-
 def test_devices():
     assert resolve_devices(None) == [mx.cpu()]  # no GPU on the test machine
     assert resolve_devices(["cpu(0)", "cpu(1)"]) == [mx.cpu(0), mx.cpu(1)]
-    with pytest.raises(HotdogError):
+    with pytest.raises(ConfigError):
         resolve_devices(["tpu(0)"])
 
 
@@ -72,15 +46,19 @@ def test_finetune_records_run_and_callbacks(tiny_dataset, tmp_path):
     assert [(b.epoch, b.batch, b.batches) for b in batches if b.epoch == 1][-1] == (1, 3, 3)
     assert all(b.images_per_sec >= 0 for b in batches) and batches[-1].eta_seconds == 0
     d = Path(res.run_dir)
-    assert sorted(p.name for p in d.iterdir()) == ["classes.json", "config.json", "metrics.jsonl",
-                                                   "model.json", "model.params", "status.json"]
-    assert json.loads((d / "classes.json").read_text()) == ["hotdog", "not-hotdog"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "metrics.jsonl", "model.json", "model.params",
+                                                   "status.json"]
     model = json.loads((d / "model.json").read_text())
     assert model["source"] == "efficientnet_lite0" and model["input_size"] == 32
+    assert model["classes"] == ["hotdog", "not-hotdog"]  # the one record of the run's classes
     rec = RunStore(tmp_path).load(res.run_id)
     assert rec.state == "finished" and [m["epoch"] for m in rec.metrics] == [1, 2]
     assert rec.metrics[1]["test_acc"] == res.epochs[1].test_acc
-    assert rec.train_config() == cfg(tiny_dataset)
+    # config.json holds every resolved value, the runtime ones included
+    recorded = TrainConfig.from_dict(rec.config)
+    assert recorded.lr == 0.001 and recorded.batch_size == 6 and recorded.devices == ["cpu(0)"]
+    assert recorded.input_size == 32 and recorded.num_workers == 0
+    assert Path(recorded.data_root).is_absolute()
     assert res.to_dict()["epochs"][0].keys() == {"epoch", "train_loss", "train_acc", "test_acc", "seconds"}
 
 
@@ -130,13 +108,55 @@ def test_stop_mid_epoch_keeps_completed_epochs(tiny_dataset, tmp_path):
     assert res.status == "stopped" and [e.epoch for e in res.epochs] == [1]
     rec = RunStore(tmp_path).load(res.run_id)
     assert rec.state == "stopped" and len(rec.metrics) == 1 and "1 completed epoch" in rec.status["message"]
+    assert "weights after epoch 1 are kept" in rec.status["message"]
     assert (Path(res.run_dir) / "model.params").is_file()
+
+
+def test_stop_before_any_epoch_keeps_nothing_and_says_so(tiny_dataset, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    res = train(cfg(tiny_dataset, epochs=2), runs_dir=tmp_path, stop_event=stop)
+    assert res.status == "stopped" and res.epochs == []
+    assert "no epoch was completed, so no weights were saved" in res.message
+    assert not (Path(res.run_dir) / "model.params").exists()
+
+
+def test_callbacks_see_every_event_in_order_and_are_timed(tiny_dataset, tmp_path):
+    events = []
+
+    class Spy(Callback):
+        def before_fit(self, fit):
+            events.append("before_fit")
+
+        def after_epoch(self, fit, m):
+            events.append(f"epoch {m.epoch}")
+
+        def after_fit(self, fit, result):
+            events.append(f"after_fit {result.status}")
+
+    res = train(cfg(tiny_dataset, epochs=2), runs_dir=tmp_path, callbacks=[Spy()])
+    assert events == ["before_fit", "epoch 1", "epoch 2", "after_fit finished"]
+    assert {"RunRecorder", "TerminateOnNaN", "Spy"} <= set(res.callback_seconds)
+    assert all(v >= 0 for v in res.callback_seconds.values())
+
+
+def test_a_callback_can_cancel_the_run(tiny_dataset, tmp_path):
+    from hotdog.callbacks import CancelFit
+
+    class StopAfterOne(Callback):
+        def after_epoch(self, fit, m):
+            raise CancelFit()
+
+    res = train(cfg(tiny_dataset, epochs=3), runs_dir=tmp_path, callbacks=[StopAfterOne()])
+    assert res.status == "stopped" and len(res.epochs) == 1
+    assert RunStore(tmp_path).load(res.run_id).state == "stopped"
 
 
 def test_divergence_names_learning_rate(tiny_dataset, tmp_path):
     res = train(cfg(tiny_dataset, lr=1e6, epochs=3), runs_dir=tmp_path)
     assert res.status == "diverged"
     assert "learning rate 1e+06" in res.message and "non-finite" in res.message
+    assert "output layer 1e+07" in res.message  # the head's lr is x10
     rec = RunStore(tmp_path).load(res.run_id)
     assert rec.state == "diverged" and rec.status["message"] == res.message
     assert not (Path(res.run_dir) / "model.params").exists()  # NaN weights are not kept
@@ -170,7 +190,7 @@ def test_frozen_backbone_does_not_move(tiny_dataset, tmp_path):
     from hotdog import models
 
     res = train(cfg(tiny_dataset, freeze=True, feature_cache=False), runs_dir=tmp_path)
-    src = {k: v.data().asnumpy() for k, v in models.load_source("efficientnet_lite0")._collect_params_with_prefix().items()}
+    src = models.source_weights("efficientnet_lite0")
     got = params_of(res.run_dir)
     assert all(np.array_equal(got[k], src[k]) for k in got if k.startswith("features"))
 
@@ -229,6 +249,6 @@ def test_head_warmup_then_full_finetune(tiny_dataset, tmp_path):
     assert phases[0] == ("cache", 0) and ("train", 1) in phases and ("train", 3) in phases
     from hotdog import models
 
-    src = models.load_source("efficientnet_lite0")._collect_params_with_prefix()
+    src = models.source_weights("efficientnet_lite0")
     got = params_of(res.run_dir)
-    assert any(not np.array_equal(got[k], src[k].data().asnumpy()) for k in got if k.startswith("features"))
+    assert any(not np.array_equal(got[k], src[k]) for k in got if k.startswith("features"))

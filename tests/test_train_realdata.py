@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hotdog.train import TrainConfig, evaluate, recommended_config, train
+from hotdog.predict import evaluate
+from hotdog.settings import TrainConfig, config_for
+from hotdog.train import train
 
 pytestmark = pytest.mark.realdata
 
@@ -39,8 +41,9 @@ def quick(root, **kw) -> TrainConfig:
 
 def test_finetuned_beats_scratch_at_equal_epochs(mini_subset, tmp_path):
     """The app's default fine-tuning vs the chapter's scratch run (lr 0.1), same epochs."""
-    fine = train(recommended_config(mini_subset, **QUICK), runs_dir=tmp_path)
-    scratch = train(quick(mini_subset, mode="scratch", lr=0.1), runs_dir=tmp_path)
+    fine = train(config_for(mini_subset, **QUICK), runs_dir=tmp_path)
+    scratch = train(quick(mini_subset, mode="scratch"), runs_dir=tmp_path)
+    assert scratch.epochs and TrainConfig.from_dict(_config(scratch)).lr == 0.1  # the chapter's scratch lr
     print(f"hotdog-mini subset, 128 px, 2 epochs: fine-tune {[e.test_acc for e in fine.epochs]}, "
           f"scratch {[e.test_acc for e in scratch.epochs]}")
     assert fine.status == scratch.status == "finished"
@@ -52,7 +55,14 @@ def test_finetuned_beats_scratch_at_equal_epochs(mini_subset, tmp_path):
     assert evaluate(fine.run_dir, mini_subset / "test").accuracy == pytest.approx(fine.test_acc)
 
 
+def _config(result) -> dict:
+    import json
+
+    return json.loads((Path(result.run_dir) / "config.json").read_text())
+
+
 def test_frozen_feature_cache_learns(mini_subset, tmp_path):
-    res = train(quick(mini_subset, freeze=True, epochs=5, input_size=160, lr=0.01), runs_dir=tmp_path)
+    res = train(quick(mini_subset, freeze=True, epochs=5, input_size=160, lr=0.01, init_output_from_imagenet=False),
+                runs_dir=tmp_path)
     print(f"frozen + cache, 160 px, random head: {[e.test_acc for e in res.epochs]}")
     assert res.status == "finished" and max(e.test_acc for e in res.epochs) >= 0.72
