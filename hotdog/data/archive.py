@@ -31,6 +31,11 @@ from hotdog.paths import data_root
 _CHUNK = 1 << 20
 
 
+def read_chunks(fp) -> Iterator[bytes]:
+    """``fp``'s bytes in 1 MiB pieces, so no archive entry or download sits whole in memory."""
+    return iter(lambda: fp.read(_CHUNK), b"")
+
+
 @contextlib.contextmanager
 def data_root_lock(droot: Path) -> Iterator[None]:
     """Held while anything is swapped into ``droot``: two installs or downloads (threads or
@@ -173,10 +178,7 @@ def safe_extract(zf: zipfile.ZipFile, dest: Path, limits: ZipLimits) -> int:
         written = 0
         try:
             with zf.open(info) as src, open(out, "xb") as fh:
-                while True:
-                    chunk = src.read(_CHUNK)
-                    if not chunk:
-                        break
+                for chunk in read_chunks(src):
                     written += len(chunk)
                     written_total += len(chunk)
                     if written > info.file_size:

@@ -21,7 +21,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
 
-from hotdog.data.archive import ZipLimits, data_root_lock, safe_extract, swap_into_place
+from hotdog.data.archive import ZipLimits, data_root_lock, read_chunks, safe_extract, swap_into_place
 from hotdog.data.discovery import find_dataset_root
 from hotdog.errors import DownloadError
 from hotdog.fileio import atomic_write_bytes
@@ -31,7 +31,6 @@ HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
 HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
 
 _MARKER = ".hotdog-source.sha1"
-_CHUNK = 1 << 20
 # The chapter's zip is ~260 MB; the general install limit (2 GB) is for users' zips.
 _DOWNLOAD_LIMITS = ZipLimits(max_total_bytes=8_000_000_000)
 
@@ -66,10 +65,7 @@ def _fetch(url: str, dest: Path, sha1: str, progress, timeout: float) -> None:
             if progress:
                 progress(0, total)
             with open(dest, "wb") as out:
-                while True:
-                    chunk = resp.read(_CHUNK)
-                    if not chunk:
-                        break
+                for chunk in read_chunks(resp):
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
