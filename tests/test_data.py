@@ -225,7 +225,7 @@ def test_dataset_decodes_each_file_once_and_shrinks(tmp_path, monkeypatch):
     s = load_splits(root)
     calls = []
     real = data_mod.decode_image
-    monkeypatch.setattr(data_mod, "decode_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(data_mod.transforms, "decode_image", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     ds = ImageListDataset(s.train, train_transform(SMALL), min_side=SMALL.resize)
     for _ in range(3):
         for i in range(len(ds)):

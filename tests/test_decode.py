@@ -331,11 +331,11 @@ def test_risky_and_exotic_formats_are_refused():
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
-    from hotdog import data as data_mod
+    from hotdog.data import images
 
     p = tmp_path / "huge.png"
     noisy((32, 32)).save(p)
-    monkeypatch.setattr(data_mod, "MAX_IMAGE_FILE_BYTES", 100)
+    monkeypatch.setattr(images, "MAX_IMAGE_FILE_BYTES", 100)
     with pytest.raises(ImageDecodeError, match="too large"):
         decode_image(p)
     with pytest.raises(ImageDecodeError, match="too large"):

@@ -219,14 +219,14 @@ def test_bomb_headers_lie_about_size(env):
 def test_extraction_counts_real_bytes(tmp_path, monkeypatch):
     # Even if the up-front header checks were fooled, the copy loop counts the bytes it
     # really writes and stops at the limit.
-    from hotdog import data as data_mod
+    from hotdog.data import archive, safe_extract
 
-    monkeypatch.setattr(data_mod, "_check_zip", lambda zf, limits: [
+    monkeypatch.setattr(archive, "_check_zip", lambda zf, limits: [
         (i, i.filename.split("/")) for i in zf.infolist()])
     zbytes = make_zip({"a/x.png": bytes(3_000_000)})
     with zipfile.ZipFile(io.BytesIO(zbytes)) as zf:
         with pytest.raises(UnsafeArchiveError, match="zip bomb"):
-            data_mod._safe_extract(zf, tmp_path / "out", ZipLimits(max_total_bytes=100_000))
+            safe_extract(zf, tmp_path / "out", ZipLimits(max_total_bytes=100_000))
     assert (tmp_path / "out" / "a" / "x.png").stat().st_size <= 100_000
 
 
