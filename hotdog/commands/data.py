@@ -8,6 +8,10 @@ import sys
 from hotdog.commands._common import add_json_flag, emit_json, progress_bar
 
 
+def _add_home(parser) -> None:
+    parser.add_argument("--home", help="Hotdog Lab home (default: $HOTDOG_HOME or ~/.hotdog)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("data", help="validate an image-folder data set and print per-class counts",
                        description="Validate train/<class>/* + test/<class>/* (or flat <class>/*) and "
@@ -20,7 +24,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_data)
 
     d = sub.add_parser("download", help="download the chapter's hot dog data set (checksummed)")
-    d.add_argument("--home", help="Hotdog Lab home (default: $HOTDOG_HOME or ~/.hotdog)")
+    _add_home(d)
     d.add_argument("--url", help="download from this URL instead (e.g. a mirror)")
     d.add_argument("--sha1", help="expected SHA-1 of the zip (default: the chapter's)")
     add_json_flag(d)
@@ -29,7 +33,7 @@ def register(sub) -> None:
     z = sub.add_parser("install-zip", help="install a data set zip (class folders of images)")
     z.add_argument("zip", help="path to the .zip")
     z.add_argument("--name", help="name of the installed data set (default: the zip's file name)")
-    z.add_argument("--home", help="Hotdog Lab home (default: $HOTDOG_HOME or ~/.hotdog)")
+    _add_home(z)
     add_json_flag(z)
     z.set_defaults(func=cmd_install_zip)
 
