@@ -47,6 +47,10 @@ class JobState:
     ended: float | None = None
     pending: int = 0
     run_ids: list = field(default_factory=list)  # every run this job started, in order
+    owner: str | None = None  # who started it (the app: a browser session); only they may stop it
+
+    def owned_by(self, owner: str | None) -> bool:
+        return self.owner is None or self.owner == owner
 
     @property
     def running(self) -> bool:
@@ -69,8 +73,9 @@ class TrainingJob:
         return TrainingBusyError(f"training run {self._state.run_id} is already running in this server{more}; "
                                  "stop it or wait for it to finish before starting another")
 
-    def start(self, configs, runs_dir: str | os.PathLike | None = None) -> str:
-        """Start ``configs`` (one config or a list) one after the other; returns the first run id."""
+    def start(self, configs, runs_dir: str | os.PathLike | None = None, owner: str | None = None) -> str:
+        """Start ``configs`` (one config or a list) one after the other; returns the first run id.
+        ``owner`` (the app passes its browser session) is the only one :meth:`stop` obeys."""
         from hotdog.runs import RunStore, mark_active
         from hotdog.train import prepare
 
@@ -87,7 +92,7 @@ class TrainingJob:
             run_id, run_dir = store.create(first.config)
             self._stop = threading.Event()
             self._state = JobState(state="running", run_id=run_id, run_dir=str(run_dir), config=first.config,
-                                   started=time.time(), pending=len(configs) - 1, run_ids=[run_id])
+                                   started=time.time(), pending=len(configs) - 1, run_ids=[run_id], owner=owner)
             try:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -146,13 +151,17 @@ class TrainingJob:
                     progress=None, epochs=[], result=None, error=None, started=time.time(), ended=None,
                     pending=len(queue), run_ids=self._state.run_ids + [run_id])
 
-    def stop(self, wait: float | None = None) -> bool:
+    def stop(self, wait: float | None = None, owner: str | None = None, force: bool = False) -> bool:
         """Ask the running training to stop at its next batch (and drop what is queued);
-        True if none is running (any more)."""
+        True if none is running (any more). Only the owner that started it may stop it,
+        unless ``force`` (an explicit, confirmed "stop someone else's run")."""
         with self._lock:
             fut = self._future
             if fut is None or fut.done():
                 return True
+            if not force and not self._state.owned_by(owner):
+                raise TrainingBusyError(f"training run {self._state.run_id} was started by another session; "
+                                        "only that session can stop it")
             self._stop.set()
             self._state.pending = 0
             if self._state.state == "running":
@@ -173,7 +182,7 @@ class TrainingJob:
 
     def close(self, wait: bool = True) -> None:
         """Stop any training and end the worker thread (tests; the app never needs it)."""
-        self.stop()
+        self.stop(force=True)
         with self._lock:
             ex, self._executor = self._executor, None
         if ex is not None:

@@ -151,3 +151,32 @@ def test_soak_twenty_trainings_no_leaks(tiny_dataset, tmp_path):
     # Only this job's thread: other tests' process-wide manager may still hold its own.
     assert not any(t.is_alive() for t in extra if t.name.startswith("hotdog-train"))
     assert len(RunStore(tmp_path / "runs").list()) == 23
+
+
+def test_a_sequence_runs_one_after_the_other(tiny_dataset, tmp_path):
+    """The chapter's comparison: fine-tune, then scratch, in the one job."""
+    job = TrainingJob(runs_dir=tmp_path / "runs")
+    first = job.start([cfg(tiny_dataset, epochs=1), cfg(tiny_dataset, epochs=1, mode="scratch")])
+    assert job.current().pending == 1 and job.current().running
+    state = job.wait(240)
+    while state.running:  # the second run starts on the same thread once the first is done
+        state = job.wait(240)
+    assert state.state == "finished" and len(state.run_ids) == 2 and state.run_ids[0] == first
+    runs = {s.run_id: s for s in RunStore(tmp_path / "runs").list()}
+    assert [runs[r].mode for r in state.run_ids] == ["finetune", "scratch"]
+    assert all(runs[r].status == "finished" for r in state.run_ids)
+
+
+def test_only_the_owner_stops_a_run(tiny_dataset, tmp_path):
+    job = TrainingJob(runs_dir=tmp_path / "runs")
+    job.start([cfg(tiny_dataset, epochs=200), cfg(tiny_dataset, epochs=1)], owner="session-a")
+    try:
+        assert job.current().owner == "session-a" and job.current().owned_by("session-a")
+        assert not job.current().owned_by("session-b")
+        with pytest.raises(TrainingBusyError, match="started by another session"):
+            job.stop(owner="session-b")
+        assert job.is_running() and job.current().state == "running"
+    finally:
+        assert job.stop(owner="session-a", wait=120)
+    state = job.current()
+    assert state.state == "stopped" and state.pending == 0 and len(state.run_ids) == 1  # the queue is dropped

@@ -252,3 +252,22 @@ def test_head_warmup_then_full_finetune(tiny_dataset, tmp_path):
     src = models.source_weights("efficientnet_lite0")
     got = params_of(res.run_dir)
     assert any(not np.array_equal(got[k], src[k]) for k in got if k.startswith("features"))
+
+
+def test_full_disk_while_saving_weights_fails_the_run_cleanly(tiny_dataset, tmp_path, monkeypatch):
+    import errno
+
+    from mxnet import gluon
+
+    def full_disk(self, filename, *a, **k):
+        with open(filename, "wb") as fh:
+            fh.write(b"\0" * 1000)  # half a file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gluon.Block, "save_parameters", full_disk)
+    with pytest.raises(RunStoreError, match="cannot save the weights of run .*No space left"):
+        train(cfg(tiny_dataset, epochs=1), runs_dir=tmp_path / "runs")
+    [s] = RunStore(tmp_path / "runs").list()
+    assert s.status == "failed" and "No space left" in s.message
+    d = Path(s.run_dir)
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "metrics.jsonl", "status.json"]  # no temp file
