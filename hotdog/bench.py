@@ -41,7 +41,6 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,7 +50,8 @@ from typing import Any, Callable
 import numpy as np
 
 from hotdog.bench_report import METRIC_KEYS, UNSUPPORTED, BenchResult
-from hotdog.callbacks import BatchProgress, Callback, EpochMetrics
+from hotdog.bench_timing import (BenchTimeline, interleaved, peak_rss_mb, ratio, raw_step, release_memory,
+                                 rss_mb)
 
 log = logging.getLogger(__name__)
 
@@ -133,28 +133,6 @@ def make_bench_dataset(root: Path, per_class: dict[str, int], size: tuple[int, i
     return root
 
 
-def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn round after round.
-
-    On a shared machine the load drifts over seconds; alternating the contenders exposes
-    them to the same drift, so their ratio stays meaningful when absolute times are not.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(max(1, rounds)):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _ratio(a: float, b: float) -> float:
-    return float(a / b) if b > 0 else float("nan")
-
-
 def _stack_images(items, pre, n: int):
     """The first ``n`` items of a split through the product's test transform, as one batch."""
     import mxnet as mx
@@ -166,140 +144,6 @@ def _stack_images(items, pre, n: int):
     while len(tensors) < n:  # a tiny data set: repeat images to fill the batch
         tensors.extend(tensors[: n - len(tensors)])
     return mx.nd.stack(*tensors[:n])
-
-
-def _raw_step(net, X, y, lr: float, wd: float) -> Callable[[], None]:
-    """One forward/backward/SGD step of ``net`` on pre-made tensors (the engine's optimizer
-    and loss), waited for: the reference side of the training figures."""
-    import mxnet as mx
-    from mxnet import autograd, gluon
-
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr, "wd": wd})
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-
-    def step() -> None:
-        with autograd.record():
-            loss = loss_fn(net(X), y)
-        loss.backward()
-        trainer.step(X.shape[0])
-        mx.nd.waitall()
-
-    return step
-
-
-class BenchTimeline(Callback):
-    """The bench's view of a training run, through the loop's events only.
-
-    It timestamps every batch report and every epoch end. With ``reference`` (a function
-    that runs one raw training step and returns its images/s), from epoch ``reference_from``
-    on, after every training batch but the last it drains the engine (``waitall``: the
-    product's own compute, still counted as its time) and then samples one raw reference
-    step, whose time is taken out of the product's. Alternating batch by batch exposes both
-    sides to the same machine load; the price is that the product loses its one-batch
-    overlap of loading with compute (about 1% here), which can only lower its figure.
-
-    ``order`` puts it after the engine's callbacks, so its timestamps close their work.
-    """
-
-    order = 100
-
-    def __init__(self, reference: Callable[[], float] | None = None, reference_from: int = 2,
-                 clock: Callable[[], float] = time.perf_counter, drain: Callable[[], Any] | None = None):
-        self.reference, self.reference_from = reference, reference_from
-        self.clock = clock
-        self.drain = drain
-        self.batches: list[tuple[float, BatchProgress]] = []
-        self.epochs: list[tuple[float, EpochMetrics]] = []
-        self.first_batch_at: float | None = None  # the first training batch starts
-        self.reference_samples: list[float] = []  # raw images/s, one per sample
-        self.reference_seconds: dict[int, float] = {}  # epoch -> raw-step seconds inside it
-        self.drain_seconds = 0.0  # waitall inside this callback: product compute, not overhead
-
-    def before_batch(self, fit) -> None:
-        if self.first_batch_at is None:
-            self.first_batch_at = self.clock()
-
-    def after_batch(self, fit, progress: BatchProgress) -> None:
-        self.batches.append((self.clock(), progress))
-        if (self.reference is not None and progress.phase == "train"
-                and progress.epoch >= self.reference_from and progress.batch < progress.batches):
-            t1 = self.clock()
-            self._drain()
-            t2 = self.clock()
-            self.reference_samples.append(self.reference())
-            t3 = self.clock()
-            self.drain_seconds += t2 - t1
-            self.reference_seconds[progress.epoch] = self.reference_seconds.get(progress.epoch, 0.0) + (t3 - t2)
-
-    def after_epoch(self, fit, metrics: EpochMetrics) -> None:
-        self.epochs.append((self.clock(), metrics))
-
-    def _drain(self) -> None:
-        if self.drain is not None:
-            self.drain()
-        else:
-            import mxnet as mx
-
-            mx.nd.waitall()
-
-    @property
-    def reference_total(self) -> float:
-        return sum(self.reference_seconds.values())
-
-    def _epoch_seconds(self, k: int, start: float) -> float | None:
-        """Training seconds of the k-th recorded epoch from ``start`` to its last training-batch
-        report (sent once that batch's numbers are back on the host), reference steps out."""
-        epoch_no = self.epochs[k][1].epoch
-        ends = [t for t, p in self.batches if p.epoch == epoch_no and p.phase == "train"]
-        if not ends:
-            return None
-        return ends[-1] - start - self.reference_seconds.get(epoch_no, 0.0)
-
-    def train_throughput(self, images_per_epoch: int, skip_epochs: int = 1) -> tuple[float, int, float, list]:
-        """(images/s, images, seconds, per-epoch images/s) of the epochs after ``skip_epochs``.
-
-        An epoch runs from the previous epoch's end (after its test evaluation and run-store
-        writes), so it includes loading its first batch, to its last training-batch report.
-        """
-        images, seconds, per_epoch = 0, 0.0, []
-        for k in range(max(1, skip_epochs), len(self.epochs)):
-            sec = self._epoch_seconds(k, self.epochs[k - 1][0])
-            if sec is not None:
-                seconds += sec
-                images += images_per_epoch
-                per_epoch.append(_ratio(images_per_epoch, sec))
-        return (_ratio(images, seconds), images, seconds, per_epoch)
-
-    def training_seconds(self) -> float:
-        """Seconds of training over every epoch: the first from its first batch, the others
-        from the previous epoch's end; reference steps excluded."""
-        total = 0.0
-        for k in range(len(self.epochs)):
-            start = self.first_batch_at if k == 0 else self.epochs[k - 1][0]
-            sec = self._epoch_seconds(k, start) if start is not None else None
-            total += sec or 0.0
-        return total
-
-    def overhead(self, callback_seconds: dict[str, float]) -> dict[str, Any]:
-        """training_overhead and its parts, from the dispatcher's seconds per callback."""
-        engine = {name: sec for name, sec in callback_seconds.items() if name != type(self).__name__}
-        own = callback_seconds.get(type(self).__name__, 0.0)
-        recording = max(0.0, own - self.reference_total - self.drain_seconds)
-        step = self.training_seconds()
-        total = sum(engine.values()) + recording
-        return {
-            "training_overhead": _ratio(total, step),
-            "overhead_seconds": total, "step_seconds": step,
-            "callbacks_seconds": total, "per_callback_seconds": engine,
-            "store_seconds": engine.get("RunRecorder", 0.0), "recording_seconds": recording,
-            "raw_reference_seconds_excluded": self.reference_total,
-            "drain_seconds_in_callbacks": self.drain_seconds,
-        }
-
-
-# ---------------------------------------------------------------------------------------
-# Measurements
-# ---------------------------------------------------------------------------------------
 
 
 class Bench:
@@ -372,18 +216,18 @@ class Bench:
             fused = inference.fused_forward_block(plain, x)
             fused_diff = inference.max_abs_diff(plain, fused, x)
             contenders["fused"] = lambda: fused(x).wait_to_read()
-        t = _interleaved(contenders, rounds)
+        t = interleaved(contenders, rounds)
         t_plain, t_static, t_fused = t["plain"], t["static"], t.get("fused", float("nan"))
         static = None  # free its buffers before the bf16 copies
         exact = fused is not None and fused_diff <= FUSED_ATOL
-        self.metrics["fused_inference_speedup"] = _ratio(t_plain, t_fused) if fused is not None else 1.0
+        self.metrics["fused_inference_speedup"] = ratio(t_plain, t_fused) if fused is not None else 1.0
         self.metrics["fused_max_abs_diff"] = float(fused_diff)
         self.details["fused"] = {
             "network": f"{self.source} features (fine-tune copy, pretrained)",
             "batch": int(x.shape[0]), "input_size": int(x.shape[2]),
-            "plain_images_per_sec": _ratio(x.shape[0], t_plain),
-            "fused_images_per_sec": _ratio(x.shape[0], t_fused),
-            "plain_static_alloc_images_per_sec": _ratio(x.shape[0], t_static),
+            "plain_images_per_sec": ratio(x.shape[0], t_plain),
+            "fused_images_per_sec": ratio(x.shape[0], t_fused),
+            "plain_static_alloc_images_per_sec": ratio(x.shape[0], t_static),
             "exact_to": FUSED_ATOL, "exact": bool(exact),
             "use_it": bool(exact and t_fused < t_plain),
         }
@@ -409,15 +253,15 @@ class Bench:
         ref = np.concatenate([fp32(xa[i:i + 32]).asnumpy() for i in range(0, n_agree, 32)])
         got = np.concatenate([bf(xa[i:i + 32]).asnumpy() for i in range(0, n_agree, 32)])
         agree = float((ref.argmax(1) == got.argmax(1)).mean())
-        t = _interleaved({"fp32": lambda: fp32(x).wait_to_read(), "bf16": lambda: bf(x).wait_to_read()}, rounds)
+        t = interleaved({"fp32": lambda: fp32(x).wait_to_read(), "bf16": lambda: bf(x).wait_to_read()}, rounds)
         t_fp32, t_bf = t["fp32"], t["bf16"]
-        self.metrics["bf16_inference_speedup"] = _ratio(t_fp32, t_bf)
+        self.metrics["bf16_inference_speedup"] = ratio(t_fp32, t_bf)
         self.metrics["bf16_top1_agreement"] = agree
         self.details["bf16"] = {
             "network": f"{self.source} (1000 ImageNet classes, pretrained)",
             "agreement_images": n_agree,
-            "fp32_images_per_sec": _ratio(x.shape[0], t_fp32),
-            "bf16_images_per_sec": _ratio(x.shape[0], t_bf),
+            "fp32_images_per_sec": ratio(x.shape[0], t_fp32),
+            "bf16_images_per_sec": ratio(x.shape[0], t_bf),
             "max_abs_logit_diff": float(np.abs(ref - got).max()),
             "use_it": bool(agree >= BF16_MIN_AGREEMENT and t_bf < t_fp32),
         }
@@ -441,18 +285,18 @@ class Bench:
         for name in models.list_sources():
             net = models.build_scratch(name, 2)
             net.hybridize()
-            train_fns[name] = _raw_step(net, x, y, lr=0.01, wd=1e-3)
+            train_fns[name] = raw_step(net, x, y, lr=0.01, wd=1e-3)
             fused = inference.fast_inference_block(net, x, atol=FUSED_ATOL)
             exact[name] = fused.fused
             infer_fns[name] = (lambda n: lambda: n(x).wait_to_read())(net)
             infer_fns[name + "/fused"] = (lambda f: lambda: f(x).wait_to_read())(fused.block)
-        t_train = _interleaved(train_fns, self.s.raw_steps)
-        t_infer = _interleaved(infer_fns, self.s.raw_steps)
+        t_train = interleaved(train_fns, self.s.raw_steps)
+        t_infer = interleaved(infer_fns, self.s.raw_steps)
         self.metrics["source_models"] = {
             name: {
-                "train_images_per_sec": _ratio(B, t_train[name]),
-                "infer_images_per_sec": _ratio(B, t_infer[name]),
-                "fused_infer_images_per_sec": _ratio(B, t_infer[name + "/fused"]),
+                "train_images_per_sec": ratio(B, t_train[name]),
+                "infer_images_per_sec": ratio(B, t_infer[name]),
+                "fused_infer_images_per_sec": ratio(B, t_infer[name + "/fused"]),
                 "fused_exact": bool(exact[name]),
             }
             for name in train_fns
@@ -477,13 +321,13 @@ class Bench:
         B, S = cfg.batch_size, prepared.pre.input_size
         X = mx.nd.random.normal(shape=(B, 3, S, S), ctx=ctxs[0])
         y = mx.nd.array(np.arange(B) % len(classes), ctx=ctxs[0])
-        step = _raw_step(net, X, y, lr=cfg.lr, wd=cfg.wd)
+        step = raw_step(net, X, y, lr=cfg.lr, wd=cfg.wd)
         step()  # graph build, memory planning
 
         def sample() -> float:
             t0 = time.perf_counter()
             step()
-            return _ratio(B, time.perf_counter() - t0)
+            return ratio(B, time.perf_counter() - t0)
 
         return sample
 
@@ -506,8 +350,8 @@ class Bench:
         wall = time.perf_counter() - t0
         ips, images, seconds, per_epoch = timeline.train_throughput(len(self.splits.train), skip_epochs=1)
         samples = timeline.reference_samples
-        raw = _ratio(len(samples), sum(1.0 / v for v in samples)) if samples else float("nan")  # harmonic mean
-        self.metrics["pipeline_efficiency"] = _ratio(ips, raw)
+        raw = ratio(len(samples), sum(1.0 / v for v in samples)) if samples else float("nan")  # harmonic mean
+        self.metrics["pipeline_efficiency"] = ratio(ips, raw)
         self.details["pipeline"] = {
             "end_to_end_images_per_sec": ips, "end_to_end_per_epoch": per_epoch,
             "images": images, "seconds": seconds,
@@ -548,21 +392,21 @@ class Bench:
         many = [Path(p).read_bytes() for p, _ in items[:8]]
         x_many = _stack_images(items, predictor.preprocess, len(many))
         big = _big_photo_bytes((480, 360) if self.s.quick else (4032, 3024))
-        t = _interleaved({
+        t = interleaved({
             "raw": raw,
             "one": one,
             "raw_many": lambda: predictor.net(x_many).wait_to_read(),
             "many": lambda: predictor.predict(many),
             "big": lambda: predictor.predict([big]),
         }, self.s.predict_repeats)
-        self.metrics["predict_efficiency"] = _ratio(t["raw"], t["one"])
+        self.metrics["predict_efficiency"] = ratio(t["raw"], t["one"])
         self.details["predict"] = {
             "raw_batch1_seconds": t["raw"], "predict_one_seconds": t["one"], "photo_bytes": len(photo),
             "photos_in_one_call": len(many),
-            "predict_many_efficiency": _ratio(t["raw_many"], t["many"]),
+            "predict_many_efficiency": ratio(t["raw_many"], t["many"]),
             "predict_many_seconds_per_photo": t["many"] / max(1, len(many)),
             "large_photo": f"{_big_size(self.s.quick)} JPEG", "predict_large_photo_seconds": t["big"],
-            "predict_efficiency_large_photo": _ratio(t["raw"], t["big"]),
+            "predict_efficiency_large_photo": ratio(t["raw"], t["big"]),
             "predictor_network": type(predictor.net).__name__,
         }
 
@@ -586,7 +430,7 @@ class Bench:
         self.progress(f"frozen: feature-cache path again, {E} epochs")
         t_cache2, _ = timed(cache_cfg)
         t_cache = (t_cache1 + t_cache2) / 2
-        self.metrics["frozen_cache_speedup"] = _ratio(t_plain, t_cache)
+        self.metrics["frozen_cache_speedup"] = ratio(t_plain, t_cache)
         plain_epochs = sum(e.seconds for e in r_plain.epochs)
         cache_epochs = sum(e.seconds for e in r_cache.epochs)
         self.details["frozen"] = {
@@ -613,10 +457,10 @@ class Bench:
                 run_dir = self.pipeline_and_overhead()
             else:
                 getattr(self, stage)()
-            _release_memory()
-            memory[stage] = _rss_mb()
+            release_memory()
+            memory[stage] = rss_mb()
         self.details["rss_mb_after_stage"] = memory
-        self.details["peak_rss_mb"] = _peak_rss_mb()
+        self.details["peak_rss_mb"] = peak_rss_mb()
         return BenchResult(
             metrics={k: self.metrics.get(k, float("nan")) for k in METRIC_KEYS},
             details=self.details,
@@ -629,43 +473,6 @@ class Bench:
             },
             seconds=time.perf_counter() - t0,
         )
-
-
-def _release_memory() -> None:
-    """Drop the previous stage's networks (and their static buffers) before the next one.
-
-    The bench shares its machine; handing freed heap back to the OS keeps its peak near the
-    largest single stage instead of the sum of all of them.
-    """
-    import gc
-
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    except (ImportError, OSError):
-        return None
 
 
 def _big_size(quick: bool) -> str:

@@ -187,7 +187,3 @@ def bf16_block(net: gluon.HybridBlock, example: mx.nd.NDArray, fuse: bool = Fals
         else:
             block.hybridize(static_alloc=True)
     return block
-
-
-def to_float32(out: mx.nd.NDArray) -> mx.nd.NDArray:
-    return out if out.dtype == np.float32 else out.astype("float32")

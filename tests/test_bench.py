@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hotdog import bench, bench_report
+from hotdog import bench, bench_report, bench_timing
 from hotdog.callbacks import BatchProgress, EpochMetrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def _scripted_run(timeline, clock, epochs=2, batches=3, batch_s=1.0, eval_s=5.0,
 
 def test_timeline_takes_reference_steps_out_of_the_product_time():
     clock = _Clock()
-    timeline = bench.BenchTimeline(reference_from=2, clock=clock, drain=lambda: None)
+    timeline = bench_timing.BenchTimeline(reference_from=2, clock=clock, drain=lambda: None)
     _scripted_run(timeline, clock)
     # epoch 2: a reference step after batches 1 and 2, none after the last (or its re-report)
     assert timeline.reference_samples == [16.0, 16.0]
@@ -66,7 +66,7 @@ def test_timeline_takes_reference_steps_out_of_the_product_time():
 
 def test_timeline_overhead_is_the_engine_callbacks_over_training_time():
     clock = _Clock()
-    timeline = bench.BenchTimeline(reference_from=2, clock=clock, drain=lambda: None)
+    timeline = bench_timing.BenchTimeline(reference_from=2, clock=clock, drain=lambda: None)
     _scripted_run(timeline, clock)
     # what the Dispatcher would report: its own seconds include the reference steps
     seconds = {"RunRecorder": 0.05, "TerminateOnNaN": 0.01, "BenchTimeline": 1.0 + 0.0075}

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from hotdog.bench_timing import rss_mb
 from hotdog.errors import DatasetError, RunStoreError, TrainingBusyError
 from hotdog.jobs import TrainingJob, job_manager
 from hotdog.runs import RunStore
@@ -103,14 +104,6 @@ def test_bad_requests_fail_fast_without_a_run(tiny_dataset, tmp_path, monkeypatc
     assert RunStore(tmp_path / "runs").list() == []
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 # Resident memory may grow by at most this much over 20 trainings (plus 20 predictions from
 # fresh threads) after a warm-up of 3 runs. Measured on the 2-core box: a few MB, where a new
 # thread per training leaked ~15 MB per run (and ~70 MB per 224 px prediction thread), see
@@ -136,7 +129,7 @@ def test_soak_twenty_trainings_no_leaks(tiny_dataset, tmp_path):
         t.join()
         assert out and out[0].ok
         gc.collect()
-        samples.append(_rss_mb())
+        samples.append(rss_mb())
     # Medians of a window after warm-up and of the last runs: the allocator swings single
     # samples by ~50 MB either way, a leak moves the whole window.
     import statistics

@@ -180,10 +180,16 @@ def test_feature_cache_agrees_with_plain_frozen_loop(tiny_dataset, tmp_path):
 
 
 def test_feature_cache_with_augmented_views(tiny_dataset, tmp_path):
-    phases = set()
-    res = train(cfg(tiny_dataset, freeze=True, augment_views=2), runs_dir=tmp_path,
-                on_batch=lambda p: phases.add(p.phase))
-    assert res.status == "finished" and phases == {"cache", "train"}
+    events = []
+    res = train(cfg(tiny_dataset, freeze=True, augment_views=2), runs_dir=tmp_path, on_batch=events.append)
+    assert res.status == "finished"
+    # Features are extracted four times (the train view, 2 augmented views, the test split),
+    # each extraction reporting its own batches up to the last; then only the head trains.
+    cache = [p for p in events if p.phase == "cache"]
+    assert [p.batch for p in cache if p.batch == p.batches] == [1, 1, 1, 1]  # 16 or 8 images, batches of 64
+    assert events.index(cache[-1]) < min(i for i, p in enumerate(events) if p.phase == "train")
+    plain = train(cfg(tiny_dataset, freeze=True), runs_dir=tmp_path)
+    assert params_of(res.run_dir)["output.weight"].tolist() != params_of(plain.run_dir)["output.weight"].tolist()
 
 
 def test_frozen_backbone_does_not_move(tiny_dataset, tmp_path):
