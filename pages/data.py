@@ -7,12 +7,9 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from hotdog import app_support as sup
 from hotdog import data
 from hotdog.errors import DownloadError, HotdogError
-from pages import ui
-
-ui.require_router()
+import ui
 
 st.title("Data")
 st.write(
@@ -129,16 +126,17 @@ def explore(current: str) -> None:
         ui.show_error(err)
         return
 
-    counts = sup.counts_frame(report)
+    counts = ui.counts_frame(report)
     cols = st.columns(4)
     cols[0].metric("Classes", len(report["classes"]))
-    cols[1].metric("Train images", int(counts.loc[counts.split == "train", "images"].sum()))
-    cols[2].metric("Test images", int(counts.loc[counts.split == "test", "images"].sum()))
+    totals = ui.split_totals(report)
+    cols[1].metric("Train images", totals["train"])
+    cols[2].metric("Test images", totals["test"])
     cols[3].metric("Skipped files", len(report.get("skipped") or []))
     if report.get("layout") == "flat":
         st.caption("No train/test folders: a seeded 20 % of each class is held out for testing.")
     for w in report.get("warnings") or []:
-        st.warning(sup.md_escape(w), icon=":material/warning:")
+        st.warning(ui.md_escape(w), icon=":material/warning:")
     if report.get("skipped"):
         with st.expander(f"{len(report['skipped'])} files skipped"):
             st.dataframe(report["skipped"], hide_index=True)
@@ -183,7 +181,7 @@ def explore(current: str) -> None:
     st.subheader("Examples from the training set")
     st.caption("As in the chapter: the first 8 images of the first class and the last 8 of each other class. "
                "Photos vary a lot in size and aspect ratio.")
-    for cls, paths in sup.sample_grid(splits.classes, splits.train, per_class=8):
+    for cls, paths in ui.sample_grid(splits.classes, splits.train, per_class=8):
         st.text(cls)
         if not paths:
             st.caption("no images")
@@ -216,7 +214,7 @@ def explore(current: str) -> None:
         except HotdogError as err:
             ui.show_error(err)
         else:
-            views, test_view = sup.augmentation_views(image, pre, 6)
+            views, test_view = ui.augmentation_views(image, pre, 6)
             cols = st.columns(8)
             cols[0].image(image, caption="original", width="stretch")
             for i, (col, v) in enumerate(zip(cols[1:7], views)):

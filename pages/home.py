@@ -6,11 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from hotdog import app_support as sup
 from hotdog.errors import HotdogError
-from pages import ui
-
-ui.require_router()
+import ui
 
 st.title(":material/lunch_dining: Hotdog Lab")
 st.markdown(
@@ -31,13 +28,13 @@ with c_data.container(border=True, height="stretch"):
         st.page_link("pages/data.py", label="Get the data", icon=":material/arrow_forward:")
     else:
         st.text(Path(root).name)
-        st.caption(sup.md_escape(root))
+        st.caption(ui.md_escape(root))
         try:
             report = ui.dataset_report(root)
         except HotdogError as err:
             ui.show_error(err)
         else:
-            counts = sup.counts_frame(report)
+            counts = ui.counts_frame(report)
             st.text(f"{len(report['classes'])} classes: " + ", ".join(report["classes"]))
             per_split = counts.groupby("split")["images"].sum().to_dict()
             st.text(" · ".join(f"{split} {n:,}" for split, n in per_split.items()) + " images")

@@ -6,12 +6,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from hotdog import app_support as sup
 from hotdog import imagenet
 from hotdog.errors import HotdogError
-from pages import ui
-
-ui.require_router()
+import ui
 
 st.title("Weights")
 
@@ -35,8 +32,8 @@ if cw is not None:
     )
     hot = imagenet.class_index("hotdog")
     c1, c2 = st.columns(2)
-    c1.info(sup.md_escape(f"Row {cw.index} is '{names[cw.index]}'"), icon=":material/check_circle:")
-    c2.warning(sup.md_escape(f"Row 713 is '{names[713]}', not a hot dog ('hotdog' is row {hot})"),
+    c1.info(ui.md_escape(f"Row {cw.index} is '{names[cw.index]}'"), icon=":material/check_circle:")
+    c2.warning(ui.md_escape(f"Row 713 is '{names[713]}', not a hot dog ('hotdog' is row {hot})"),
                icon=":material/warning:")
 
     m = st.columns(6)
@@ -100,7 +97,7 @@ if cw is not None:
             for cls, row in rows.items():
                 table.append({
                     "run class": cls,
-                    f"cosine with ImageNet '{names[cw.index]}'": round(sup.cosine(row, cw.vector), 4),
+                    f"cosine with ImageNet '{names[cw.index]}'": round(ui.cosine(row, cw.vector), 4),
                     "norm": round(float((row ** 2).sum() ** 0.5), 3),
                 })
             st.dataframe(table, hide_index=True)
