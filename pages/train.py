@@ -109,7 +109,7 @@ def sidebar_knobs() -> dict:
                    type="primary" if st.session_state[PRESET_KEY] == preset else "secondary")
     values = {}
     sb.caption("OPTIMISER")
-    values["lr"] = knob_widget("lr", sb, label=f"{settings.KNOBS['lr'].label} (fine-tune)")
+    values["lr"] = knob_widget("lr", sb, label=f"{settings.KNOBS['lr'].label} (fine-tuning)")
     lr_scratch = knob_widget("lr", sb, key=SCRATCH_LR, label=f"{settings.KNOBS['lr'].label} (from scratch)",
                              help="The chapter trains the scratch model 10x faster.")
     for name in ("lr_mult", "wd", "batch_size", "epochs"):
