@@ -269,6 +269,15 @@ def show_error(err: BaseException, prefix: str = "") -> None:
     st.error(md_escape(prefix + msg), icon=":material/error:")
 
 
+def or_error(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None after showing its HotdogError as a sentence."""
+    try:
+        return fn(*args, **kwargs)
+    except HotdogError as err:
+        show_error(err)
+        return None
+
+
 def _stamp(root: str) -> float:
     """Changes when files are added or removed anywhere two levels down (cache key)."""
     p = Path(root)
@@ -499,6 +508,14 @@ def run_label(r) -> str:
     data = Path(run_data_root(r.run_id) or "").name
     return (f"{r.run_id} · {r.mode or '?'} · {source_titles().get(r.source, r.source)}"
             + (f" · {data}" if data else "") + acc)
+
+
+def pick_run(runs: Sequence, key: str, label: str = "Run", container=None):
+    """A picker over run summaries (newest first, labelled by :func:`run_label`); the chosen one."""
+    by_id = {r.run_id: r for r in runs}
+    labels = {run_id: run_label(r) for run_id, r in by_id.items()}
+    run_id = (container or st).selectbox(label, list(by_id), format_func=labels.get, key=key)
+    return by_id[run_id]
 
 
 def run_metrics(run_id: str) -> list[dict]:

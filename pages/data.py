@@ -85,11 +85,7 @@ with get_folder:
                            placeholder="/path/to/hotdog (holding train/ and test/, or class folders)")
     if st.button("Use this folder", key="use_folder", disabled=not folder.strip()):
         path = str(Path(folder.strip()).expanduser())
-        try:
-            data.validate_dataset(path)
-        except HotdogError as err:
-            ui.show_error(err)
-        else:
+        if ui.or_error(data.validate_dataset, path) is not None:
             ui.remember_folder(path)
             use_now(path, "Folder checked; now in use.")
 
@@ -119,11 +115,9 @@ def explore(current: str) -> None:
     st.divider()
     st.subheader("What is in it")
     st.text(current)
-    try:
-        report = ui.dataset_report(current)
-        splits = ui.dataset_splits(current)
-    except HotdogError as err:
-        ui.show_error(err)
+    report = ui.or_error(ui.dataset_report, current)
+    splits = ui.or_error(ui.dataset_splits, current) if report is not None else None
+    if splits is None:
         return
 
     counts = ui.counts_frame(report)
@@ -209,11 +203,8 @@ def explore(current: str) -> None:
     c3.button("New samples", icon=":material/shuffle:", key="aug_again")
     if idx is not None and train_items:
         pre = data.Preprocess().scaled(size)
-        try:
-            image = data.decode_image(train_items[idx][0])
-        except HotdogError as err:
-            ui.show_error(err)
-        else:
+        image = ui.or_error(data.decode_image, train_items[idx][0])
+        if image is not None:
             views, test_view = ui.augmentation_views(image, pre, 6)
             cols = st.columns(8)
             cols[0].image(image, caption="original", width="stretch")

@@ -6,7 +6,6 @@ import altair as alt
 import streamlit as st
 
 from hotdog import models
-from hotdog.errors import HotdogError
 import ui
 
 RUN, IMAGENET, ZERO_SHOT = "A finished training run", "Pretrained ImageNet classifier", "Zero-shot ImageNet 'hotdog' head"
@@ -29,14 +28,9 @@ if kind == RUN:
         c_pick.info("No finished run yet: train one on the Train page, or pick another model.",
                     icon=":material/info:")
     else:
-        labels = {r.run_id: ui.run_label(r) for r in runs}
-        run_id = c_pick.selectbox("Run", list(labels), format_func=labels.get, key="predict_run")
-        run = next(r for r in runs if r.run_id == run_id)
+        run = ui.pick_run(runs, key="predict_run", container=c_pick)
         source = run.source or source
-        try:
-            predictor = ui.predictor(run.run_dir)
-        except HotdogError as err:
-            ui.show_error(err)
+        predictor = ui.or_error(ui.predictor, run.run_dir)
 else:
     source = ui.source_select(c_pick)
     if kind == ZERO_SHOT:
@@ -44,13 +38,8 @@ else:
         if not root:
             c_pick.info("The zero-shot head takes its classes from a data set: choose one on the Data page.",
                         icon=":material/info:")
-        else:
-            try:
-                predictor = ui.zero_shot(source, root)
-            except HotdogError as err:
-                ui.show_error(err)
-            else:
-                c_pick.caption(ui.md_escape(models.head_note(predictor.classes)))
+        elif (predictor := ui.or_error(ui.zero_shot, source, root)) is not None:
+            c_pick.caption(ui.md_escape(models.head_note(predictor.classes)))
 
 uploads = st.file_uploader(
     "Photos (jpg, png, webp, gif, bmp, tiff…)", accept_multiple_files=True, key="photos",

@@ -143,11 +143,7 @@ root = ui.current_dataset()
 if not root:
     st.info("Choose a data set on the Data page first.", icon=":material/info:")
 else:
-    try:
-        report = ui.dataset_report(root)
-    except HotdogError as err:
-        ui.show_error(err)
-        report = None
+    report = ui.or_error(ui.dataset_report, root)
     if report is not None:
         n = ui.split_totals(report)
         st.text(f"Data: {Path(root).name} · {len(report['classes'])} classes · "
@@ -251,10 +247,8 @@ def confusion_chart(classes: list[str], confusion: list[list[int]]):
 
 def inspect_run(run) -> None:
     """Confusion matrix, misclassified photos and the weights of one finished run."""
-    try:
-        ev = ui.evaluation(run.run_dir)
-    except HotdogError as err:
-        ui.show_error(err)
+    ev = ui.or_error(ui.evaluation, run.run_dir)
+    if ev is None:
         return
     classes = list(ev.get("classes") or ui.run_classes(run.run_dir))
     left, right = st.columns([1, 2])
@@ -332,6 +326,4 @@ if runs:
     if finished:
         st.subheader("Inspect a run")
         # Keyed by the newest run: a run that just finished is the one shown.
-        run_id = st.selectbox("Run", [r.run_id for r in finished], format_func=lambda i: ui.run_label(
-            next(r for r in finished if r.run_id == i)), key=f"inspect-{finished[0].run_id}")
-        inspect_run(next(r for r in finished if r.run_id == run_id))
+        inspect_run(ui.pick_run(finished, key=f"inspect-{finished[0].run_id}"))

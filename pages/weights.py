@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from hotdog import imagenet
-from hotdog.errors import HotdogError
 import ui
 
 st.title("Weights")
@@ -18,11 +17,7 @@ with st.sidebar:
                                help="Any ImageNet class name or index; spelling is forgiving.")
     k = st.slider("Nearest classes", 3, 30, 10, key="weights_k")
 
-try:
-    cw = ui.class_weights(source, class_name.strip() or "hotdog", k)
-except HotdogError as err:
-    ui.show_error(err)
-    cw = None
+cw = ui.or_error(ui.class_weights, source, class_name.strip() or "hotdog", k)
 
 if cw is not None:
     names = imagenet.class_names()
@@ -84,14 +79,8 @@ if cw is not None:
         st.caption("No finished fine-tuning run of this source model yet: train one to compare its "
                    "learned output row with ImageNet's.")
     else:
-        labels = {r.run_id: ui.run_label(r) for r in runs}
-        run_id = st.selectbox("Fine-tuned run", list(labels), format_func=labels.get, key="weights_run")
-        run = next(r for r in runs if r.run_id == run_id)
-        try:
-            rows = ui.run_output_rows(run.run_dir)
-        except HotdogError as err:
-            ui.show_error(err)
-            rows = {}
+        run = ui.pick_run(runs, key="weights_run", label="Fine-tuned run")
+        rows = ui.or_error(ui.run_output_rows, run.run_dir)
         if rows:
             table = []
             for cls, row in rows.items():
