@@ -7,12 +7,9 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from hotdog import app_support as sup
 from hotdog import data
 from hotdog.errors import DownloadError, HotdogError
-from pages import ui
-
-ui.require_router()
+import ui
 
 st.title("Data")
 st.write(
@@ -88,11 +85,7 @@ with get_folder:
                            placeholder="/path/to/hotdog (holding train/ and test/, or class folders)")
     if st.button("Use this folder", key="use_folder", disabled=not folder.strip()):
         path = str(Path(folder.strip()).expanduser())
-        try:
-            data.validate_dataset(path)
-        except HotdogError as err:
-            ui.show_error(err)
-        else:
+        if ui.or_error(data.validate_dataset, path) is not None:
             ui.remember_folder(path)
             use_now(path, "Folder checked; now in use.")
 
@@ -122,23 +115,22 @@ def explore(current: str) -> None:
     st.divider()
     st.subheader("What is in it")
     st.text(current)
-    try:
-        report = ui.dataset_report(current)
-        splits = ui.dataset_splits(current)
-    except HotdogError as err:
-        ui.show_error(err)
+    report = ui.or_error(ui.dataset_report, current)
+    splits = ui.or_error(ui.dataset_splits, current) if report is not None else None
+    if splits is None:
         return
 
-    counts = sup.counts_frame(report)
+    counts = ui.counts_frame(report)
     cols = st.columns(4)
     cols[0].metric("Classes", len(report["classes"]))
-    cols[1].metric("Train images", int(counts.loc[counts.split == "train", "images"].sum()))
-    cols[2].metric("Test images", int(counts.loc[counts.split == "test", "images"].sum()))
+    totals = ui.split_totals(report)
+    cols[1].metric("Train images", totals["train"])
+    cols[2].metric("Test images", totals["test"])
     cols[3].metric("Skipped files", len(report.get("skipped") or []))
     if report.get("layout") == "flat":
         st.caption("No train/test folders: a seeded 20 % of each class is held out for testing.")
     for w in report.get("warnings") or []:
-        st.warning(sup.md_escape(w), icon=":material/warning:")
+        st.warning(ui.md_escape(w), icon=":material/warning:")
     if report.get("skipped"):
         with st.expander(f"{len(report['skipped'])} files skipped"):
             st.dataframe(report["skipped"], hide_index=True)
@@ -183,7 +175,7 @@ def explore(current: str) -> None:
     st.subheader("Examples from the training set")
     st.caption("As in the chapter: the first 8 images of the first class and the last 8 of each other class. "
                "Photos vary a lot in size and aspect ratio.")
-    for cls, paths in sup.sample_grid(splits.classes, splits.train, per_class=8):
+    for cls, paths in ui.sample_grid(splits.classes, splits.train, per_class=8):
         st.text(cls)
         if not paths:
             st.caption("no images")
@@ -211,12 +203,9 @@ def explore(current: str) -> None:
     c3.button("New samples", icon=":material/shuffle:", key="aug_again")
     if idx is not None and train_items:
         pre = data.Preprocess().scaled(size)
-        try:
-            image = data.decode_image(train_items[idx][0])
-        except HotdogError as err:
-            ui.show_error(err)
-        else:
-            views, test_view = sup.augmentation_views(image, pre, 6)
+        image = ui.or_error(data.decode_image, train_items[idx][0])
+        if image is not None:
+            views, test_view = ui.augmentation_views(image, pre, 6)
             cols = st.columns(8)
             cols[0].image(image, caption="original", width="stretch")
             for i, (col, v) in enumerate(zip(cols[1:7], views)):

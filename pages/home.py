@@ -6,11 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from hotdog import app_support as sup
-from hotdog.errors import HotdogError
-from pages import ui
-
-ui.require_router()
+from hotdog import models
+import ui
 
 st.title(":material/lunch_dining: Hotdog Lab")
 st.markdown(
@@ -31,26 +28,18 @@ with c_data.container(border=True, height="stretch"):
         st.page_link("pages/data.py", label="Get the data", icon=":material/arrow_forward:")
     else:
         st.text(Path(root).name)
-        st.caption(sup.md_escape(root))
-        try:
-            report = ui.dataset_report(root)
-        except HotdogError as err:
-            ui.show_error(err)
-        else:
-            counts = sup.counts_frame(report)
+        st.caption(ui.md_escape(root))
+        report = ui.or_error(ui.dataset_report, root)
+        if report is not None:
+            counts = ui.counts_frame(report)
             st.text(f"{len(report['classes'])} classes: " + ", ".join(report["classes"]))
             per_split = counts.groupby("split")["images"].sum().to_dict()
             st.text(" · ".join(f"{split} {n:,}" for split, n in per_split.items()) + " images")
 
 with c_model.container(border=True, height="stretch"):
     st.markdown("**Source model**")
-    try:
-        from hotdog import models
-
-        spec = models.get_spec(ui.current_source())
-    except HotdogError as err:
-        ui.show_error(err)
-    else:
+    spec = ui.or_error(models.get_spec, ui.current_source())
+    if spec is not None:
         st.text(spec.title)
         st.caption(("Weights ship with the app (offline)." if spec.offline
                     else "Weights are downloaded once, then cached.") + f" Input {spec.preprocess.input_size} px.")
@@ -63,13 +52,7 @@ with c_dev.container(border=True, height="stretch"):
 
 with st.container(border=True):
     st.markdown("**Latest runs**")
-    try:
-        from hotdog.runs import RunStore
-
-        runs = RunStore().list()[:5]
-    except HotdogError as err:
-        ui.show_error(err)
-        runs = []
+    runs = (ui.or_error(lambda: ui.run_store().list()) or [])[:5]
     if not runs:
         st.caption("No training runs yet.")
         st.page_link("pages/train.py", label="Train one", icon=":material/arrow_forward:")

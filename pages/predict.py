@@ -5,11 +5,8 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from hotdog import app_support as sup
-from hotdog.errors import HotdogError
-from pages import ui
-
-ui.require_router()
+from hotdog import models
+import ui
 
 RUN, IMAGENET, ZERO_SHOT = "A finished training run", "Pretrained ImageNet classifier", "Zero-shot ImageNet 'hotdog' head"
 
@@ -23,8 +20,7 @@ kind = c_kind.radio("Model", [RUN, IMAGENET, ZERO_SHOT], key="predict_kind",
                          "'not-hotdog' row built from the others, its bias fitted on a few training "
                          "photos) with no training at all.")
 
-predictor = None
-zero_shot = None
+predictor = None  # None: the ImageNet classifier itself
 source = ui.current_source()
 if kind == RUN:
     runs = ui.finished_runs()
@@ -32,14 +28,9 @@ if kind == RUN:
         c_pick.info("No finished run yet: train one on the Train page, or pick another model.",
                     icon=":material/info:")
     else:
-        labels = {r.run_id: ui.run_label(r) for r in runs}
-        run_id = c_pick.selectbox("Run", list(labels), format_func=labels.get, key="predict_run")
-        run = next(r for r in runs if r.run_id == run_id)
+        run = ui.pick_run(runs, key="predict_run", container=c_pick)
         source = run.source or source
-        try:
-            predictor = ui.predictor(run.run_dir)
-        except HotdogError as err:
-            ui.show_error(err)
+        predictor = ui.or_error(ui.predictor, run.run_dir)
 else:
     source = ui.source_select(c_pick)
     if kind == ZERO_SHOT:
@@ -47,13 +38,8 @@ else:
         if not root:
             c_pick.info("The zero-shot head takes its classes from a data set: choose one on the Data page.",
                         icon=":material/info:")
-        else:
-            try:
-                zero_shot = ui.zero_shot(source, root)
-            except HotdogError as err:
-                ui.show_error(err)
-            else:
-                c_pick.caption(sup.md_escape(sup.zero_shot_note(zero_shot.classes)))
+        elif (predictor := ui.or_error(ui.zero_shot, source, root)) is not None:
+            c_pick.caption(ui.md_escape(models.head_note(predictor.classes)))
 
 uploads = st.file_uploader(
     "Photos (jpg, png, webp, gif, bmp, tiff…)", accept_multiple_files=True, key="photos",
@@ -66,14 +52,14 @@ files: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in (uploads or []
 if shot is not None:
     files.append(("camera photo", shot.getvalue()))
 
-ready = predictor is not None or kind == IMAGENET or zero_shot is not None
+ready = predictor is not None or kind == IMAGENET
 if files and ready:
-    results = ui.predict_files(kind, files, source=source, predictor=predictor, zero_shot=zero_shot)
+    results = ui.classify(files, source, predictor=predictor)
     for r in results:
         with st.container(border=True):
             st.text(r.name)
             if r.error:
-                st.error(sup.md_escape(r.error), icon=":material/broken_image:")
+                st.error(ui.md_escape(r.error), icon=":material/broken_image:")
                 continue
             if kind == IMAGENET:  # the bars already are the ImageNet top-5
                 c_img, c_prob = st.columns([1, 2.8])
@@ -84,7 +70,7 @@ if files and ready:
             with c_prob:
                 if r.label is not None:
                     st.text(f"→ {r.label}")
-                df = sup.probabilities_frame(r.probabilities)
+                df = ui.probabilities_frame(r.probabilities)
                 base = alt.Chart(df).encode(
                     x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), title=None,
                             axis=alt.Axis(format="%", tickCount=5)),
@@ -98,7 +84,7 @@ if files and ready:
             if c_top is None:
                 continue
             with c_top:
-                st.caption("ImageNet top-5 (" + sup.md_escape(ui.source_titles().get(source, source)) + ")")
+                st.caption("ImageNet top-5 (" + ui.md_escape(ui.source_titles().get(source, source)) + ")")
                 st.dataframe(
                     [{"class": t["name"], "probability": round(float(t["probability"]), 3)} for t in r.top5],
                     hide_index=True, width="stretch",

@@ -8,117 +8,132 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from hotdog import app_support as sup
-from hotdog import models
-from hotdog.errors import HotdogError
-from hotdog.train import TrainConfig, chapter_config, recommended_config
-from pages import ui
+from hotdog import models, settings
+from hotdog.errors import ConfigError, HotdogError
+import ui
 
-ui.require_router()
-
-LRS = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-WDS = [0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]
-BATCHES = [8, 16, 32, 64, 128, 256]
-SIZES = [32, 64, 96, 128, 160, 192, 224, 256, 288]
 S = "session"  # knobs keep their values across page switches
+PRESET_KEY = "train_preset"  # the preset last applied (plain state, not a widget)
+PRESET_SOURCE_KEY = "train_preset_source"  # the source the preset values were taken for
+SCRATCH_LR = "lr_scratch"  # the one sidebar value that is not a knob of its own
+# Widget choices; a knob's bounds (hotdog.settings.KNOBS) drop the ones outside them.
+CHOICES = {
+    "lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
+    "wd": (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2),
+    "batch_size": (8, 16, 32, 64, 128, 256),
+    "input_size": (32, 64, 96, 128, 160, 192, 224, 256, 288),
+}
+# Sidebar knobs outside the presets (their defaults are the table's).
+OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views")
 
 
-def _fmt(x: float) -> str:
+def _fmt(x) -> str:
     return "0" if x == 0 else f"{x:g}"
 
 
-# Sidebar keys that a preset sets, and the TrainConfig field each one mirrors.
-PRESET_KEYS = {"lr_ft": "lr", "lr_mult": "lr_mult", "batch": "batch_size", "init_head": "init_output_from_imagenet",
-               "bn_mode": "bn_mode"}
+def _preset_values(preset: str, source: str) -> dict:
+    """Sidebar key -> value of a preset for this source (the scratch lr included)."""
+    values = settings.preset_values(preset, "finetune", source)
+    values[SCRATCH_LR] = settings.preset_values(preset, "scratch", source)["lr"]
+    return values
 
 
-def _apply_preset(source: str, which: str) -> None:
-    make = recommended_config if which == "recommended" else chapter_config
-    cfg = make(".", source)
-    for key, field in PRESET_KEYS.items():
-        value = getattr(cfg, field)
-        st.session_state[key] = cfg.resolved_lr() if field == "lr" else value
+def apply_preset(preset: str, source: str) -> None:
+    st.session_state.update(_preset_values(preset, source))
+    st.session_state[PRESET_KEY] = preset
+    st.session_state[PRESET_SOURCE_KEY] = source
+
+
+def _seed_sidebar(source: str) -> None:
+    """First visit: every knob at its default. A new source: the preset knobs still at the
+    old source's preset value follow the new source's (ResNet-18's stable lr is 0.01)."""
+    if PRESET_KEY not in st.session_state:
+        apply_preset(settings.DEFAULT_PRESET, source)
+    old = st.session_state.get(PRESET_SOURCE_KEY)
+    if old != source:
+        preset = st.session_state[PRESET_KEY]
+        before, after = _preset_values(preset, old), _preset_values(preset, source)
+        for key, value in after.items():
+            if st.session_state.get(key) == before[key]:
+                st.session_state[key] = value
+        st.session_state[PRESET_SOURCE_KEY] = source
+    defaults = {name: settings.KNOBS[name].default for name in OTHER_KNOBS}
+    defaults["input_size"] = models.get_spec(source).preprocess.input_size
+    defaults["devices"] = ui.devices()
+    for key, value in defaults.items():
+        st.session_state.setdefault(key, value)
+
+
+def _allowed(name: str, value) -> bool:
+    try:
+        settings.check_value(name, value)
+    except ConfigError:
+        return False
+    return True
+
+
+def knob_widget(name: str, container, key: str | None = None, label: str | None = None, help: str = ""):
+    """The widget of one knob of hotdog.settings.KNOBS: its label, help text and bounds."""
+    knob = settings.KNOBS[name]
+    key = key or name
+    text = knob.help[:1].upper() + knob.help[1:] + "."
+    if name in settings.PRESET_KNOBS:
+        text += f" Presets: {settings.describe_default(name)}."
+    common = {"label": label or knob.label, "key": key, "help": " ".join(t for t in (text, help) if t),
+              "persist_state": S}
+    if knob.kind is bool:
+        return container.checkbox(**common)
+    if knob.choices:
+        return container.radio(options=list(knob.choices), horizontal=True, **common)
+    if name in CHOICES:
+        options = {v for v in CHOICES[name] if _allowed(name, v)} | {st.session_state[key]}
+        return container.select_slider(options=sorted(options), format_func=_fmt, **common)
+    step = knob.kind(1)
+    return container.number_input(min_value=knob.kind(knob.lo), max_value=knob.kind(knob.hi), step=step,
+                                  **common)
 
 
 def sidebar_knobs() -> dict:
-    """Every knob of TrainConfig; returns plain values.
+    """Every sidebar setting: {"source", "preset", "values" (knob -> value), "lr_scratch", "devices"}.
 
-    Defaults are the settings measured stable for the source (hotdog.train.RECOMMENDED): the
-    chapter's lr 0.01 with batch statistics updating swings test accuracy between 0.5 and
-    0.9 on a small set. The chapter's exact settings are one click away.
+    Defaults are the default preset's (hotdog.settings, the same as `python -m hotdog train`);
+    a preset button sets every knob it covers, single knobs can then be changed.
     """
     sb = st.sidebar
     source = ui.source_select()
-    spec = models.get_spec(source)
-    rec = recommended_config(".", source)
-    k = {"source": source}
+    _seed_sidebar(source)
     sb.caption("PRESETS")
-    left, right = sb.columns(2)
-    left.button("Stable", key="preset_recommended", on_click=_apply_preset, args=(source, "recommended"),
-                width="stretch", help="BatchNorm keeps its pretrained statistics, lr 0.001 for EfficientNet-Lite0, "
-                                      "batch 32, output layer from ImageNet's rows: steady on small data sets.")
-    right.button("Chapter's", key="preset_chapter", on_click=_apply_preset, args=(source, "chapter"),
-                 width="stretch", help="The chapter's train_fine_tuning exactly: lr 0.01, x10 head, batch 128, "
-                                       "BatchNorm statistics updating, random output layer.")
+    for col, preset in zip(sb.columns(len(settings.PRESETS)), settings.PRESETS):
+        col.button(settings.PRESET_TITLES[preset], key=f"preset_{preset}", on_click=apply_preset,
+                   args=(preset, source), width="stretch", help=settings.PRESET_HELP[preset],
+                   type="primary" if st.session_state[PRESET_KEY] == preset else "secondary")
+    values = {}
     sb.caption("OPTIMISER")
-    k["lr_finetune"] = sb.select_slider("Learning rate (fine-tune)", LRS, value=rec.resolved_lr(), format_func=_fmt,
-                                        key="lr_ft", persist_state=S)
-    k["lr_scratch"] = sb.select_slider("Learning rate (from scratch)", LRS, value=1e-1, format_func=_fmt,
-                                       key="lr_sc", persist_state=S,
-                                       help="The chapter trains the scratch model 10x faster.")
-    k["lr_mult"] = sb.number_input("Output layer lr multiplier", 0.1, 100.0, float(rec.lr_mult), step=1.0,
-                                   key="lr_mult", persist_state=S,
-                                   help="The new output layer learns this many times faster than the copied features.")
-    k["wd"] = sb.select_slider("Weight decay", WDS, value=1e-3, format_func=_fmt, key="wd", persist_state=S)
-    k["batch_size"] = sb.select_slider("Batch size", BATCHES, value=rec.batch_size, key="batch", persist_state=S)
-    k["epochs"] = int(sb.number_input("Epochs", 1, 100, 5, key="epochs", persist_state=S))
+    values["lr"] = knob_widget("lr", sb, label=f"{settings.KNOBS['lr'].label} (fine-tuning)")
+    lr_scratch = knob_widget("lr", sb, key=SCRATCH_LR, label=f"{settings.KNOBS['lr'].label} (from scratch)",
+                             help="The chapter trains the scratch model 10x faster.")
+    for name in ("lr_mult", "wd", "batch_size", "epochs"):
+        values[name] = knob_widget(name, sb)
     sb.caption("MODEL")
-    k["freeze"] = sb.checkbox("Freeze the copied features", value=False, key="freeze", persist_state=S,
-                              help="Train only the output layer (much faster: features are computed once).")
-    k["init_output_from_imagenet"] = sb.checkbox(
-        "Start the output layer from ImageNet's rows", value=rec.init_output_from_imagenet, key="init_head",
-        persist_state=S,
-        help="A class named like an ImageNet class ('hotdog') starts from that row; 'not-hotdog' from its negative.")
+    for name in ("freeze", "init_output_from_imagenet"):
+        values[name] = knob_widget(name, sb)
     with sb.expander("More settings"):
-        size_default = spec.preprocess.input_size
-        sizes = sorted(set(SIZES) | {size_default})
-        k["input_size"] = st.select_slider(
-            "Image size", sizes, value=size_default, key="input_size", persist_state=S,
-            help=f"{spec.title} was trained on {size_default} px; smaller is much faster and less accurate.")
-        k["bn_mode"] = st.radio("BatchNorm", ["keep", "update"], index=["keep", "update"].index(rec.bn_mode),
-                                key="bn_mode", persist_state=S, horizontal=True,
-                                help="keep: pretrained running statistics, frozen (stable on small data); "
-                                     "update: the chapter's behaviour.")
-        k["seed"] = int(st.number_input("Seed", 0, 2**31 - 1, 0, key="seed", persist_state=S))
-        k["warmup_epochs"] = int(st.number_input(
-            "Head warm-up epochs", 0, 100, 0, key="warmup", persist_state=S,
-            help="Fine-tuning only: the first epochs train just the new output layer (on cached "
-                 "features), so its early random gradients never disturb the pretrained features."))
-        k["feature_cache"] = st.checkbox(
-            "Compute frozen features once", value=True, key="feature_cache", persist_state=S,
-            help="With frozen features, run the network body once per image and train the head on the results.")
-        k["augment_views"] = int(st.number_input(
-            "Augmented views per photo (frozen, cached)", 0, 20, 0, key="augment_views", persist_state=S,
-            help="0 = the test view only; more = that many random training crops per photo are cached."))
-        devices = sup.available_devices(ui.num_gpus())
-        k["devices"] = st.multiselect("Devices", devices, default=devices, key="devices", persist_state=S)
-    return k
+        for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views"):
+            values[name] = knob_widget(name, st)
+        devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
+                                 help="Empty: every GPU, else the CPU.")
+    return {"source": source, "preset": st.session_state[PRESET_KEY], "values": values,
+            SCRATCH_LR: lr_scratch, "devices": list(devices) or None}
 
 
-def make_config(k: dict, mode: str, root: str) -> TrainConfig:
-    spec_size = models.get_spec(k["source"]).preprocess.input_size
-    return TrainConfig(
-        data_root=root, source=k["source"], mode=mode,
-        freeze=k["freeze"] if mode == "finetune" else False,
-        lr=k["lr_finetune"] if mode == "finetune" else k["lr_scratch"],
-        lr_mult=float(k["lr_mult"]), wd=float(k["wd"]), batch_size=int(k["batch_size"]),
-        epochs=int(k["epochs"]),
-        init_output_from_imagenet=k["init_output_from_imagenet"] if mode == "finetune" else False,
-        bn_mode=k["bn_mode"], seed=int(k["seed"]), devices=list(k["devices"]) or None,
-        input_size=None if int(k["input_size"]) == spec_size else int(k["input_size"]),
-        warmup_epochs=min(int(k["warmup_epochs"]), int(k["epochs"])) if mode == "finetune" else 0,
-        feature_cache=bool(k["feature_cache"]), augment_views=int(k["augment_views"]),
-    )
+def make_config(k: dict, mode: str, root: str) -> settings.TrainConfig:
+    """The sidebar as a TrainConfig, built the way `python -m hotdog train` builds it:
+    the applied preset, then every sidebar value as an explicit setting."""
+    values = dict(k["values"])
+    if mode == "scratch":
+        values["lr"] = k[SCRATCH_LR]
+    return settings.config_for(root, source=k["source"], mode=mode, preset=k["preset"], devices=k["devices"],
+                               **values)
 
 
 st.title("Train")
@@ -128,17 +143,11 @@ root = ui.current_dataset()
 if not root:
     st.info("Choose a data set on the Data page first.", icon=":material/info:")
 else:
-    try:
-        report = ui.dataset_report(root)
-    except HotdogError as err:
-        ui.show_error(err)
-        report = None
+    report = ui.or_error(ui.dataset_report, root)
     if report is not None:
-        counts = sup.counts_frame(report)
-        n_train = int(counts.loc[counts.split == "train", "images"].sum())
-        n_test = int(counts.loc[counts.split == "test", "images"].sum())
+        n = ui.split_totals(report)
         st.text(f"Data: {Path(root).name} · {len(report['classes'])} classes · "
-                f"{n_train} train / {n_test} test images")
+                f"{n['train']} train / {n['test']} test images")
 
 
 def start(modes: list[str]) -> None:
@@ -161,20 +170,12 @@ b3.button("Run the chapter's comparison", icon=":material/compare_arrows:", key=
           disabled=busy or not root, on_click=start, args=(["finetune", "scratch"],),
           help="Fine-tune, then train the same network from scratch at its own learning rate.")
 if st.session_state.get("train_error"):
-    st.error(sup.md_escape(st.session_state["train_error"]), icon=":material/error:")
+    st.error(ui.md_escape(st.session_state["train_error"]), icon=":material/error:")
 elif not busy and (last := ui.last_job()) is not None:
-    res = last.result
-    took = sup.format_duration((last.ended or 0) - (last.started or 0))
-    mode = {"finetune": "fine-tune", "scratch": "from scratch"}.get(getattr(last.config, "mode", ""), "")
-    if last.state == "finished":
-        acc = f", test accuracy {res.test_acc:.3f}" if res is not None and res.test_acc is not None else ""
-        st.success(sup.md_escape(f"Run finished ({mode}): {last.run_id}{acc} ({took})"),
-                   icon=":material/check_circle:")
-    elif last.state == "stopped":
-        st.info(sup.md_escape(f"Run stopped: {last.run_id} after {len(last.epochs)} epoch(s); "
-                              "completed epochs are kept."), icon=":material/stop_circle:")
-    else:
-        st.error(sup.md_escape(f"Run {last.state}: {last.run_id}: {last.error or ''}"), icon=":material/error:")
+    kind, message = ui.job_end_message(last)
+    show = {"success": (st.success, ":material/check_circle:"), "info": (st.info, ":material/stop_circle:"),
+            "error": (st.error, ":material/error:")}[kind]
+    show[0](ui.md_escape(message), icon=show[1])
 
 
 def curves_chart(df: pd.DataFrame, height: int = 260):
@@ -192,12 +193,12 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
                                                                    "#f59f00", "#868e96"]),
                                             legend=alt.Legend(orient="bottom", labelLimit=400, columns=1)))
                 .properties(height=height, width=260)
-                .facet(column=alt.Column("metric:N", title=None, sort=list(sup.METRIC_LABELS.values())))
+                .facet(column=alt.Column("metric:N", title=None, sort=list(ui.METRIC_LABELS.values())))
                 .resolve_scale(y="independent"))
     return base.encode(
-        color=alt.Color("metric:N", title=None, sort=list(sup.METRIC_LABELS.values()),
+        color=alt.Color("metric:N", title=None, sort=list(ui.METRIC_LABELS.values()),
                         scale=alt.Scale(range=["#1c7ed6", "#d9480f", "#2f9e44"])),
-        strokeDash=alt.StrokeDash("metric:N", title=None, sort=list(sup.METRIC_LABELS.values())),
+        strokeDash=alt.StrokeDash("metric:N", title=None, sort=list(ui.METRIC_LABELS.values())),
     ).properties(height=height)
 
 
@@ -212,18 +213,18 @@ def live() -> None:
         return
     with st.container(border=True):
         top_l, top_r = st.columns([5, 1], vertical_alignment="center")
-        top_l.markdown(f"**Running:** {sup.md_escape(snap['label'])}")
+        top_l.markdown(f"**Running:** {ui.md_escape(snap['label'])}")
         if top_r.button("Stop", icon=":material/stop:", key="btn_stop", width="stretch"):
             ui.stop_job()
             st.toast("Stopping after the current batch…")
         p = snap.get("progress")
         if p is not None:
-            st.progress(sup.progress_fraction(p), text=sup.progress_text(p))
+            st.progress(ui.progress_fraction(p), text=ui.progress_text(p))
         else:
             st.progress(0.0, text=snap.get("message") or "Starting…")
-        if snap.get("queued"):
-            st.caption("Next: " + sup.md_escape(", ".join(snap["queued"])))
-        df = sup.curves_frame(snap.get("metrics") or [], run=snap["run_id"])
+        if snap["pending"]:
+            st.caption(f"Then {snap['pending']} more run(s), one after the other.")
+        df = ui.curves_frame(snap.get("metrics") or [], run=snap["run_id"])
         if df.empty:
             st.caption("Curves appear after the first epoch.")
         else:
@@ -246,10 +247,8 @@ def confusion_chart(classes: list[str], confusion: list[list[int]]):
 
 def inspect_run(run) -> None:
     """Confusion matrix, misclassified photos and the weights of one finished run."""
-    try:
-        ev = ui.evaluation(run.run_dir)
-    except HotdogError as err:
-        ui.show_error(err)
+    ev = ui.or_error(ui.evaluation, run.run_dir)
+    if ev is None:
         return
     classes = list(ev.get("classes") or ui.run_classes(run.run_dir))
     left, right = st.columns([1, 2])
@@ -296,7 +295,7 @@ def runs_table() -> None:
             "source": ui.source_titles().get(r.source, r.source),
             "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
             "size": (rec.config.get("input_size") if rec else None) or "default",
-            "test acc": r.test_acc, "duration": sup.format_duration(ui.run_seconds(r, rec)),
+            "test acc": r.test_acc, "duration": ui.format_duration(ui.run_seconds(r, rec)),
             "message": r.message,
         })
     st.dataframe(rows, hide_index=True, width="stretch",
@@ -318,7 +317,7 @@ if runs:
     chosen = st.multiselect("Overlay the curves of", with_metrics, default=default,
                             format_func=labels.get, key=f"overlay-{len(with_metrics)}")
     if chosen:
-        frames = [sup.curves_frame(ui.run_metrics(r), run=labels[r]) for r in chosen]
+        frames = [ui.curves_frame(ui.run_metrics(r), run=labels[r]) for r in chosen]
         # Several runs are drawn as one small chart per metric, which cannot stretch.
         st.altair_chart(curves_chart(pd.concat(frames, ignore_index=True)),
                         width="stretch" if len(chosen) == 1 else "content")
@@ -327,6 +326,4 @@ if runs:
     if finished:
         st.subheader("Inspect a run")
         # Keyed by the newest run: a run that just finished is the one shown.
-        run_id = st.selectbox("Run", [r.run_id for r in finished], format_func=lambda i: ui.run_label(
-            next(r for r in finished if r.run_id == i)), key=f"inspect-{finished[0].run_id}")
-        inspect_run(next(r for r in finished if r.run_id == run_id))
+        inspect_run(ui.pick_run(finished, key=f"inspect-{finished[0].run_id}"))

@@ -6,12 +6,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from hotdog import app_support as sup
 from hotdog import imagenet
-from hotdog.errors import HotdogError
-from pages import ui
-
-ui.require_router()
+import ui
 
 st.title("Weights")
 
@@ -21,11 +17,7 @@ with st.sidebar:
                                help="Any ImageNet class name or index; spelling is forgiving.")
     k = st.slider("Nearest classes", 3, 30, 10, key="weights_k")
 
-try:
-    cw = ui.class_weights(source, class_name.strip() or "hotdog", k)
-except HotdogError as err:
-    ui.show_error(err)
-    cw = None
+cw = ui.or_error(ui.class_weights, source, class_name.strip() or "hotdog", k)
 
 if cw is not None:
     names = imagenet.class_names()
@@ -35,8 +27,8 @@ if cw is not None:
     )
     hot = imagenet.class_index("hotdog")
     c1, c2 = st.columns(2)
-    c1.info(sup.md_escape(f"Row {cw.index} is '{names[cw.index]}'"), icon=":material/check_circle:")
-    c2.warning(sup.md_escape(f"Row 713 is '{names[713]}', not a hot dog ('hotdog' is row {hot})"),
+    c1.info(ui.md_escape(f"Row {cw.index} is '{names[cw.index]}'"), icon=":material/check_circle:")
+    c2.warning(ui.md_escape(f"Row 713 is '{names[713]}', not a hot dog ('hotdog' is row {hot})"),
                icon=":material/warning:")
 
     m = st.columns(6)
@@ -87,20 +79,14 @@ if cw is not None:
         st.caption("No finished fine-tuning run of this source model yet: train one to compare its "
                    "learned output row with ImageNet's.")
     else:
-        labels = {r.run_id: ui.run_label(r) for r in runs}
-        run_id = st.selectbox("Fine-tuned run", list(labels), format_func=labels.get, key="weights_run")
-        run = next(r for r in runs if r.run_id == run_id)
-        try:
-            rows = ui.run_output_rows(run.run_dir)
-        except HotdogError as err:
-            ui.show_error(err)
-            rows = {}
+        run = ui.pick_run(runs, key="weights_run", label="Fine-tuned run")
+        rows = ui.or_error(ui.run_output_rows, run.run_dir)
         if rows:
             table = []
             for cls, row in rows.items():
                 table.append({
                     "run class": cls,
-                    f"cosine with ImageNet '{names[cw.index]}'": round(sup.cosine(row, cw.vector), 4),
+                    f"cosine with ImageNet '{names[cw.index]}'": round(ui.cosine(row, cw.vector), 4),
                     "norm": round(float((row ** 2).sum() ** 0.5), 3),
                 })
             st.dataframe(table, hide_index=True)

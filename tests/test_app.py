@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 from pathlib import Path
 
@@ -214,25 +213,19 @@ def test_weights_page_finds_hotdog_by_name(app_home):
 
 
 def _wait_idle(at: AppTest, timeout: float = 240) -> None:
-    from hotdog.train import job_manager
+    """Wait for the training (and any queued run) to end, then let the page see it."""
+    from hotdog.jobs import job_manager
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        at.run()
-        assert_clean(at)
-        if at.session_state["job_was_running"] is False and not job_manager().is_running():
-            from hotdog import app_support
-
-            if not app_support.pending_configs():
-                at.run()
-                return
-        time.sleep(0.5)
-    pytest.fail("training did not finish in time")
+    if job_manager().wait(timeout).running:
+        pytest.fail("training did not finish in time")
+    at.run()  # the live view notices the end and redraws the whole page
+    assert_clean(at)
+    assert at.session_state["job_was_running"] is False
 
 
 def _tiny_knobs(at: AppTest) -> None:
     at.number_input(key="epochs").set_value(1)
-    at.select_slider(key="batch").set_value(8)
+    at.select_slider(key="batch_size").set_value(8)
     at.select_slider(key="input_size").set_value(32)
     at.run()
 
@@ -247,19 +240,22 @@ def test_train_tiny_finetune_reaches_finished_then_predict_and_weights(app_home,
     at.switch_page("pages/train.py").run()
     assert at.number_input(key="epochs").value == 1 and at.select_slider(key="input_size").value == 32
 
-    at.number_input(key="warmup").set_value(1).run()
+    at.number_input(key="warmup_epochs").set_value(1).run()
     at.button(key="btn_finetune").click().run()
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     _wait_idle(at)
     assert any("Run finished" in s.value for s in at.success), [s.value for s in at.success]
+    from hotdog import settings
     from hotdog.runs import RunStore
 
     config = RunStore().load(RunStore().list()[0].run_id).config
     assert (config["epochs"], config["batch_size"], config["input_size"], config["warmup_epochs"]) == (1, 8, 32, 1)
-    # the offline source's recommended settings (hotdog.train.RECOMMENDED), not the chapter's
-    assert config["lr"] == 0.001 and config["wd"] == 0.001 and config["lr_mult"] == 10.0
-    assert config["bn_mode"] == "keep" and config["init_output_from_imagenet"] is True
+    # the default preset's settings (hotdog.settings), not the chapter's
+    stable = settings.preset_values("stable", "finetune", "efficientnet_lite0")
+    assert {k: config[k] for k in ("lr", "wd", "lr_mult", "bn_mode", "init_output_from_imagenet")} == {
+        k: stable[k] for k in ("lr", "wd", "lr_mult", "bn_mode", "init_output_from_imagenet")}
+    assert config["preset"] == "stable"
     runs = at.dataframe[0].value
     assert list(runs["status"]) == ["finished"] and list(runs["mode"]) == ["finetune"]
     assert at.metric[0].label == "Test accuracy"
@@ -290,6 +286,7 @@ def test_train_comparison_runs_both_and_stop_works(app_home):
     _tiny_knobs(at)
     at.button(key="btn_compare").click().run()
     assert_clean(at)
+    assert any("1 more run" in c.value for c in at.caption), "the queued scratch run is announced"
     # a second tab is told that a job runs and cannot start another
     other = new_app()
     other.switch_page("pages/train.py").run()
@@ -308,18 +305,32 @@ def test_train_comparison_runs_both_and_stop_works(app_home):
     at.button(key="btn_scratch").click().run()
     at.button(key="btn_stop").click().run()
     _wait_idle(at)
-    assert any("stopped" in i.value.lower() for i in at.info) or any("stopped" in s.lower() for s in
-                                                                    [r.status for r in RunStore().list()])
+    assert any(i.value.startswith("Run stopped") for i in at.info), [i.value for i in at.info]
     assert RunStore().list()[0].status == "stopped"
 
 
-def test_server_config_keeps_xsrf_on_uploads_small_and_stats_off():
+def test_server_config_keeps_xsrf_on_uploads_small_stats_off_and_no_legacy_page_list():
     import tomllib
 
     cfg = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["enableXsrfProtection"] is True
     assert cfg["server"]["maxUploadSize"] <= 25
     assert cfg["browser"]["gatherUsageStats"] is False
+    # Streamlit's legacy pages/ mode never lists the folder's files (ui.py hands the sidebar
+    # navigation to the router; tests/test_browser.py opens /data first on a fresh server).
+    assert cfg["client"]["showSidebarNavigation"] is False
+
+
+def test_pages_folder_holds_only_pages_and_no_page_imports_another():
+    import ast
+
+    pages = sorted(p.name for p in (Path(APP).parent / "pages").iterdir() if p.suffix == ".py")
+    assert pages == ["data.py", "home.py", "predict.py", "train.py", "weights.py"]
+    for name in pages:
+        tree = ast.parse((Path(APP).parent / "pages" / name).read_text())
+        imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m == "pages" or m.startswith("pages.")}, name
 
 
 def test_download_offline_is_a_clear_message_and_success_selects_the_set(app_home, monkeypatch):
@@ -465,13 +476,92 @@ def test_predict_page_survives_every_hostile_photo_in_one_upload(app_home):
     assert not at.error and sum(t.startswith("→ ") for t in texts(at)) == 1
 
 
-def test_chapter_preset_is_one_click_away(app_home):
+def test_presets_are_one_click_away_and_come_from_the_settings_table(app_home):
+    from hotdog import settings
+
+    knobs = ("lr", "lr_mult", "wd", "batch_size", "epochs")
+
+    def shown():
+        values = {k: _widget(at, k).value for k in knobs}
+        values.update(bn_mode=at.radio(key="bn_mode").value,
+                      init_output_from_imagenet=at.checkbox(key="init_output_from_imagenet").value,
+                      lr_scratch=at.select_slider(key="lr_scratch").value)
+        return values
+
+    def preset(name):
+        values = settings.preset_values(name, "finetune", "efficientnet_lite0")
+        return {**{k: values[k] for k in knobs + ("bn_mode", "init_output_from_imagenet")},
+                "lr_scratch": settings.preset_values(name, "scratch")["lr"]}
+
     at = new_app()
     at.switch_page("pages/train.py").run()
-    assert at.select_slider(key="lr_ft").value == 0.001 and at.select_slider(key="batch").value == 32
+    assert shown() == preset(settings.DEFAULT_PRESET)
+    assert [b.label for b in at.button if b.key.startswith("preset_")] == [
+        settings.PRESET_TITLES[p] for p in settings.PRESETS]
     at.button(key="preset_chapter").click().run()
     assert_clean(at)
-    assert at.select_slider(key="lr_ft").value == 0.01 and at.select_slider(key="batch").value == 128
-    assert at.radio(key="bn_mode").value == "update" and at.checkbox(key="init_head").value is False
-    at.button(key="preset_recommended").click().run()
-    assert at.select_slider(key="lr_ft").value == 0.001 and at.radio(key="bn_mode").value == "keep"
+    assert shown() == preset("chapter")
+    at.button(key="preset_stable").click().run()
+    assert shown() == preset("stable")
+
+
+def _widget(at: AppTest, key: str):
+    for kind in ("select_slider", "number_input"):
+        found = [w for w in at.get(kind) if w.key == key]
+        if found:
+            return found[0]
+    raise KeyError(key)
+
+
+def test_sidebar_labels_help_and_bounds_come_from_the_settings_table(app_home):
+    from hotdog import settings
+
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    for name in ("lr_mult", "epochs", "seed", "warmup_epochs", "augment_views"):
+        knob, w = settings.KNOBS[name], at.number_input(key=name)
+        assert (w.label, w.min, w.max) == (knob.label, knob.lo, knob.hi)
+        assert w.help.startswith(knob.help[:1].upper() + knob.help[1:])
+    for name in ("batch_size", "wd", "input_size"):
+        knob, w = settings.KNOBS[name], at.select_slider(key=name)
+        assert w.label == knob.label and all(knob.lo <= o <= knob.hi for o in map(float, w.options))
+    for name in ("freeze", "init_output_from_imagenet", "feature_cache"):
+        assert at.checkbox(key=name).label == settings.KNOBS[name].label
+    assert at.radio(key="bn_mode").options == list(settings.BN_MODES)
+    assert at.select_slider(key="lr").label.startswith(settings.KNOBS["lr"].label)
+    assert "Presets: stable 0.001" in at.select_slider(key="lr").help
+
+
+def test_switching_source_moves_preset_knobs_left_at_the_preset(app_home):
+    from hotdog import settings
+
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="epochs").set_value(2).run()  # changed by hand: stays
+    at.selectbox(key="source_select").set_value("resnet18_v2").run()
+    assert_clean(at)
+    assert at.select_slider(key="lr").value == settings.preset_values("stable", "finetune", "resnet18_v2")["lr"]
+    assert at.number_input(key="epochs").value == 2
+
+
+def test_default_sidebar_finetune_trains_exactly_what_the_cli_trains(app_home):
+    """The Fine-tune button with the untouched sidebar == `python -m hotdog train --data ROOT`."""
+    import json
+
+    from hotdog.cli import build_parser
+    from hotdog.commands.train import _config_from_args
+    from hotdog.jobs import job_manager
+    from hotdog.runs import RunStore
+    from hotdog.train import prepare
+
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    root = at.session_state["data_root"]
+    at.button(key="btn_finetune").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    run_id = job_manager().current().run_ids[0]
+    job_manager().stop(wait=120)  # only its config matters here
+    started = json.loads((RunStore().run_dir(run_id) / "config.json").read_text())
+    cli = prepare(_config_from_args(build_parser().parse_args(["train", "--data", root]))).config
+    assert started == cli.to_dict()

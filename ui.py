@@ -1,0 +1,664 @@
+"""The Streamlit-facing helpers every page shares, in one module: the chosen data set and
+source model, cached engine calls, the running job as the pages show it, and the pure
+reshaping of engine results for display (data frames for charts, progress text, escaping).
+
+Engine work stays in the engine: prediction in :mod:`hotdog.predict`, run sequences in
+:mod:`hotdog.jobs`, head notes in :mod:`hotdog.models`, devices in :mod:`hotdog.devices`.
+Cached objects are shared between sessions and threads, so callers treat them as read-only.
+The functions above the "Streamlit" line need no Streamlit session (tests call them directly).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from hotdog.errors import HotdogError
+from hotdog.mxthread import mx_call
+
+ENV_DATA = "HOTDOG_DATA"
+DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
+SOURCE_KEY = "source_model"   # the source model, shared by Train, Predict and Weights
+FOLDERS_KEY = "typed_folders"  # local folders the user typed in this session
+MODE_TITLES = {"finetune": "fine-tune", "scratch": "from scratch"}
+
+
+# ------------------------------------------------------------------------------ pure display reshaping
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    path: str
+    label: str
+    origin: str  # "env" | "installed" | "folder"
+
+
+def dataset_choices_from(installed: Iterable[os.PathLike | str], env: dict | None = None,
+                         extra: Sequence[str] = ()) -> list[DatasetChoice]:
+    """Every data set the user can pick: $HOTDOG_DATA first, then installed ones, then typed folders."""
+    env = os.environ if env is None else env
+    seen: set[str] = set()
+    out: list[DatasetChoice] = []
+
+    def add(path, label, origin):
+        key = str(Path(path).expanduser())
+        if key not in seen:
+            seen.add(key)
+            out.append(DatasetChoice(key, label, origin))
+
+    if env.get(ENV_DATA):
+        p = Path(env[ENV_DATA]).expanduser()
+        add(p, f"{p.name} (from ${ENV_DATA}: {p})", "env")
+    for p in map(Path, installed):
+        add(p, f"{p.name} (installed: {p})", "installed")
+    for p in extra:
+        add(p, f"{Path(p).name} (folder: {p})", "folder")
+    return out
+
+
+def default_dataset(choices: Sequence[DatasetChoice]) -> str | None:
+    """$HOTDOG_DATA wins, then the chapter's own 'hotdog' set, then whatever is installed."""
+    for c in choices:
+        if c.origin == "env":
+            return c.path
+    for c in choices:
+        if Path(c.path).name == "hotdog":
+            return c.path
+    return choices[0].path if choices else None
+
+
+def counts_frame(report: dict) -> pd.DataFrame:
+    """Long frame (split, class, images) from ``DatasetReport.to_dict()['counts']``."""
+    rows = [{"split": split, "class": cls, "images": int(n)}
+            for split, per_class in (report.get("counts") or {}).items() for cls, n in per_class.items()]
+    return pd.DataFrame(rows, columns=["split", "class", "images"])
+
+
+def split_totals(report: dict) -> dict[str, int]:
+    """Images per split ("train", "test"), 0 for a split that is missing."""
+    counts = counts_frame(report)
+    return {split: int(counts.loc[counts.split == split, "images"].sum()) for split in ("train", "test")}
+
+
+def image_sizes_frame(paths: Iterable[os.PathLike | str], limit: int = 3000) -> pd.DataFrame:
+    """Width/height of up to ``limit`` images, read from headers only (no full decode)."""
+    rows = []
+    for i, p in enumerate(paths):
+        if i >= limit:
+            break
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:  # unreadable files are reported by validate_dataset, not here
+            continue
+        rows.append({"width": w, "height": h})
+    df = pd.DataFrame(rows, columns=["width", "height"])
+    if df.empty:
+        return df.assign(images=pd.Series(dtype=int))
+    return df.groupby(["width", "height"]).size().reset_index(name="images")
+
+
+def sample_grid(classes: Sequence[str], items: Sequence[tuple[Any, int]], per_class: int = 8
+                ) -> list[tuple[str, list[Path]]]:
+    """The chapter's grid (first 8 hotdogs, last 8 not-hotdogs) for any number of classes:
+    the first class shows its first images, every other class its last ones."""
+    by_class: dict[int, list[Path]] = {i: [] for i in range(len(classes))}
+    for path, label in items:
+        by_class.setdefault(int(label), []).append(Path(path))
+    return [(name, by_class.get(i, [])[:per_class] if i == 0 else by_class.get(i, [])[-per_class:])
+            for i, name in enumerate(classes)]
+
+
+def to_display_image(chw, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the normalisation of a CHW float tensor so a person can look at it (HWC uint8)."""
+    arr = chw.asnumpy() if hasattr(chw, "asnumpy") else np.asarray(chw)
+    arr = arr.astype(np.float32).transpose(1, 2, 0)
+    arr = arr * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def augmentation_views(image, pre, n: int = 6) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` train-transform samples and the test-transform view of one photo, un-normalised
+    (on the engine's MXNet thread: Streamlit reruns on fresh threads)."""
+    from hotdog import data
+
+    def work():
+        train_tf, test_tf = data.train_transform(pre), data.test_transform(pre)
+        views = [to_display_image(train_tf(image), pre.mean, pre.std) for _ in range(n)]
+        return views, to_display_image(test_tf(image), pre.mean, pre.std)
+
+    return mx_call(work)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+def _get(obj, name, default=None):
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+def progress_fraction(p) -> float:
+    """Overall progress 0..1 from a BatchProgress (epoch and batch are 1-based)."""
+    epochs = max(int(_get(p, "epochs", 1) or 1), 1)
+    batches = max(int(_get(p, "batches", 1) or 1), 1)
+    epoch = max(int(_get(p, "epoch", 1) or 1), 1)
+    batch = min(max(int(_get(p, "batch", 0) or 0), 0), batches)
+    return min(max(((epoch - 1) + batch / batches) / epochs, 0.0), 1.0)
+
+
+def progress_text(p) -> str:
+    ips = _get(p, "images_per_sec")
+    if _get(p, "phase") == "cache":
+        return (f"Computing features once (frozen network): batch {_get(p, 'batch')}/{_get(p, 'batches')}"
+                + (f" · {ips:.1f} images/s" if ips else ""))
+    parts = [
+        f"Epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}",
+        f"batch {_get(p, 'batch')}/{_get(p, 'batches')}",
+        f"{ips:.1f} images/s" if ips else "– images/s",
+        f"ETA {format_duration(_get(p, 'eta_seconds'))}",
+    ]
+    loss, acc = _get(p, "loss"), _get(p, "acc")
+    # The engine reports 0/0 until its meter first syncs with the device: not a real loss.
+    if loss and acc is not None and math.isfinite(loss):
+        parts.append(f"loss {loss:.3f}, acc {acc:.3f}")
+    return " · ".join(parts)
+
+
+METRIC_LABELS = {"train_loss": "train loss", "train_acc": "train acc", "test_acc": "test acc"}
+
+
+def curves_frame(epochs: Iterable[Any], run: str = "") -> pd.DataFrame:
+    """Long frame (run, epoch, metric, value) for the chapter's loss/accuracy plot."""
+    rows = []
+    for m in epochs:
+        for key, label in METRIC_LABELS.items():
+            v = _get(m, key)
+            if v is not None and math.isfinite(float(v)):
+                rows.append({"run": run, "epoch": int(_get(m, "epoch")), "metric": label, "value": float(v)})
+    return pd.DataFrame(rows, columns=["run", "epoch", "metric", "value"])
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def md_escape(text: Any) -> str:
+    """Make user-controlled text inert inside Streamlit markdown (st.error, st.caption...)."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float("nan") if na == 0 or nb == 0 else float(a @ b / (na * nb))
+
+
+def probabilities_frame(probabilities: dict) -> pd.DataFrame:
+    df = pd.DataFrame([{"class": str(k), "probability": float(v)} for k, v in probabilities.items()],
+                      columns=["class", "probability"])
+    return df.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def misclassified_caption(m: dict) -> str:
+    p = (m.get("probabilities") or {}).get(m.get("predicted"))
+    conf = f" ({p:.2f})" if isinstance(p, (int, float)) else ""
+    return f"{Path(str(m.get('path'))).name}\ntrue {m.get('label')} → {m.get('predicted')}{conf}"
+
+
+def eval_split(root: str) -> str:
+    """The folder evaluate() should read: the test split of a d2l layout, else the whole folder."""
+    test = Path(root) / "test"
+    return str(test) if test.is_dir() else str(root)
+
+
+def job_view(state, titles: dict | None = None) -> dict | None:
+    """What the pages show of a ``hotdog.jobs.JobState``; None when nothing runs or waits."""
+    if not state.running:
+        return None
+    cfg = state.config
+    mode = MODE_TITLES.get(getattr(cfg, "mode", ""), "training")
+    source = getattr(cfg, "source", "")
+    stopping = state.state == "stopping"
+    return {
+        "run_id": state.run_id or "…",
+        "mode": mode,
+        "label": f"{mode} of {(titles or {}).get(source, source)} · run {state.run_id}"
+                 + (" · stopping…" if stopping else ""),
+        "progress": state.progress,
+        "metrics": list(state.epochs),
+        "pending": int(state.pending or 0),
+        "message": "Stopping…" if stopping else None,
+    }
+
+
+def job_end_message(state) -> tuple[str, str]:
+    """(kind, text) for a training that ended: kind is "success", "info" or "error"."""
+    took = format_duration((state.ended or 0) - (state.started or 0))
+    mode = MODE_TITLES.get(getattr(state.config, "mode", ""), "")
+    res = state.result
+    if state.state == "finished":
+        acc = f", test accuracy {res.test_acc:.3f}" if res is not None and res.test_acc is not None else ""
+        return "success", f"Run finished ({mode}): {state.run_id}{acc} ({took})"
+    if state.state == "stopped":
+        return "info", f"Run stopped: {state.run_id} after {len(state.epochs)} epoch(s); completed epochs are kept."
+    return "error", f"Run {state.state}: {state.run_id}: {state.error or ''}"
+
+
+# ------------------------------------------------------------------------------ Streamlit
+
+def show_error(err: BaseException, prefix: str = "") -> None:
+    """A HotdogError is a sentence for people: show it, never a traceback."""
+    msg = str(err) if isinstance(err, HotdogError) else f"{type(err).__name__}: {err}"
+    st.error(md_escape(prefix + msg), icon=":material/error:")
+
+
+def or_error(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None after showing its HotdogError as a sentence."""
+    try:
+        return fn(*args, **kwargs)
+    except HotdogError as err:
+        show_error(err)
+        return None
+
+
+def _stamp(root: str) -> float:
+    """Changes when files are added or removed anywhere two levels down (cache key)."""
+    p = Path(root)
+    stamp = 0.0
+    try:
+        stamp = p.stat().st_mtime
+        for child in p.iterdir():
+            if child.is_dir():
+                stamp = max(stamp, child.stat().st_mtime)
+                for grandchild in child.iterdir():
+                    if grandchild.is_dir():
+                        stamp = max(stamp, grandchild.stat().st_mtime)
+    except OSError:
+        pass
+    return stamp
+
+
+def _mtime(path) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@st.cache_data(show_spinner="Checking the data set…", max_entries=16)
+def _report(root: str, stamp: float) -> dict:
+    from hotdog import data
+
+    return data.validate_dataset(root).to_dict()
+
+
+def dataset_report(root: str) -> dict:
+    return _report(str(root), _stamp(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _splits(root: str, stamp: float):
+    from hotdog import data
+
+    return data.load_splits(root)
+
+
+def dataset_splits(root: str):
+    return _splits(str(root), _stamp(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _sizes(root: str, stamp: float):
+    s = _splits(root, stamp)
+    return image_sizes_frame([p for p, _ in s.train + s.test])
+
+
+def image_sizes(root: str):
+    return _sizes(str(root), _stamp(root))
+
+
+def dataset_choices() -> list[DatasetChoice]:
+    from hotdog import data
+
+    try:
+        installed = list(data.installed_datasets())
+    except HotdogError:
+        installed = []
+    return dataset_choices_from(installed, extra=st.session_state.get(FOLDERS_KEY, []))
+
+
+def current_dataset() -> str | None:
+    """The data set the user picked, else $HOTDOG_DATA, else an installed one."""
+    root = st.session_state.get(DATA_KEY)
+    if root:
+        return root
+    root = default_dataset(dataset_choices())
+    if root:
+        st.session_state[DATA_KEY] = root
+    return root
+
+
+def set_dataset(root: str) -> None:
+    st.session_state[DATA_KEY] = str(root)
+
+
+def remember_folder(root: str) -> None:
+    folders = list(st.session_state.get(FOLDERS_KEY, []))
+    if root not in folders:
+        folders.append(root)
+    st.session_state[FOLDERS_KEY] = folders
+
+
+def current_source() -> str:
+    from hotdog import models
+
+    return st.session_state.get(SOURCE_KEY) or models.DEFAULT_SOURCE
+
+
+@st.cache_data(show_spinner=False)
+def source_titles() -> dict:
+    from hotdog import models
+
+    out = {}
+    for name in models.list_sources():
+        try:
+            out[name] = models.get_spec(name).title
+        except HotdogError:
+            out[name] = name
+    return out
+
+
+def source_select(container=None, key: str = "source_select") -> str:
+    """One source-model picker whose value is shared by every page."""
+    container = container or st.sidebar
+    titles = source_titles()
+    names = list(titles)
+    current = current_source()
+
+    def _sync():
+        st.session_state[SOURCE_KEY] = st.session_state[key]
+
+    # Re-seed the widget from the shared value so switching pages keeps the choice.
+    if st.session_state.get(key) != current:
+        st.session_state[key] = current if current in names else names[0]
+    choice = container.selectbox("Source model", names, key=key, format_func=lambda n: titles.get(n, n),
+                                 on_change=_sync,
+                                 help="The ImageNet-pretrained network whose features are fine-tuned.")
+    st.session_state[SOURCE_KEY] = choice
+    return choice
+
+
+@st.cache_resource(show_spinner=False)
+def devices() -> list[str]:
+    """Device names a run can use (every GPU, else the CPU); asked once per server."""
+    from hotdog.devices import available_devices
+
+    return mx_call(available_devices)
+
+
+def num_gpus() -> int:
+    return sum(d.startswith("gpu") for d in devices())
+
+
+# ------------------------------------------------------------------------------ the training job
+
+def job_manager():
+    from hotdog.jobs import job_manager as manager
+
+    return manager()
+
+
+def start_jobs(configs) -> str:
+    """Start ``configs`` one after the other (the chapter's comparison is two)."""
+    return job_manager().start(list(configs))
+
+
+def stop_job() -> None:
+    job_manager().stop()
+
+
+def job_snapshot() -> dict | None:
+    """What runs now in this server (any tab), or None when idle."""
+    return job_view(job_manager().current(), source_titles())
+
+
+def last_job():
+    """The JobState of the most recent training in this server (for its end message)."""
+    s = job_manager().current()
+    return None if s.running or s.state == "idle" else s
+
+
+def sidebar_status(page_title: str = "") -> None:
+    """Data set, source model and the running job, on every page."""
+    root = current_dataset()
+    st.caption("**Data set:** " + (md_escape(Path(root).name) if root else "none yet"))
+    try:
+        st.caption("**Source:** " + md_escape(source_titles().get(current_source(), current_source())))
+    except (HotdogError, ImportError):
+        pass
+    # Poll only while something runs: an idle tab learns of a new job on its next rerun.
+    (_job_status_live if job_snapshot() is not None else _job_status)(link=page_title != "Train")
+
+
+def _job_status(link: bool = True) -> None:
+    snap = job_snapshot()
+    if snap is None:
+        st.caption("**Training:** idle")
+        return
+    p = snap["progress"]
+    where = f" · {progress_fraction(p):.0%}" if p is not None else ""
+    st.caption(f"**Training:** {snap['mode']} running{where}")
+    if link:
+        st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+
+
+_job_status_live = st.fragment(run_every=2.0)(_job_status)
+
+
+# ------------------------------------------------------------------------------ runs & prediction
+
+def run_store():
+    from hotdog.runs import RunStore
+
+    return RunStore()
+
+
+def all_runs() -> list:
+    try:
+        return run_store().list()
+    except HotdogError:
+        return []
+
+
+def finished_runs() -> list:
+    return [r for r in all_runs() if r.status == "finished"]
+
+
+def run_record(run_id: str):
+    try:
+        return run_store().load(run_id)
+    except HotdogError:
+        return None
+
+
+def run_data_root(run_id: str) -> str | None:
+    rec = run_record(run_id)
+    return rec.config.get("data_root") if rec else None
+
+
+def run_label(r) -> str:
+    acc = "" if r.test_acc is None else f", test acc {r.test_acc:.3f}"
+    data = Path(run_data_root(r.run_id) or "").name
+    return (f"{r.run_id} · {r.mode or '?'} · {source_titles().get(r.source, r.source)}"
+            + (f" · {data}" if data else "") + acc)
+
+
+def pick_run(runs: Sequence, key: str, label: str = "Run", container=None):
+    """A picker over run summaries (newest first, labelled by :func:`run_label`); the chosen one."""
+    by_id = {r.run_id: r for r in runs}
+    labels = {run_id: run_label(r) for run_id, r in by_id.items()}
+    run_id = (container or st).selectbox(label, list(by_id), format_func=labels.get, key=key)
+    return by_id[run_id]
+
+
+def run_metrics(run_id: str) -> list[dict]:
+    rec = run_record(run_id)
+    return rec.metrics if rec else []
+
+
+def run_seconds(summary, rec=None) -> float | None:
+    """Wall time of a run: recorded at the end, else the sum of its epochs."""
+    rec = rec or run_record(summary.run_id)
+    if rec is None:
+        return None
+    seconds = rec.status.get("seconds")
+    if isinstance(seconds, (int, float)):
+        return float(seconds)
+    return sum(float(m.get("seconds") or 0) for m in rec.metrics) or None
+
+
+def run_classes(run_dir: str) -> list[str]:
+    from hotdog.predict import run_model_info
+
+    try:
+        return list(run_model_info(run_dir)["classes"])
+    except HotdogError:
+        return []
+
+
+def _params_stamp(run_dir: str) -> float:
+    from hotdog.runs import PARAMS_FILE
+
+    return _mtime(Path(run_dir) / PARAMS_FILE)
+
+
+@st.cache_resource(show_spinner="Loading the run's weights…", max_entries=4)
+def _predictor(run_dir: str, stamp: float):
+    from hotdog.predict import Predictor
+
+    return Predictor.from_run(run_dir)
+
+
+def predictor(run_dir: str):
+    """A finished run's Predictor, cached until its weights change."""
+    return _predictor(str(run_dir), _params_stamp(run_dir))
+
+
+@st.cache_resource(show_spinner="Fitting the zero-shot head on the training split…", max_entries=4)
+def _zero_shot(source: str, root: str, stamp: float):
+    from hotdog.predict import Predictor
+
+    splits = _splits(root, stamp)
+    return Predictor.zero_shot(source, splits.classes, splits.train)
+
+
+def zero_shot(source: str, root: str):
+    """The source network with a head of ImageNet rows for the data set's classes (no training)."""
+    return _zero_shot(source, str(root), _stamp(root))
+
+
+def classify(files: Sequence[tuple[str, bytes]], source: str, predictor=None) -> list:
+    from hotdog.predict import classify_photos
+
+    with st.spinner("Classifying…"):
+        return classify_photos(files, source, predictor=predictor)
+
+
+@st.cache_data(show_spinner="Reading the output layer…", max_entries=32)
+def class_weights(source: str, class_name: str, k: int):
+    from hotdog import models
+
+    return mx_call(models.class_weights, source, class_name, k=k)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _output_rows(run_dir: str, stamp: float) -> dict:
+    from hotdog.predict import run_output_rows
+
+    return run_output_rows(run_dir)
+
+
+def run_output_rows(run_dir: str) -> dict:
+    """The run's output-layer row per class, read from its saved parameters."""
+    return _output_rows(str(run_dir), _params_stamp(run_dir))
+
+
+@st.cache_data(show_spinner="Evaluating on the test split…", max_entries=16)
+def _evaluation(run_dir: str, stamp: float, split: str, split_stamp: float) -> dict:
+    from hotdog.predict import evaluate
+
+    return evaluate(run_dir, split, predictor=_predictor(run_dir, stamp)).to_dict()
+
+
+def evaluation(run_dir: str) -> dict:
+    """The run evaluated on the test split of the data set it was trained on."""
+    root = run_data_root(Path(run_dir).name)
+    if not root or not Path(root).is_dir():
+        raise HotdogError(f"the data set this run was trained on is gone ({root})")
+    split = eval_split(root)
+    return _evaluation(str(run_dir), _params_stamp(run_dir), split, _stamp(split))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _thumbnail(path: str, stamp: float, size: int, square: bool):
+    from PIL import ImageOps
+
+    from hotdog import data
+
+    im = data.decode_image(path)
+    if square:
+        return ImageOps.fit(im, (size, size))
+    im.thumbnail((size, size))
+    return im
+
+
+def thumbnail(path, size: int = 256, square: bool = False):
+    """A small decoded copy of a photo on disk, cached (pages redraw on every click)."""
+    return _thumbnail(str(path), _mtime(path), size, square)
+
+
+# ------------------------------------------------------------------------------ legacy pages/ mode
+
+def _leave_legacy_pages_mode() -> None:
+    """Hand a fresh server's first request over to the router, once per server process.
+
+    Until some session has called ``st.navigation``, Streamlit treats a ``pages/`` folder
+    beside the entrypoint as its legacy multipage app: a first request for a page URL (a
+    bookmark of /data) runs ``pages/data.py`` directly, without streamlit_app.py, so without
+    the app's navigation and sidebar. ``.streamlit/config.toml`` sets
+    ``client.showSidebarNavigation = false`` so that mode never draws its own page list.
+    Here, on the first import of this module (every page and the router import it), the
+    legacy mode is switched off as ``st.navigation`` does, the sidebar navigation is handed
+    back to the router's ``st.navigation``, and the request reruns: through the router, on
+    the same page. The legacy flag is process-wide, so later imports find nothing to do.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # a Streamlit without the legacy mode
+        return
+    if get_script_run_ctx() is None or not getattr(PagesManager, "uses_pages_directory", False):
+        return
+    PagesManager.uses_pages_directory = False
+    st.set_option("client.showSidebarNavigation", True)
+    st.rerun()
+
+
+_leave_legacy_pages_mode()
