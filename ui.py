@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -228,8 +229,9 @@ def eval_split(root: str) -> str:
     return str(test) if test.is_dir() else str(root)
 
 
-def job_view(state, titles: dict | None = None) -> dict | None:
-    """What the pages show of a ``hotdog.jobs.JobState``; None when nothing runs or waits."""
+def job_view(state, titles: dict | None = None, owner: str | None = None) -> dict | None:
+    """What the pages show of a ``hotdog.jobs.JobState``; None when nothing runs or waits.
+    ``mine``: started by ``owner`` (this browser), so its Stop button is shown."""
     if not state.running:
         return None
     cfg = state.config
@@ -245,6 +247,8 @@ def job_view(state, titles: dict | None = None) -> dict | None:
         "metrics": list(state.epochs),
         "pending": int(state.pending or 0),
         "message": "Stopping…" if stopping else None,
+        "mine": state.owned_by(owner),
+        "started": time.strftime("%H:%M", time.localtime(state.started)) if state.started else "?",
     }
 
 
@@ -257,7 +261,8 @@ def job_end_message(state) -> tuple[str, str]:
         acc = f", test accuracy {res.test_acc:.3f}" if res is not None and res.test_acc is not None else ""
         return "success", f"Run finished ({mode}): {state.run_id}{acc} ({took})"
     if state.state == "stopped":
-        return "info", f"Run stopped: {state.run_id} after {len(state.epochs)} epoch(s); completed epochs are kept."
+        why = res.message if res is not None else f"after {len(state.epochs)} epoch(s)"
+        return "info", f"Run stopped: {state.run_id}: {why}."
     return "error", f"Run {state.state}: {state.run_id}: {state.error or ''}"
 
 
@@ -425,18 +430,35 @@ def job_manager():
     return manager()
 
 
+def session_owner() -> str:
+    """Who this browser is, for owning a training: a hash of its XSRF cookie, which survives
+    a reload and a second tab of the same browser (another browser gets another one), else
+    a token kept in this session (no cookie: AppTest)."""
+    import hashlib
+    import secrets
+
+    try:
+        cookie = st.context.cookies.get("_streamlit_xsrf")
+    except Exception:  # noqa: BLE001 - no request context (AppTest, bare mode)
+        cookie = None
+    if isinstance(cookie, str) and cookie:
+        return hashlib.sha256(cookie.encode()).hexdigest()[:16]
+    return st.session_state.setdefault("_hotdog_owner", secrets.token_hex(8))
+
+
 def start_jobs(configs) -> str:
-    """Start ``configs`` one after the other (the chapter's comparison is two)."""
-    return job_manager().start(list(configs))
+    """Start ``configs`` one after the other (the chapter's comparison is two), owned by this browser."""
+    return job_manager().start(list(configs), owner=session_owner())
 
 
-def stop_job() -> None:
-    job_manager().stop()
+def stop_job(force: bool = False) -> None:
+    """Stop this browser's training; ``force`` (confirmed by the user) stops another's."""
+    job_manager().stop(owner=session_owner(), force=force)
 
 
 def job_snapshot() -> dict | None:
     """What runs now in this server (any tab), or None when idle."""
-    return job_view(job_manager().current(), source_titles())
+    return job_view(job_manager().current(), source_titles(), owner=session_owner())
 
 
 def last_job():

@@ -214,9 +214,18 @@ def live() -> None:
     with st.container(border=True):
         top_l, top_r = st.columns([5, 1], vertical_alignment="center")
         top_l.markdown(f"**Running:** {ui.md_escape(snap['label'])}")
-        if top_r.button("Stop", icon=":material/stop:", key="btn_stop", width="stretch"):
-            ui.stop_job()
-            st.toast("Stopping after the current batch…")
+        if snap["mine"]:
+            if top_r.button("Stop", icon=":material/stop:", key="btn_stop", width="stretch"):
+                ui.stop_job()
+                st.toast("Stopping after the current batch…")
+        else:
+            top_l.caption(f"Started by another browser session at {snap['started']}; only that session "
+                          "can stop it. You can watch it here.")
+            with top_r.popover("Stop…", icon=":material/stop:", width="stretch"):
+                st.warning("This ends a training someone else started. Completed epochs are kept.")
+                if st.button("Stop someone else's run", key="btn_stop_other", type="primary"):
+                    ui.stop_job(force=True)
+                    st.toast("Stopping after the current batch…")
         p = snap.get("progress")
         if p is not None:
             st.progress(ui.progress_fraction(p), text=ui.progress_text(p))

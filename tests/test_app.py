@@ -309,6 +309,27 @@ def test_train_comparison_runs_both_and_stop_works(app_home):
     assert RunStore().list()[0].status == "stopped"
 
 
+def test_only_the_session_that_started_a_run_gets_its_stop_button(app_home):
+    """Another session sees the run, its progress and when it started, but a plain Stop only
+    in the session that started it; stopping someone else's run takes an explicit, labelled click."""
+    from hotdog.runs import RunStore
+
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    _tiny_knobs(at)
+    at.number_input(key="epochs").set_value(50).run()
+    at.button(key="btn_finetune").click().run()
+    other = new_app()
+    other.switch_page("pages/train.py").run()
+    assert any("Running" in m.value for m in other.markdown)
+    assert not [b for b in other.button if b.key == "btn_stop"], "no plain Stop for another session's run"
+    assert any("Started by another browser session" in c.value for c in other.caption)
+    assert [b for b in at.button if b.key == "btn_stop"], "the owner has its Stop"
+    other.button(key="btn_stop_other").click().run()  # the labelled, confirmed stop
+    _wait_idle(at)
+    assert RunStore().list()[0].status == "stopped"
+
+
 def test_server_config_keeps_xsrf_on_uploads_small_stats_off_and_no_legacy_page_list():
     import tomllib
 
