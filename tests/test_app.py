@@ -575,6 +575,8 @@ def test_default_sidebar_finetune_trains_exactly_what_the_cli_trains(app_home):
     from hotdog.runs import RunStore
     from hotdog.train import prepare
 
+    from hotdog.cli import main
+
     at = new_app()
     at.switch_page("pages/train.py").run()
     root = at.session_state["data_root"]
@@ -582,7 +584,13 @@ def test_default_sidebar_finetune_trains_exactly_what_the_cli_trains(app_home):
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     run_id = job_manager().current().run_ids[0]
-    job_manager().stop(wait=120)  # only its config matters here
     started = json.loads((RunStore().run_dir(run_id) / "config.json").read_text())
     cli = prepare(_config_from_args(build_parser().parse_args(["train", "--data", root]))).config
     assert started == cli.to_dict()
+    # ... and so the same numbers: the whole default run (5 epochs at 224 px on 16 tiny photos)
+    _wait_idle(at)
+    app_epochs = [m["test_acc"] for m in RunStore().load(run_id).metrics]
+    assert main(["train", "--data", root, "--json"]) == 0
+    cli_run = next(r for r in RunStore().list() if r.run_id != run_id)
+    assert [m["test_acc"] for m in RunStore().load(cli_run.run_id).metrics] == app_epochs
+    assert len(app_epochs) == 5
