@@ -20,8 +20,12 @@ the SHA-256 of the source checkpoint, so the (sub-second) conversion runs once p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import stat
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,7 +33,7 @@ from pathlib import Path
 import mxnet as mx
 from mxnet.gluon import nn
 
-from hotdog.errors import ModelError
+from hotdog.errors import ModelError, StorageError
 from hotdog.fileio import atomic_path
 from hotdog.paths import cache_root
 from hotdog.weights import load_params_file
@@ -279,17 +283,75 @@ _convert_lock = threading.Lock()
 last_conversion_seconds: float | None = None  # measured figure for reports; None = cache hit
 
 
-def cached_params_path(home=None) -> Path:
-    """Path of the converted ``.params``, converting first if the cache is missing or stale."""
-    global last_conversion_seconds
+def _fallback_dir_path() -> Path:
+    return Path(tempfile.gettempdir()) / f"hotdog-cache-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+def fallback_cache_dir() -> Path:
+    """A private cache folder in the system temp folder, for when ``cache_root()`` cannot be
+    written (read-only ``HOTDOG_HOME``). Created 0700; refused when it is a link, belongs to
+    another user or is writable by others (anyone could plant weights there)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = _fallback_dir_path()
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as err:
+        raise ModelError(f"cannot create a weights cache in the temp folder: {err.strerror or err}") from None
+    if (not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != uid)
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise ModelError(f"the temp weights cache {path} is not a private folder of this user; "
+                         "remove it or make HOTDOG_HOME writable")
+    return path
+
+
+def _params_name() -> tuple[Path, str]:
     src = torch_checkpoint_path()
-    digest = sha256_file(src)
-    dst = cache_root(home) / f"efficientnet_lite0-{digest[:16]}.params"
+    return src, f"efficientnet_lite0-{sha256_file(src)[:16]}.params"
+
+
+def _fallback_params(src: Path, fname: str, why: str, where: Path, rebuild: bool = False) -> Path:
+    """The converted weights in ``fallback_cache_dir()``, converting them there if needed.
+    Call with ``_convert_lock`` held."""
+    global last_conversion_seconds
+    dst = fallback_cache_dir() / fname
+    log.warning("cannot write the weights cache in %s (%s); using %s instead", where, why, dst.parent)
+    if rebuild or not dst.is_file():
+        last_conversion_seconds = convert_torch_weights(src, dst)
+    return dst
+
+
+def cached_params_path(home=None) -> Path:
+    """Path of the converted ``.params``, converting first if the cache is missing or stale.
+
+    The cache normally lives in ``cache_root(home)``; when that cannot be written (a
+    read-only ``HOTDOG_HOME``, a full disk) the conversion goes to ``fallback_cache_dir()``
+    with a warning instead of failing: the cache is derived data.
+    """
+    global last_conversion_seconds
+    src, fname = _params_name()
+    dst = cache_root(home) / fname
     with _convert_lock:
-        if not dst.is_file():
+        if dst.is_file():
+            return dst
+        if (_fallback_dir_path() / fname).is_file() and not _writable_dir(dst.parent):
+            return fallback_cache_dir() / fname  # checked private before it is trusted
+        try:
             log.info("converting EfficientNet-Lite0 weights %s -> %s", src, dst)
             last_conversion_seconds = convert_torch_weights(src, dst)
-    return dst
+            return dst
+        except (StorageError, OSError) as err:
+            return _fallback_params(src, fname, getattr(err, "strerror", None) or str(err), dst.parent)
+
+
+def _writable_dir(folder: Path) -> bool:
+    """Best guess without writing (root passes ``os.access`` on any folder of a writable
+    file system; the conversion itself is the real test)."""
+    while not folder.exists():
+        if folder.parent == folder:
+            return False
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
 def efficientnet_lite0(pretrained: bool = True, classes: int = 1000, home=None) -> EfficientNetLite0:
@@ -303,6 +365,13 @@ def efficientnet_lite0(pretrained: bool = True, classes: int = 1000, home=None) 
         # The cache is derived data: a damaged copy is rebuilt rather than reported.
         log.warning("converted weights %s are damaged; converting again", path)
         with _convert_lock:
-            path.unlink(missing_ok=True)
-        load_params_file(net, cached_params_path(home))
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as err:  # a read-only cache: rebuild in the fallback folder
+                src, fname = _params_name()
+                path = _fallback_params(src, fname, err.strerror or str(err), path.parent,
+                                        rebuild=path.parent == _fallback_dir_path())
+            else:
+                path = None
+        load_params_file(net, path or cached_params_path(home))
     return net

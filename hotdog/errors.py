@@ -21,8 +21,17 @@ class DatasetError(HotdogError):
     """A data set folder is unusable (missing, fewer than 2 classes, empty class, ...)."""
 
 
+class AccessError(DatasetError):
+    """A folder was refused because it is outside the folders this server shares data from.
+    Its message never names a server path nor says whether the folder exists."""
+
+
 class ImageDecodeError(HotdogError):
     """Bytes or a file could not be decoded into an RGB image."""
+
+
+class RequestBudgetError(HotdogError):
+    """One request asks for too much work (too many photos, too many pixels in all)."""
 
 
 class ModelError(HotdogError):

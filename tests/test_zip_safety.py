@@ -307,7 +307,8 @@ def test_install_from_path_and_replace(tmp_path):
     zpath = tmp_path / "set.zip"
     zpath.write_bytes(make_zip(good_entries()))
     first = install_zip(zpath, "pets", home=tmp_path / "h")
-    second = install_zip(make_zip(good_entries(classes=("ant", "bee", "cow"))), "pets", home=tmp_path / "h")
+    second = install_zip(make_zip(good_entries(classes=("ant", "bee", "cow"))), "pets", home=tmp_path / "h",
+                         replace=True)
     assert first == second
     assert validate_dataset(second).classes == ["ant", "bee", "cow"]
     assert [p.name for p in data_root(tmp_path / "h").iterdir() if p.name != ".hotdog.lock"] == ["pets"]

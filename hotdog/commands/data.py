@@ -32,7 +32,11 @@ def register(sub) -> None:
 
     z = sub.add_parser("install-zip", help="install a data set zip (class folders of images)")
     z.add_argument("zip", help="path to the .zip")
-    z.add_argument("--name", help="name of the installed data set (default: the zip's file name)")
+    z.add_argument("--name", help="name of the installed data set (default: the zip's file name); letters, "
+                                  "digits, spaces, '.', '_', '-', '(', ')', '+', at most 64 characters")
+    z.add_argument("--replace", action="store_true",
+                   help="replace an installed data set of the same name (default: install the new one "
+                        "as NAME-2, NAME-3, ... and keep the old one)")
     _add_home(z)
     add_json_flag(z)
     z.set_defaults(func=cmd_install_zip)
@@ -103,15 +107,20 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_install_zip(args: argparse.Namespace) -> int:
-    from hotdog.data import dataset_name_from_file, install_zip, validate_dataset
+    from hotdog.data import check_dataset_name, dataset_name_from_file, install_zip, validate_dataset
 
-    # Zip file names often carry spaces or brackets ("photos (1).zip"); data set names may not.
-    name = args.name or dataset_name_from_file(args.zip)
-    path = install_zip(args.zip, name, home=args.home)
+    # Zip file names often carry spaces or brackets ("photos (1).zip"): the default name is
+    # cleaned up; a typed --name must pass the same rule as is (no silent rewriting).
+    name = check_dataset_name(args.name) if args.name is not None else dataset_name_from_file(args.zip)
+    path = install_zip(args.zip, name, home=args.home, replace=args.replace)
     report = validate_dataset(path)
     if args.json:
-        emit_json({"path": str(path), "name": name, "counts": report.counts})
+        emit_json({"path": str(path), "name": path.name, "requested_name": name,
+                   "renamed": path.name != name, "counts": report.counts})
     else:
-        print(f"installed data set {name!r} at {path}")
+        if path.name != name:
+            print(f"a data set called {name!r} already exists and was kept; "
+                  f"installed the new one as {path.name!r} (use --replace to replace it)")
+        print(f"installed data set {path.name!r} at {path}")
         _print_report(report)
     return 0

@@ -6,6 +6,8 @@ unchecked*; each submodule owns one part of it:
 * ``images``: what counts as an image (content, not extension) and the one decoder.
 * ``discovery``: finding the data set folder, its layout, classes and splits.
 * ``transforms``: the chapter's preprocessing and the cached Gluon dataset.
+* ``access``: which server folders a user may choose (``HOTDOG_DATA_ROOTS``).
+* ``names``: how names from users' disks are shown, and the one data set name rule.
 * ``archive``: safe zip extraction and atomic, locked installs.
 * ``download``: the checksummed download of the chapter's hotdog.zip.
 
@@ -13,11 +15,13 @@ Callers use the names re-exported here (``from hotdog import data; data.load_spl
 Nothing in this package imports the engine (train, models, jobs, runs).
 """
 
-from hotdog.data.archive import ZipLimits, dataset_name_from_file, install_zip, safe_extract
+from hotdog.data.access import allowed_roots, resolve_user_folder
+from hotdog.data.archive import ZipLimits, install_zip, remove_stale_leftovers, safe_extract
 from hotdog.data.discovery import (
     DatasetReport,
     DatasetSplits,
     find_dataset_root,
+    fingerprint,
     installed_datasets,
     load_splits,
     validate_dataset,
@@ -28,11 +32,15 @@ from hotdog.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     MAX_IMAGE_FILE_BYTES,
+    MAX_PHOTOS_PER_REQUEST,
+    MAX_REQUEST_PIXELS,
+    check_request_budget,
     decode_image,
     image_problem,
     is_image_file,
     list_images,
 )
+from hotdog.data.names import check_dataset_name, dataset_name_from_file, display_name
 from hotdog.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -45,9 +53,11 @@ from hotdog.data.transforms import (
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "HOTDOG_URL", "HOTDOG_SHA1", "DEFAULT_MAX_PIXELS",
     "MAX_IMAGE_FILE_BYTES", "ALLOWED_FORMATS", "IMAGE_EXTENSIONS",
+    "MAX_PHOTOS_PER_REQUEST", "MAX_REQUEST_PIXELS", "check_request_budget",
     "decode_image", "image_problem", "is_image_file", "list_images",
     "Preprocess", "train_transform", "test_transform", "ImageListDataset",
     "DatasetSplits", "DatasetReport", "find_dataset_root", "load_splits", "validate_dataset",
     "installed_datasets", "download_hotdog", "ZipLimits", "safe_extract", "install_zip",
-    "dataset_name_from_file",
+    "dataset_name_from_file", "check_dataset_name", "display_name", "fingerprint",
+    "allowed_roots", "resolve_user_folder", "remove_stale_leftovers",
 ]

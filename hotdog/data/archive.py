@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -23,10 +24,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hotdog.data.discovery import find_dataset_root, validate_dataset
-from hotdog.data.images import is_hidden, is_image_file
+from hotdog.data.images import is_hidden, is_image_file, os_reason
+from hotdog.data.names import MAX_DATASET_NAME, check_dataset_name, display_name
+from hotdog.data.names import dataset_name_from_file  # noqa: F401 - it used to live here
 from hotdog.errors import DatasetError, UnsafeArchiveError
 from hotdog.fileio import file_lock, fsync_dir
 from hotdog.paths import data_root
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -49,7 +54,7 @@ def swap_into_place(new: Path, target: Path) -> None:
     Call with ``data_root_lock`` held."""
     old = None
     if target.exists() or target.is_symlink():
-        old = target.with_name(f".old-{target.name}-{os.getpid()}-{threading.get_ident()}")
+        old = target.with_name(f"{_OLD_PREFIX}p{os.getpid()}-t{threading.get_ident()}-{target.name}")
         shutil.rmtree(old, ignore_errors=True)
         os.rename(target, old)
     try:
@@ -61,6 +66,81 @@ def swap_into_place(new: Path, target: Path) -> None:
     fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Leftovers of an install or swap killed mid-way (kill -9, power loss) carry the pid of the
+# process that made them: ".install-p<pid>-<random>" (extraction staging) and
+# ".old-p<pid>-t<thread>-<name>" (the replaced set, between two renames). Older names
+# without the "p" (before this rule) are removed by age only.
+_INSTALL_PREFIX = ".install-"
+_OLD_PREFIX = ".old-"
+_LEFTOVER = re.compile(r"^\.(install|old)-p(\d+)-(?:t(\d+)-(.+))?")
+# A leftover whose process still exists is left alone unless it is older than this: the
+# pid may have been reused, but no install of ours takes an hour.
+STALE_AFTER_SECONDS = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_leftovers(droot: Path, max_age: float = STALE_AFTER_SECONDS, now: float | None = None) -> list[str]:
+    """Remove what killed installs left in ``droot``; return the names removed or restored.
+
+    Only our own litter: ``.install-*`` / ``.old-*`` entries whose process is gone, or
+    older than ``max_age`` seconds. An ``.old-p<pid>-t<thread>-<name>`` whose ``name`` is
+    missing was caught between the two renames of ``swap_into_place``: it is renamed back,
+    so the previous data set reappears instead of being deleted. Call with
+    ``data_root_lock(droot)`` held (swaps happen only under it).
+    """
+    import time
+
+    now = time.time() if now is None else now
+    done: list[str] = []
+    try:
+        entries = list(droot.iterdir())
+    except OSError:
+        return done
+    for p in entries:
+        name = p.name
+        if not name.startswith((_INSTALL_PREFIX, _OLD_PREFIX)):
+            continue
+        m = _LEFTOVER.match(name)
+        try:
+            age = now - p.lstat().st_mtime
+        except OSError:
+            continue
+        dead = m is not None and not _pid_alive(int(m.group(2)))
+        if not (dead or age > max_age):
+            continue
+        if m is not None and m.group(1) == "old" and m.group(4):
+            original = droot / m.group(4)
+            if not (original.exists() or original.is_symlink()):
+                try:
+                    os.rename(p, original)
+                    done.append(name)
+                    continue
+                except OSError:
+                    pass
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        done.append(name)
+    if done:
+        log.info("removed %d leftover(s) of interrupted installs in %s", len(done), droot)
+    return done
 
 
 @dataclass(frozen=True)
@@ -75,9 +155,6 @@ class ZipLimits:
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
-# A data set name becomes one folder name: word characters, spaces and a little
-# punctuation, never a path separator, never hidden, no trailing dot or space.
-_NAME_OK = re.compile(r"^[^\W_][\w .()+-]{0,62}(?<![ .])$")
 
 
 def _entry_parts(info: zipfile.ZipInfo) -> list[str]:
@@ -205,34 +282,45 @@ def _contains_image(folder: Path) -> bool:
     return any(p.is_file() and not is_hidden(p) and is_image_file(p) for p in folder.rglob("*"))
 
 
-def dataset_name_from_file(filename: str) -> str:
-    """A name ``install_zip`` accepts, from an uploaded zip's file name ('photos (1).zip' -> 'photos-1')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).stem).strip("-._")[:64] or "dataset"
+def _free_name(droot: Path, name: str) -> str:
+    """``name``, or the first of ``name-2``, ``name-3``, ... not taken in ``droot``
+    (shortened so the result still obeys the name rule). Call with the lock held."""
+    def taken(n: str) -> bool:
+        p = droot / n
+        return p.exists() or p.is_symlink()
+
+    if not taken(name):
+        return name
+    for i in range(2, 10_000):
+        suffix = f"-{i}"
+        candidate = name[:MAX_DATASET_NAME - len(suffix)].rstrip(" .") + suffix
+        if not taken(candidate):
+            return candidate
+    raise DatasetError(f"too many data sets are called '{display_name(name)}'; choose another name")
 
 
-def install_zip(src, name: str, home=None, limits: ZipLimits = ZipLimits()) -> Path:
-    """Install a user-supplied data set zip as ``data_root(home)/name`` and return that folder.
+def install_zip(src, name: str, home=None, limits: ZipLimits = ZipLimits(), *, replace: bool = False) -> Path:
+    """Install a user-supplied data set zip under ``data_root(home)`` and return its folder.
+
+    ``name`` must pass ``check_dataset_name``. When a data set of that name exists it is
+    kept and the new one is installed as ``name-2`` (``name-3``, ...): the returned path's
+    ``.name`` says which. ``replace=True`` replaces the existing one instead (atomically).
 
     Refuses unsafe archives (``UnsafeArchiveError``) and unusable data sets
-    (``DatasetError``); in both cases nothing is left behind and a data set previously
-    installed under ``name`` stays as it was.
+    (``DatasetError``); in both cases nothing is left behind and installed data sets stay
+    as they were. Leftovers of earlier installs that were killed are removed on the way.
     """
-    if not isinstance(name, str) or not _NAME_OK.match(name):
-        raise DatasetError(
-            f"data set name {name!r} is not allowed: use letters, digits, spaces, '.', '_', '-', '(', ')' or '+' "
-            "(at most 63 characters, starting with a letter or digit)"
-        )
+    check_dataset_name(name)
     droot = data_root(home)
-    target = droot / name
     try:
         droot.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DatasetError(f"cannot create the data folder {droot}: {err.strerror or err}") from None
+        raise DatasetError(f"cannot create the data folder ($HOTDOG_HOME/data): {os_reason(err)}") from None
     if isinstance(src, (bytes, bytearray, memoryview)):
         fileobj: Any = io.BytesIO(bytes(src))
     elif isinstance(src, (str, os.PathLike)):
         if not Path(src).is_file():
-            raise DatasetError(f"zip file {src} does not exist")
+            raise DatasetError(f"zip file '{display_name(Path(src).name)}' does not exist")
         fileobj = str(src)
     elif hasattr(src, "read"):
         fileobj = io.BytesIO(src.read())
@@ -243,21 +331,35 @@ def install_zip(src, name: str, home=None, limits: ZipLimits = ZipLimits()) -> P
         raise UnsafeArchiveError(
             f"refused: the zip has {declared:,} entries, more than the limit of {limits.max_entries:,}"
         )
-    staging = Path(tempfile.mkdtemp(prefix=f".install-{name}-", dir=droot))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f"{_INSTALL_PREFIX}p{os.getpid()}-", dir=droot))
+    except OSError as err:
+        raise DatasetError(f"cannot write to the data folder ($HOTDOG_HOME/data): {os_reason(err)}") from None
     try:
         try:
             with zipfile.ZipFile(fileobj) as zf:
                 safe_extract(zf, staging, limits)
         except zipfile.BadZipFile:
             raise DatasetError("the upload is not a valid zip file") from None
+        except UnicodeDecodeError:
+            # The entry's "UTF-8 name" flag is set but its bytes are not UTF-8: zipfile
+            # cannot even list the archive.
+            raise UnsafeArchiveError(
+                "refused: an entry of the zip is marked as having a UTF-8 name but its name is not "
+                "valid UTF-8; re-create the zip with a current zip tool"
+            ) from None
         except OSError as err:
-            raise DatasetError(f"cannot extract the zip into {droot}: {err.strerror or err}") from None
+            raise DatasetError(f"cannot extract the zip into the data folder: {os_reason(err)}") from None
         if not _contains_image(staging):
             raise DatasetError("the zip contains no image files (expected class folders of JPEG/PNG photos)")
         root = find_dataset_root(staging)
         validate_dataset(root)
         with data_root_lock(droot):
-            swap_into_place(root, target)
+            remove_stale_leftovers(droot)
+            final = name if replace else _free_name(droot, name)
+            swap_into_place(root, droot / final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+    if final != name:
+        log.info("a data set %r exists; installed the new one as %r", name, final)
+    return droot / final

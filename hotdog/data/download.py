@@ -21,7 +21,14 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Callable
 
-from hotdog.data.archive import ZipLimits, data_root_lock, read_chunks, safe_extract, swap_into_place
+from hotdog.data.archive import (
+    ZipLimits,
+    data_root_lock,
+    read_chunks,
+    remove_stale_leftovers,
+    safe_extract,
+    swap_into_place,
+)
 from hotdog.data.discovery import find_dataset_root
 from hotdog.errors import DownloadError
 from hotdog.fileio import atomic_write_bytes
@@ -126,6 +133,7 @@ def download_hotdog(home=None, url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1,
         if _verified_copy(target, sha1):  # another process finished it while we waited
             return target
         _remove_stale_downloads(droot)
+        remove_stale_leftovers(droot)
         fd, zpath = tempfile.mkstemp(prefix=".download-", suffix=".zip", dir=droot)
         os.close(fd)
         zpath = Path(zpath)

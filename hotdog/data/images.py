@@ -16,12 +16,14 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
-from hotdog.errors import DatasetError, ImageDecodeError
+from hotdog.data.access import link_bounds, within
+from hotdog.data.names import display_name, name_problem
+from hotdog.errors import DatasetError, ImageDecodeError, RequestBudgetError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def _describe_non_image(head: bytes) -> str:
 def _check_file(path: Path) -> None:
     """Refuse what must not be opened at all: missing, folders, FIFOs/devices (reading
     one would block or never end), empty and oversized files."""
-    name = path.name
+    name = display_name(path.name)
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -101,11 +103,11 @@ def _read_source(src: Any) -> tuple[bytes, str]:
         path = Path(src)
         _check_file(path)
         try:
-            return path.read_bytes(), path.name
+            return path.read_bytes(), display_name(path.name)
         except OSError as err:  # vanished or unreadable since the check
-            raise ImageDecodeError(f"{path.name}: cannot be read ({err.strerror or err})") from None
+            raise ImageDecodeError(f"{display_name(path.name)}: cannot be read ({os_reason(err)})") from None
     if hasattr(src, "read"):  # file-like, e.g. an upload widget's buffer
-        name = Path(str(getattr(src, "name", "image"))).name
+        name = display_name(Path(str(getattr(src, "name", "image"))).name)
         try:
             data = src.read(MAX_IMAGE_FILE_BYTES + 1)
         except Exception as err:  # noqa: BLE001 - any read failure is the user's file
@@ -165,11 +167,11 @@ def image_problem(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS)
     try:
         _check_file(path)
         with open(path, "rb") as fh:
-            _open_checked(fh, path.name, max_pixels).close()
+            _open_checked(fh, display_name(path.name), max_pixels).close()
     except ImageDecodeError as err:
         return str(err)
     except OSError as err:
-        return f"{path.name}: cannot be read ({err.strerror or err})"
+        return f"{display_name(path.name)}: cannot be read ({os_reason(err)})"
     return None
 
 
@@ -187,21 +189,67 @@ class FolderScan:
     folders: list[Path] = field(default_factory=list)
 
 
-def scan_folder(folder: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> FolderScan:
-    """Sort ``folder``'s visible entries into images, rejected files and sub-folders."""
-    folder = Path(folder)
+class FolderUnreadable(DatasetError):
+    """A folder cannot be listed; ``reason`` is the system's word for why (no path in it)."""
+
+    def __init__(self, folder: Path, reason: str):
+        super().__init__(f"the folder '{display_name(folder.name)}' cannot be read ({reason})")
+        self.folder = folder
+        self.reason = reason
+
+
+def os_reason(err: OSError) -> str:
+    """An OSError as a short phrase without the path Python puts in ``str(err)``."""
+    return (err.strerror or type(err).__name__).lower()
+
+
+def list_entries(folder: Path) -> list[Path]:
+    """``folder``'s visible entries, sorted; ``FolderUnreadable`` when it cannot be listed."""
     try:
-        entries = sorted(folder.iterdir())
+        return sorted(p for p in folder.iterdir() if not is_hidden(p))
     except OSError as err:
-        raise DatasetError(f"cannot list {folder}: {err.strerror or err}") from None
+        raise FolderUnreadable(folder, os_reason(err)) from None
+
+
+LINK_OUTSIDE = "it is a symbolic link to a place outside the shared data folders; not followed"
+
+
+def entry_kind(p: Path, bounds: list[Path]) -> tuple[str, str | None]:
+    """('dir' | 'file' | 'skip', reason) of one visible entry, never raising.
+
+    A name that is not UTF-8 or holds control characters is skipped (it would break
+    whatever shows or stores it later); a symlink leading outside ``bounds`` is skipped
+    without looking at what it points to.
+    """
+    problem = name_problem(p.name)
+    if problem is not None:
+        return "skip", f"{problem}; rename it"
+    try:
+        if p.is_symlink() and not within(p, bounds):
+            return "skip", LINK_OUTSIDE
+        return ("dir" if p.is_dir() else "file"), None
+    except OSError as err:  # is_dir re-raises EACCES (e.g. /proc/1/cwd)
+        return "skip", f"cannot be read ({os_reason(err)})"
+
+
+def scan_folder(folder: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                bounds: list[Path] | None = None) -> FolderScan:
+    """Sort ``folder``'s visible entries into images, rejected files and sub-folders.
+
+    ``bounds``: where symlinks may lead (default: the allowed roots and ``folder`` itself,
+    see ``hotdog.data.access.link_bounds``). ``FolderUnreadable`` when ``folder`` cannot be
+    listed; an entry that cannot be read is rejected with the reason.
+    """
+    folder = Path(folder)
+    if bounds is None:
+        bounds = link_bounds(folder)
     scan = FolderScan()
-    for p in entries:
-        if is_hidden(p):
-            continue
-        if p.is_dir():
+    for p in list_entries(folder):
+        kind, why = entry_kind(p, bounds)
+        if kind == "dir":
             scan.folders.append(p)
             continue
-        reason = image_problem(p, max_pixels)
+        reason = why if kind == "skip" else image_problem(p, max_pixels)
         if reason is None:
             scan.images.append(p)
         else:
@@ -210,8 +258,9 @@ def scan_folder(folder: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS)
 
 
 def list_images(folder: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Path]:
-    """The images directly in ``folder``, sorted; hidden entries, folders and non-images
-    (by content) are left out. ``DatasetError`` when the folder cannot be listed."""
+    """The images directly in ``folder``, sorted; hidden entries, folders, non-images (by
+    content), undecodable names and links leading outside the shared data folders are
+    left out. ``DatasetError`` when the folder cannot be listed."""
     return scan_folder(folder, max_pixels).images
 
 
@@ -269,9 +318,12 @@ def decode_image(
 ) -> Image.Image:
     """Decode a photo into an upright RGB PIL image, or raise ``ImageDecodeError``.
 
-    ``min_side`` (optional) lets the decoder shrink the image so its shorter side is
-    about ``min_side`` pixels: JPEGs are then decoded at reduced scale (much faster),
-    which is what a dataset that caches decoded images wants.
+    ``min_side`` (optional) shrinks the image so its shorter side is about ``min_side``
+    pixels, as early as the format allows: JPEGs are decoded at reduced scale (DCT
+    scaling, never materialised at full size); other formats are decoded once, reduced
+    by box averaging (``Image.reduce``) in their own mode and the full-size pixels freed
+    before any conversion, rotation or resampling. Peak memory is then about one
+    full-size decode, instead of the four or five copies the full-size path makes.
     """
     data, name = _read_source(src)
     if not data:
@@ -285,50 +337,99 @@ def decode_image(
         return _decode(data, name, max_pixels, min_side)
 
 
+def _orientation(im: Image.Image, name: str) -> int:
+    try:
+        return int(im.getexif().get(0x0112) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block should not reject a good photo
+        log.debug("ignoring unreadable EXIF in %s", name)
+        return 1
+
+
+# EXIF orientation -> the transpose that makes the photo upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+# Modes Image.reduce averages correctly without a full-size copy (P would average palette
+# indices; LA/RGBA are premultiplied by a full-size conversion inside Pillow).
+_REDUCE_NATIVE = frozenset({"L", "RGB", "I", "F", "CMYK", "YCbCr"})
+# Rows converted at a time when a mode must be converted before it can be averaged.
+_BAND_ROWS = 512
+
+
+def _reduced(im: Image.Image, factor: int) -> Image.Image:
+    """``im`` shrunk ``factor`` times by box averaging, never converting it whole."""
+    transparent = "transparency" in im.info
+    if im.mode in _REDUCE_NATIVE and not (transparent and im.mode in ("L", "RGB")):
+        return im.reduce(factor)
+    if im.mode.startswith("I;16"):
+        target = "I"
+    elif transparent or im.mode in ("PA", "LA", "RGBA", "La", "RGBa"):
+        target = "RGBA"
+    elif im.mode in ("1", "L"):
+        target = "L"
+    else:
+        target = "RGB"
+    w, h = im.size
+    out = Image.new(target, (-(-w // factor), -(-h // factor)))
+    band = _BAND_ROWS * factor
+    for top in range(0, h, band):
+        piece = im.crop((0, top, w, min(h, top + band))).convert(target)
+        out.paste(piece.reduce(factor), (0, top // factor))
+    return out
+
+
 def _decode(data: bytes, name: str, max_pixels: int, min_side: int | None) -> Image.Image:
     im = _open_checked(io.BytesIO(data), name, max_pixels)
-    try:
-        if getattr(im, "is_animated", False):
-            im.seek(0)
-        if min_side and im.format == "JPEG":
-            w, h = im.size
-            scale = min_side / min(w, h)
-            if scale < 1:
-                im.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
-        # Truncated photos must fail, which relies on PIL's process-wide
-        # LOAD_TRUNCATED_IMAGES staying False; it cannot be overridden per image, so
-        # nothing in this project sets it (tests/test_decode.py checks every module).
-        if ImageFile.LOAD_TRUNCATED_IMAGES:
-            log.warning("PIL LOAD_TRUNCATED_IMAGES was switched on by some code: truncated photos may decode partially")
-        im.load()
-    except ImageDecodeError:
-        raise
-    except MemoryError:
-        raise ImageDecodeError(f"{name} is too large to decode with the memory available") from None
-    except Exception as err:  # noqa: BLE001 - decoder errors from hostile bytes vary widely
-        log.debug("decode of %s failed: %r", name, err)
-        if "truncated" in str(err).lower():
-            raise ImageDecodeError(f"{name} is truncated (the file ends early); re-save or re-download it") from None
-        raise ImageDecodeError(f"{name} is corrupt and cannot be decoded") from None
+    work = im
     try:
         try:
-            upright = ImageOps.exif_transpose(im)
-        except Exception:  # noqa: BLE001 - a broken EXIF block should not reject a good photo
-            log.debug("ignoring unreadable EXIF in %s", name)
-            upright = im
-        rgb = to_rgb(upright if upright is not None else im)
-        if min_side:
-            rgb = _shrink_to_min_side(rgb, min_side)
-        if rgb is im:
-            rgb = rgb.copy()  # detach from the BytesIO-backed file object
-        rgb.load()
-    except ImageDecodeError:
-        raise
-    except MemoryError:
-        raise ImageDecodeError(f"{name} is too large to decode with the memory available") from None
-    except Exception as err:  # noqa: BLE001
-        log.debug("conversion of %s failed: %r", name, err)
-        raise ImageDecodeError(f"{name} is corrupt and cannot be converted to RGB") from None
+            if getattr(im, "is_animated", False):
+                im.seek(0)
+            if min_side and im.format == "JPEG":
+                w, h = im.size
+                scale = min_side / min(w, h)
+                if scale < 1:
+                    im.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
+            # Truncated photos must fail, which relies on PIL's process-wide
+            # LOAD_TRUNCATED_IMAGES staying False; it cannot be overridden per image, so
+            # nothing in this project sets it (tests/test_decode.py checks every module).
+            if ImageFile.LOAD_TRUNCATED_IMAGES:
+                log.warning("PIL LOAD_TRUNCATED_IMAGES was switched on by some code: truncated photos may decode partially")
+            im.load()
+        except ImageDecodeError:
+            raise
+        except MemoryError:
+            raise ImageDecodeError(f"{name} is too large to decode with the memory available") from None
+        except Exception as err:  # noqa: BLE001 - decoder errors from hostile bytes vary widely
+            log.debug("decode of %s failed: %r", name, err)
+            if "truncated" in str(err).lower():
+                raise ImageDecodeError(f"{name} is truncated (the file ends early); re-save or re-download it") from None
+            raise ImageDecodeError(f"{name} is corrupt and cannot be decoded") from None
+        try:
+            orientation = _orientation(im, name)
+            if min_side:
+                factor = min(im.size) // min_side
+                if factor >= 2:
+                    work = _reduced(im, factor)
+                    im.close()  # free the full-size pixels before anything else is allocated
+            if orientation in _UPRIGHT:
+                work = work.transpose(_UPRIGHT[orientation])
+            rgb = to_rgb(work)
+            if min_side:
+                rgb = _shrink_to_min_side(rgb, min_side)
+            if rgb is im:
+                rgb = rgb.copy()  # detach from the BytesIO-backed file object
+            rgb.load()
+        except ImageDecodeError:
+            raise
+        except MemoryError:
+            raise ImageDecodeError(f"{name} is too large to decode with the memory available") from None
+        except Exception as err:  # noqa: BLE001
+            log.debug("conversion of %s failed: %r", name, err)
+            raise ImageDecodeError(f"{name} is corrupt and cannot be converted to RGB") from None
     finally:
         im.close()
     if rgb.mode != "RGB":  # pragma: no cover - defensive, to_rgb always returns RGB
@@ -345,3 +446,59 @@ def _shrink_to_min_side(im: Image.Image, min_side: int) -> Image.Image:
     size = (max(min_side, round(w * scale)) if w >= h else min_side,
             min_side if w >= h else max(min_side, round(h * scale)))
     return im.resize(size, Image.BILINEAR, reducing_gap=3.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-request budget
+# ---------------------------------------------------------------------------------------
+
+# One prediction request (an upload of photos) may ask for at most this much work. Decoding
+# is sequential and shrinks as it goes (``min_side``), so memory is bounded by one photo;
+# these bound the *time* one client can take: ~20 s of PNG decoding on one core at the
+# pixel limit (measured: a 64-megapixel PNG takes about 1 s), phone photos (12 Mpx) are
+# far below it.
+MAX_PHOTOS_PER_REQUEST = 64
+MAX_REQUEST_PIXELS = 1_000_000_000
+
+
+def _header_pixels(src: Any) -> int:
+    """Pixels the header of one photo claims (0 when it is not a readable image: the
+    decoder then refuses it on its own)."""
+    try:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            fh: Any = io.BytesIO(bytes(src))
+        elif isinstance(src, (str, os.PathLike)):
+            _check_file(Path(src))
+            fh = open(src, "rb")  # noqa: SIM115 - closed below
+        else:
+            return 0
+        with fh:
+            im = _open_checked(fh, "image", DEFAULT_MAX_PIXELS)
+            w, h = im.size
+            im.close()
+            return w * h
+    except (ImageDecodeError, OSError):
+        return 0
+
+
+def check_request_budget(files: Sequence[Any], max_photos: int = MAX_PHOTOS_PER_REQUEST,
+                         max_total_pixels: int = MAX_REQUEST_PIXELS) -> int:
+    """Refuse (``RequestBudgetError``) a request of more than ``max_photos`` photos or more
+    than ``max_total_pixels`` pixels in all, reading headers only; return the total.
+
+    ``files``: ``(name, bytes)`` pairs (uploads) or bare bytes / paths.
+    """
+    files = list(files)
+    if len(files) > max_photos:
+        raise RequestBudgetError(
+            f"{len(files)} photos at once is more than the limit of {max_photos}; classify them in smaller groups"
+        )
+    total = 0
+    for f in files:
+        total += _header_pixels(f[1] if isinstance(f, tuple) else f)
+        if total > max_total_pixels:
+            raise RequestBudgetError(
+                f"these photos hold more than {max_total_pixels / 1e6:,.0f} megapixels in all, the limit for "
+                "one request; send fewer or smaller photos (a phone photo is about 12 megapixels)"
+            )
+    return total
