@@ -349,6 +349,15 @@ def dataset_choices() -> list[DatasetChoice]:
     return dataset_choices_from(installed, extra=st.session_state.get(FOLDERS_KEY, []))
 
 
+def installed_name_exists(name: str) -> bool:
+    from hotdog.paths import data_root
+
+    try:
+        return (data_root() / name).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def current_dataset() -> str | None:
     """The data set the user picked, else $HOTDOG_DATA, else an installed one."""
     root = st.session_state.get(DATA_KEY)
@@ -620,6 +629,20 @@ def _output_rows(run_dir: str, stamp: float) -> dict:
 def run_output_rows(run_dir: str) -> dict:
     """The run's output-layer row per class, read from its saved parameters."""
     return _output_rows(str(run_dir), _params_stamp(run_dir))
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)  # ttl: an edit in place keeps folder mtimes
+def _drift(run_id: str, root: str, stamp: float) -> str | None:
+    from hotdog.train import data_drift
+
+    rec = run_record(run_id)
+    return data_drift(rec.config) if rec else None
+
+
+def data_drift(run_id: str) -> str | None:
+    """A sentence when the run's data set changed since it was trained (cached per folder state)."""
+    root = run_data_root(run_id)
+    return _drift(run_id, root or "", _stamp(root) if root else 0.0)
 
 
 @st.cache_data(show_spinner="Evaluating on the test split…", max_entries=16)

@@ -89,7 +89,7 @@ class TrainingJob:
         with self._lock:
             if self._future is not None and not self._future.done():
                 raise self._busy_error()
-            run_id, run_dir = store.create(first.config)
+            run_id, run_dir = store.create(first.record())
             self._stop = threading.Event()
             self._state = JobState(state="running", run_id=run_id, run_dir=str(run_dir), config=first.config,
                                    started=time.time(), pending=len(configs) - 1, run_ids=[run_id], owner=owner)
@@ -140,7 +140,7 @@ class TrainingJob:
             config = queue.pop(0)
             try:
                 prepared = prepare(config)
-                run_id, run_dir = store.create(prepared.config)
+                run_id, run_dir = store.create(prepared.record())
             except HotdogError as err:
                 self._update(state="failed", error=str(err), pending=0)
                 return

@@ -63,6 +63,11 @@ class Prepared:
     ctxs: list
     pre: Any
     splits: Any
+    data_fingerprint: str = ""
+
+    def record(self) -> dict:
+        """What config.json holds: every resolved knob and the data set's content fingerprint."""
+        return {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
 
 
 def resolve_preprocess(source: str, input_size: int | None):
@@ -96,7 +101,29 @@ def prepare(config: TrainConfig) -> Prepared:
     resolved = dataclasses.replace(
         config, data_root=str(os.path.abspath(config.data_root)), devices=[device_name(c) for c in ctxs],
         input_size=pre.input_size, num_workers=_default_workers(config, ctxs))
-    return Prepared(resolved, ctxs, pre, splits)
+    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits))
+
+
+def data_drift(run_config: dict) -> str | None:
+    """One sentence when the data set a run was trained on is gone or has changed since
+    (files added, removed, edited or relabelled), else None. Runs recorded before
+    fingerprints existed cannot be checked (None)."""
+    from hotdog import data
+    from hotdog.errors import HotdogError
+
+    recorded = run_config.get("data_fingerprint") if isinstance(run_config, dict) else None
+    root = run_config.get("data_root") if isinstance(run_config, dict) else None
+    if not recorded or not isinstance(root, str):
+        return None
+    name = data.display_name(os.path.basename(root.rstrip("/")) or root)
+    try:
+        now = data.fingerprint(data.load_splits(root))
+    except HotdogError:
+        return f"the data set '{name}' this run was trained on is gone or no longer readable"
+    if now != recorded:
+        return (f"the data set '{name}' has changed since this run was trained (files added, removed, "
+                "edited or moved between classes): its test figures describe the old data")
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,7 +515,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     if prepared is None:
         prepared = prepare(config)
     if run_id is None:
-        run_id, _ = store.create(prepared.config)
+        run_id, _ = store.create(prepared.record())
     run_dir = store.run_dir(run_id)
     cbs = [RunRecorder(store, run_id, HEARTBEAT_EVERY), TerminateOnNaN()]
     cbs += [StopOnEvent(stop_event)] if stop_event is not None else []

@@ -81,13 +81,16 @@ with get_dl:
             use_now(str(root), "Downloaded and checked; now in use.")
 
 with get_folder:
+    st.write("A folder inside the app's shared data folders: `$HOTDOG_HOME/data`, `$HOTDOG_DATA` "
+             "and the folders listed in `$HOTDOG_DATA_ROOTS` (set by whoever runs the server). "
+             "A name alone means a folder in `$HOTDOG_HOME/data`.")
     folder = st.text_input("Folder on the server", key="folder_path",
-                           placeholder="/path/to/hotdog (holding train/ and test/, or class folders)")
+                           placeholder="hotdog, or /srv/photos/chairs (holding train/ and test/, or class folders)")
     if st.button("Use this folder", key="use_folder", disabled=not folder.strip()):
-        path = str(Path(folder.strip()).expanduser())
-        if ui.or_error(data.validate_dataset, path) is not None:
-            ui.remember_folder(path)
-            use_now(path, "Folder checked; now in use.")
+        path = ui.or_error(data.resolve_user_folder, folder.strip())
+        if path is not None and ui.or_error(data.validate_dataset, path) is not None:
+            ui.remember_folder(str(path))
+            use_now(str(path), "Folder checked; now in use.")
 
 with get_zip:
     st.write("A zip holding `train/<class>/…` and `test/<class>/…`, or just `<class>/…`. "
@@ -100,15 +103,22 @@ with get_zip:
                           help="Folder name under $HOTDOG_HOME/data (letters, digits, '.', '_', '-'); "
                                "empty: taken from the zip's file name")
     name = typed.strip() or default_name
+    replace = False
+    if name and ui.installed_name_exists(name):
+        replace = st.checkbox(
+            f"Replace the installed data set '{name}'", key="zip_replace",
+            help="Unticked, the zip is installed under a new name (e.g. name-2). Runs trained on "
+                 "the old set keep their results and will say that their data changed.")
     if st.button("Install", key="install_zip", disabled=upload is None or not name):
         try:
             with st.spinner("Checking and unpacking…"):
-                root = data.install_zip(upload.getvalue(), name)
+                root = data.install_zip(upload.getvalue(), name, replace=replace)
             data.validate_dataset(root)
         except HotdogError as err:
             ui.show_error(err)
         else:
-            use_now(str(root), "Installed and checked; now in use.")
+            renamed = "" if root.name == name else f" as '{root.name}' ('{name}' is taken)"
+            use_now(str(root), f"Installed{renamed} and checked; now in use.")
 
 # ------------------------------------------------------------------ explore
 def explore(current: str) -> None:

@@ -256,6 +256,9 @@ def confusion_chart(classes: list[str], confusion: list[list[int]]):
 
 def inspect_run(run) -> None:
     """Confusion matrix, misclassified photos and the weights of one finished run."""
+    drift = ui.data_drift(run.run_id)
+    if drift:
+        st.warning(ui.md_escape(drift[0].upper() + drift[1:] + "."), icon=":material/warning:")
     ev = ui.or_error(ui.evaluation, run.run_dir)
     if ev is None:
         return

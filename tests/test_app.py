@@ -86,21 +86,38 @@ def test_data_page_shows_counts_grid_and_augmentations(app_home):
     assert len(at.image) == 16 + 8
 
 
-def test_data_page_local_folder_and_zip_upload(app_home, tmp_path):
-    other = make_dataset(tmp_path / "other", classes={"cat": (200, 200, 40), "dog": (40, 40, 40), "fox": (250, 120, 0)})
+def test_data_page_local_folder_and_zip_upload(app_home, tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("HOTDOG_DATA_ROOTS", str(shared))
+    other = make_dataset(shared / "other", classes={"cat": (200, 200, 40), "dog": (40, 40, 40), "fox": (250, 120, 0)})
     at = new_app()
     at.switch_page("pages/data.py").run()
     at.text_input(key="folder_path").set_value(str(other)).run()
     at.button(key="use_folder").click().run()
     assert_clean(at)
-    assert at.session_state["data_root"] == str(other)
+    assert at.session_state["data_root"] == str(other.resolve())
     assert {m.label: m.value for m in at.metric}["Classes"] == "3"
 
-    at.text_input(key="folder_path").set_value(str(tmp_path / "missing")).run()
+    at.text_input(key="folder_path").set_value(str(shared / "missing")).run()
     at.button(key="use_folder").click().run()
     assert_clean(at)
     assert at.error, "a missing folder is an error message"
-    assert at.session_state["data_root"] == str(other)
+    assert at.session_state["data_root"] == str(other.resolve())
+
+    # Outside the shared data folders: refused with a sentence that names no server path and
+    # does not tell whether the folder exists.
+    secret = make_dataset(tmp_path / "private", classes={"keys": (1, 2, 3), "db": (4, 5, 6)})
+    (secret / "train" / "keys" / "id_rsa").write_text("-----BEGIN KEY-----")
+    refusals = []
+    for outside in (str(secret), "/etc", str(tmp_path / "nothing-here"), "~/.ssh", "../../.."):
+        at.text_input(key="folder_path").set_value(outside).run()
+        at.button(key="use_folder").click().run()
+        assert_clean(at)
+        refusals.append([e.value for e in at.error])
+        assert at.session_state["data_root"] == str(other.resolve())
+        shown = " ".join(texts(at) + [e.value for e in at.error])
+        assert not any(w in shown for w in ("id_rsa", "PackageKit", "private", "nothing-here", ".ssh", "/etc"))
+    assert all(r == refusals[0] and len(r) == 1 for r in refusals), refusals
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -115,6 +132,17 @@ def test_data_page_local_folder_and_zip_upload(app_home, tmp_path):
     at.button(key="install_zip").click().run()
     assert_clean(at)
     assert at.session_state["data_root"] == str(app_home / "data" / "zipped")
+    # the same name again: installed beside it, the first one untouched
+    at.button(key="install_zip").click().run()
+    assert_clean(at)
+    assert at.session_state["data_root"] == str(app_home / "data" / "zipped-2")
+    assert any("as 'zipped-2'" in s.value for s in at.success)
+    # replacing is an explicit choice
+    at.checkbox(key="zip_replace").check().run()
+    at.button(key="install_zip").click().run()
+    assert_clean(at)
+    assert at.session_state["data_root"] == str(app_home / "data" / "zipped")
+    assert not (app_home / "data" / "zipped-3").exists()
 
     bad = io.BytesIO()
     with zipfile.ZipFile(bad, "w") as zf:
@@ -276,6 +304,14 @@ def test_train_tiny_finetune_reaches_finished_then_predict_and_weights(app_home,
     assert_clean(at)
     table = at.dataframe[0].value
     assert set(table["run class"]) == {"hotdog", "not-hotdog"}
+
+    # the data set changes after training: the run says so where its figures are shown
+    at.switch_page("pages/train.py").run()
+    assert not [w for w in at.warning if "has changed" in w.value]
+    make_image(app_home / "data" / "tiny" / "test" / "hotdog" / "late.png", (1, 2, 3))
+    at.run()
+    assert_clean(at)
+    assert [w for w in at.warning if "has changed since this run was trained" in w.value]
 
 
 def test_train_comparison_runs_both_and_stop_works(app_home):

@@ -277,3 +277,21 @@ def test_full_disk_while_saving_weights_fails_the_run_cleanly(tiny_dataset, tmp_
     assert s.status == "failed" and "No space left" in s.message
     d = Path(s.run_dir)
     assert sorted(p.name for p in d.iterdir()) == ["config.json", "metrics.jsonl", "status.json"]  # no temp file
+
+
+def test_config_json_records_the_data_fingerprint_and_drift_is_reported(tiny_dataset, tmp_path):
+    from conftest import make_image
+
+    from hotdog.train import data_drift
+
+    res = train(cfg(tiny_dataset, epochs=1), runs_dir=tmp_path / "runs")
+    config = RunStore(tmp_path / "runs").load(res.run_id).config
+    assert config["data_fingerprint"].startswith("sha256:")
+    assert data_drift(config) is None
+    make_image(tiny_dataset / "train" / "hotdog" / "new.png", (9, 9, 9))
+    assert "has changed since this run was trained" in data_drift(config)
+    import shutil
+
+    shutil.rmtree(tiny_dataset)
+    assert "is gone" in data_drift(config)
+    assert data_drift({k: v for k, v in config.items() if k != "data_fingerprint"}) is None  # older runs
