@@ -54,7 +54,8 @@ if shot is not None:
 
 ready = predictor is not None or kind == IMAGENET
 if files and ready:
-    results = ui.classify(files, source, predictor=predictor)
+    # A request over the photo budget (count, total pixels) is one sentence, nothing decoded.
+    results = ui.or_error(ui.classify, files, source, predictor=predictor) or []
     for r in results:
         with st.container(border=True):
             st.text(r.name)

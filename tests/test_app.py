@@ -630,3 +630,16 @@ def test_default_sidebar_finetune_trains_exactly_what_the_cli_trains(app_home):
     cli_run = next(r for r in RunStore().list() if r.run_id != run_id)
     assert [m["test_acc"] for m in RunStore().load(cli_run.run_id).metrics] == app_epochs
     assert len(app_epochs) == 5
+
+
+def test_predict_request_over_the_photo_budget_is_one_message(app_home):
+    from hotdog.data import MAX_PHOTOS_PER_REQUEST
+
+    at = new_app()
+    at.switch_page("pages/predict.py").run()
+    at.radio(key="predict_kind").set_value("Pretrained ImageNet classifier").run()
+    photo = png_bytes()
+    at.file_uploader(key="photos").set_value(
+        [(f"p{i}.png", photo, "image/png") for i in range(MAX_PHOTOS_PER_REQUEST + 1)]).run()
+    assert_clean(at)
+    assert len(at.error) == 1 and str(MAX_PHOTOS_PER_REQUEST) in at.error[0].value
