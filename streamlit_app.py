@@ -15,7 +15,6 @@ Environment: ``HOTDOG_HOME`` (where data sets, runs and caches live, default ``~
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import ui  # noqa: E402
-from hotdog.errors import HotdogError  # noqa: E402
 
 
 def app_pages() -> list:
@@ -44,14 +42,8 @@ st.set_page_config(page_title="Hotdog Lab", page_icon=":material/lunch_dining:",
 
 page = st.navigation(app_pages(), position="sidebar")
 status_box = st.sidebar.container()
-try:
+with ui.guarded(f"{page.title} page"):
     page.run()
-except HotdogError as err:  # an engine error a page did not expect is still a sentence for people
-    ui.show_error(err)
-except Exception:  # a bug: keep the app up, keep the traceback for the server log only
-    logging.getLogger("hotdog.app").exception("page %r failed", page.title)
-    st.error(f"The {page.title} page hit an unexpected error; the details are in the server log. "
-             "The other pages keep working.", icon=":material/bug_report:")
 # Drawn after the page so it reflects what the page just did (new data set, new job).
 with status_box:
     ui.sidebar_status(page.title)

@@ -10,6 +10,9 @@ The functions above the "Streamlit" line need no Streamlit session (tests call t
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
 import os
 import re
@@ -274,6 +277,33 @@ def show_error(err: BaseException, prefix: str = "") -> None:
     st.error(md_escape(prefix + msg), icon=":material/error:")
 
 
+@contextlib.contextmanager
+def guarded(what: str):
+    """Run a page or a fragment so that nothing escapes as a traceback: a HotdogError is
+    its sentence, anything else one message (the traceback goes to the server log only).
+    Fragments need it too: their reruns do not pass through the router's own guard.
+    Streamlit's rerun/stop signals are BaseExceptions and pass through."""
+    try:
+        yield
+    except HotdogError as err:
+        show_error(err)
+    except Exception:  # noqa: BLE001 - a bug: keep the app up
+        logging.getLogger("hotdog.app").exception("%s failed", what)
+        st.error(f"The {what} hit an unexpected error; the details are in the server log. "
+                 "The other pages keep working.", icon=":material/bug_report:")
+
+
+def fragment(run_every=None):
+    """``st.fragment`` whose body runs :func:`guarded`."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def body(*args, **kwargs):
+            with guarded("live view"):
+                return fn(*args, **kwargs)
+        return st.fragment(run_every=run_every)(body)
+    return wrap
+
+
 def or_error(fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, or None after showing its HotdogError as a sentence."""
     try:
@@ -500,7 +530,7 @@ def _job_status(link: bool = True) -> None:
         st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
 
 
-_job_status_live = st.fragment(run_every=2.0)(_job_status)
+_job_status_live = fragment(run_every=2.0)(_job_status)
 
 
 # ------------------------------------------------------------------------------ runs & prediction

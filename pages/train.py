@@ -202,7 +202,7 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
     ).properties(height=height)
 
 
-@st.fragment(run_every=1.0)
+@ui.fragment(run_every=1.0)
 def live() -> None:
     snap = ui.job_snapshot()
     was = st.session_state.get("job_was_running")
@@ -291,7 +291,7 @@ def inspect_run(run) -> None:
 
 
 # ------------------------------------------------------------------ history
-@st.fragment(run_every=2.0 if busy else None)
+@ui.fragment(run_every=2.0 if busy else None)
 def runs_table() -> None:
     """Refreshes itself while a job runs, so the running row's epochs and message stay current."""
     runs = ui.all_runs()

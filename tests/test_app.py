@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import make_dataset, make_image
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+REPO = str(Path(__file__).resolve().parents[1])
 XSS = "<img src=x onerror=alert(1)>"
 
 
@@ -643,3 +644,28 @@ def test_predict_request_over_the_photo_budget_is_one_message(app_home):
         [(f"p{i}.png", photo, "image/png") for i in range(MAX_PHOTOS_PER_REQUEST + 1)]).run()
     assert_clean(at)
     assert len(at.error) == 1 and str(MAX_PHOTOS_PER_REQUEST) in at.error[0].value
+
+
+def test_a_bug_inside_an_auto_refreshing_fragment_is_one_message():
+    """Fragment reruns skip the router's guard, so ui.fragment guards its own body."""
+    def script(repo):
+        import sys
+
+        sys.path.insert(0, repo)
+        import streamlit as st
+
+        import ui
+
+        @ui.fragment(run_every=None)
+        def live():
+            raise RuntimeError("/srv/secret/path exploded")
+
+        live()
+        st.write("the page goes on")
+
+    at = AppTest.from_function(script, args=(REPO,), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error if "unexpected error" in e.value]
+    assert not [e.value for e in at.error if "secret" in e.value]
+    assert "the page goes on" in [m.value for m in at.markdown]
