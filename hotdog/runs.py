@@ -541,6 +541,8 @@ class RunStore:
         d = self.run_dir(run_id)
         if not d.is_dir():
             raise RunStoreError(f"no run {run_id!r} in {self.root}")
+        if not (d / "config.json").exists():  # listed as damaged: say the same here
+            raise RunStoreError(f"run {run_id} is damaged: config.json is missing (not a training run?)")
         return load_run_dir(d)
 
     def list(self) -> list[RunSummary]:
@@ -622,7 +624,7 @@ def load_run_dir(run_dir: str | os.PathLike) -> RunRecord:
     """The run's validated files; RunStoreError (one sentence, no server paths) when the
     folder is not a run or a file is damaged."""
     d = Path(run_dir)
-    if not (d / "config.json").is_file():
+    if not (d / "config.json").exists():
         raise RunStoreError(f"{d.name} is not a training run (no config.json)")
     files = _read_run_files(d)
     if files.damaged:
