@@ -151,9 +151,7 @@ class RunRecorder(Callback):
         self.last = time.time()
 
     def before_fit(self, fit) -> None:
-        self.store.write_status(self.run_id, "running",
-                                f"training on {', '.join(str(c) for c in fit.ctxs)}",
-                                classes=fit.splits.classes, input_size=fit.pre.input_size)
+        self.store.write_status(self.run_id, "running", f"training on {', '.join(str(c) for c in fit.ctxs)}")
 
     def after_batch(self, fit, progress) -> None:
         now = time.time()

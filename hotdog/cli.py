@@ -1,8 +1,10 @@
 """``python -m hotdog ...``: the command-line face of the engine.
 
 Each area registers its own sub-commands (``hotdog/commands/<area>.py`` exposes
-``register(subparsers)``), so this file only dispatches and turns typed errors into one
-readable line instead of a traceback.
+``register(subparsers)``), so this file only dispatches and turns errors into one readable
+line on stderr instead of a traceback; with ``--json`` the same sentence is also the one
+JSON document on stdout, ``{"error": "<sentence>"}``. Exit codes: what the command returns,
+1 for an error, 130 when interrupted (2 for usage errors, from argparse).
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HotdogError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(args, str(err))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -58,3 +59,22 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as err:  # noqa: BLE001 - a bug still gets one line, not a traceback
+        logging.getLogger("hotdog").debug("unexpected error", exc_info=True)
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        return _fail(args, f"unexpected {type(err).__name__}" + (f": {detail}" if detail else "")
+                     + " (a bug in Hotdog Lab; run with -v to see where)")
+
+
+def _fail(args, sentence: str) -> int:
+    """An error: one line on stderr and, with --json, ``{"error": ...}`` on stdout."""
+    print(f"error: {sentence}", file=sys.stderr)
+    if getattr(args, "json", False):
+        from hotdog.commands._common import emit_json
+
+        try:
+            emit_json({"error": sentence})
+        except OSError:  # stdout itself is gone (closed pipe, full disk)
+            pass
+    return 1
+

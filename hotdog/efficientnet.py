@@ -20,7 +20,6 @@ the SHA-256 of the source checkpoint, so the (sub-second) conversion runs once p
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os

@@ -71,9 +71,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(fd)
 
 
-def to_json(obj: Any, **kw) -> str:
-    """Strict JSON: NaN and infinities become null (bare ``NaN`` is not JSON)."""
-    return json.dumps(_finite(obj), allow_nan=False, default=_json_default, **kw)
+def to_json(obj: Any, default=None, **kw) -> str:
+    """Strict JSON: NaN and infinities become null (bare ``NaN`` is not JSON). ``default``
+    renders objects JSON does not know (after paths and numpy arrays)."""
+    def fallback(o):
+        try:
+            return _json_default(o)
+        except TypeError:
+            if default is None:
+                raise
+            return _finite(default(o))
+
+    return json.dumps(_finite(obj), allow_nan=False, default=fallback, **kw)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -116,10 +125,19 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         raise StorageError(f"cannot append to {Path(path).name}: {err.strerror or err}") from err
 
 
+def _loads(raw: bytes) -> Any:
+    """``json.loads`` whose every failure on bad content is a ValueError (bad UTF-8, and
+    nesting too deep for the parser, which raises RecursionError)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The parsed file; OSError / ValueError (including bad UTF-8) for the caller to judge."""
     with open(path, "rb") as fh:
-        return json.loads(fh.read().decode("utf-8"))
+        return _loads(fh.read())
 
 
 def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
@@ -135,7 +153,7 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
         if not line:
             continue
         try:
-            rows.append(json.loads(line.decode("utf-8")))
+            rows.append(_loads(line))
         except ValueError:
             bad += 1
     return rows, bad

@@ -28,6 +28,7 @@ import numpy as np
 
 from hotdog.errors import DatasetError, HotdogError, ImageDecodeError, RunStoreError
 from hotdog.mxthread import mx_call
+from hotdog.weights import ParamsFileError, check_params_file, first_line
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,15 @@ def _fast_inference(net, pre, ctx):
 
 
 def run_model_info(run_dir: str | os.PathLike) -> dict:
-    """model.json of a finished (or stopped) run; RunStoreError when it has no saved model."""
-    from hotdog.runs import PARAMS_FILE, load_run_dir
+    """model.json of a finished (or stopped) run, validated by the run store (known source,
+    unique class names, sane preprocessing, weights file present): the one record of the
+    run's classes. RunStoreError (one sentence) when the run is damaged or has no saved model."""
+    from hotdog.runs import load_run_dir
 
     run_dir = Path(run_dir)
     rec = load_run_dir(run_dir)
     info = rec.model
-    if info is None or not (run_dir / PARAMS_FILE).is_file():
+    if info is None:
         msg = rec.status.get("message")
         raise RunStoreError(f"run {rec.run_id} has no saved model (status {rec.state}"
                             + (f": {msg}" if msg else "") + ")")
@@ -132,13 +135,18 @@ class Predictor:
         info = run_model_info(run_dir)
         classes = info["classes"]
         ctx = ctx or mx.cpu()
-        # The scratch architecture equals the fine-tune one and needs no pretrained weights.
-        net = models.build_scratch(info["source"], len(classes), ctx=[ctx])
+        try:
+            pre = Preprocess(**{k: info["preprocess"][k] for k in ("input_size", "resize", "mean", "std")})
+            # The scratch architecture equals the fine-tune one and needs no pretrained weights.
+            net = models.build_scratch(info["source"], len(classes), ctx=[ctx])
+        except (ModelError, ValueError, TypeError) as err:
+            raise RunStoreError(f"cannot rebuild the model of run {run_dir.name}: {first_line(err)}") from err
         try:
             load_params_file(net, run_dir / PARAMS_FILE, ctx=ctx)
+        except ParamsFileError as err:
+            raise RunStoreError(f"cannot load the weights of run {run_dir.name}: {err.reason}") from err
         except ModelError as err:
-            raise RunStoreError(f"cannot load the weights of run {run_dir.name}: {err}") from err
-        pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["preprocess"].items()})
+            raise RunStoreError(f"cannot load the weights of run {run_dir.name}: {first_line(err)}") from err
         return cls(_fast_inference(net, pre, ctx), classes, pre, info["source"], ctx, run_dir)
 
     @classmethod
@@ -272,15 +280,17 @@ def run_output_rows(run_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     def load():
         import mxnet as mx
 
+        check_params_file(run_dir / PARAMS_FILE)  # before MXNet allocates what a damaged header claims
         return {k: v.asnumpy() for k, v in mx.nd.load(str(run_dir / PARAMS_FILE)).items()
                 if k.endswith("output.weight")}
 
     try:
         found = mx_call(load)
+    except ParamsFileError as err:
+        raise RunStoreError(f"cannot read the weights of run {run_dir.name}: {err.reason}") from err
     except Exception as err:  # a corrupt file is the user's to know about, not a crash
-        from hotdog.weights import first_line
-
-        raise RunStoreError(f"cannot read the weights of run {run_dir.name}: {first_line(err)}") from err
+        raise RunStoreError(f"cannot read the weights of run {run_dir.name}: the file is corrupted or "
+                            f"truncated ({first_line(err, hide=run_dir / PARAMS_FILE)})") from err
     if len(found) != 1:
         raise RunStoreError(f"run {run_dir.name}: no single output layer in {PARAMS_FILE}")
     w = next(iter(found.values()))

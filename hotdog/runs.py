@@ -6,8 +6,8 @@ Layout of a run folder::
     status.json      {"state", "message", "pid", "host", "pid_start", "heartbeat", "updated", ...}
     metrics.jsonl    one EpochMetrics JSON object per completed epoch, appended
     model.params     final weights (finished or stopped runs only)
-    classes.json     the run's class names, in output order
-    model.json       {"source", "input_size", "classes", "mode", ...}: what Predictor needs
+    model.json       {"source", "input_size", "classes", "preprocess", ...}: what Predictor
+                     needs, and the one record of the run's classes (in output order)
 
 Every JSON file is written atomically (temp file in the same folder, fsync, rename), so a
 crash or ``kill -9`` leaves either the old or the new version, never half a file. A run is
@@ -17,12 +17,25 @@ on disk, so a read-only or full disk never leaves a half-made run behind.
 A run whose owner process is gone (or whose heartbeat is too old, e.g. another host) is
 reported as ``failed`` with a "stale" message; the files themselves are not rewritten by
 readers, so listing never races with a live writer.
+
+Every file is validated when read (:func:`check_status`, :func:`check_config`,
+:func:`check_metrics_row`, :func:`check_model`): the store hands out only values of the
+types and ranges it wrote. A run with a damaged file (not JSON, wrong types, out-of-range
+numbers, model.json without its weights...) is listed with the reader-only state
+``damaged`` and one sentence naming the file and what is wrong; :meth:`RunStore.list`
+never raises and the other runs are untouched; :meth:`RunStore.load` raises a
+RunStoreError with that sentence. ``metrics.jsonl`` is the exception: a line that cannot
+be parsed or validated (a crash mid-append tears the last line; a live writer may be
+mid-append while we read) is skipped and counted, the good epochs are kept, and the count
+is reported in ``warning``: the run and its weights stay usable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import math
 import os
 import re
 import secrets
@@ -39,7 +52,17 @@ from hotdog.fileio import append_jsonl, atomic_path, atomic_write_json, fsync_di
 from hotdog.paths import runs_root
 
 STATES = ("running", "finished", "stopped", "diverged", "failed")
+# What a reader may see: a writer never writes "damaged", the store reports it for a run
+# whose files are not what it wrote (RunSummary.message says which file and why).
+DAMAGED = "damaged"
+READ_STATES = STATES + (DAMAGED,)
 PARAMS_FILE = "model.params"
+
+# The names the engine writes (hotdog.settings.SOURCES / MODES / BN_MODES; a test keeps them
+# equal): repeated here because the store must not import the engine.
+SOURCE_NAMES = ("efficientnet_lite0", "resnet18_v2")
+MODE_NAMES = ("finetune", "scratch")
+BN_MODE_NAMES = ("keep", "update")
 
 # A live run rewrites its heartbeat at least this often (see HEARTBEAT_EVERY); a reader
 # that finds it much older assumes the owner died even when it cannot check the pid
@@ -126,10 +149,234 @@ def effective_status(status: dict, now: float | None = None, run_id: str | None 
     return status
 
 
+# ---------------------------------------------------------------------------- validation
+
+# Times in status.json: after 2000-01-01 and at most a day ahead of this machine's clock.
+EARLIEST_TIME = 946_684_800.0
+FUTURE_SLACK = 86_400.0
+
+
+class DamagedFile(ValueError):
+    """One run file is not what the store wrote; ``str()`` is one sentence naming the file."""
+
+    def __init__(self, file: str, problem: str):
+        self.file, self.problem = file, problem
+        super().__init__(f"{file} {problem}")
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A short, safe rendering of a bad value (never a wall of garbage in a message)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            text = ""
+        if text and len(text) <= limit:
+            return text
+        return f"a list of {len(value)} items" if isinstance(value, list) else "an object"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _is_number(v: Any, lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    if isinstance(v, float) and not math.isfinite(v):
+        return False
+    return (lo < v if lo_open else lo <= v) and v <= hi  # exact for ints of any size
+
+
+def _is_int(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _object(file: str, raw: Any) -> dict:
+    if not isinstance(raw, dict):
+        raise DamagedFile(file, f"holds {_json_kind(raw)}, not a JSON object")
+    return raw
+
+
+def _field(file: str, d: dict, key: str, ok, want: str, required: bool = False) -> None:
+    if key not in d:
+        if required:
+            raise DamagedFile(file, f"has no '{key}'")
+        return
+    if not ok(d[key]):
+        raise DamagedFile(file, f"has '{key}' {_show(d[key])}, not {want}")
+
+
+def _is_time(v: Any, now: float) -> bool:
+    return _is_number(v, EARLIEST_TIME, now + FUTURE_SLACK)
+
+
+def check_status(raw: Any, now: float | None = None) -> dict:
+    """status.json as written by :meth:`RunStore.write_status`; DamagedFile otherwise."""
+    f = "status.json"
+    now = time.time() if now is None else now
+    d = _object(f, raw)
+    _field(f, d, "state", lambda v: isinstance(v, str) and v in STATES, f"one of {', '.join(STATES)}", required=True)
+    _field(f, d, "message", lambda v: isinstance(v, str), "a string")
+    for key in ("created", "heartbeat", "updated"):
+        _field(f, d, key, lambda v: _is_time(v, now), "a time between the year 2000 and now")
+    _field(f, d, "pid", lambda v: _is_int(v, 1, 2**31), "a process id")
+    _field(f, d, "host", lambda v: v is None or isinstance(v, str), "a host name")
+    _field(f, d, "pid_start", lambda v: v is None or isinstance(v, str), "a process start time")
+    _field(f, d, "seconds", lambda v: v is None or _is_number(v, 0.0), "a duration in seconds")
+    return d
+
+
+def check_config(raw: Any) -> dict:
+    """The config.json fields the store shows (the engine validates the rest when it uses them)."""
+    f = "config.json"
+    d = _object(f, raw)
+    _field(f, d, "mode", lambda v: v in MODE_NAMES, f"one of {', '.join(MODE_NAMES)}")
+    _field(f, d, "source", lambda v: v in SOURCE_NAMES, f"one of {', '.join(SOURCE_NAMES)}")
+    _field(f, d, "data_root", lambda v: isinstance(v, str), "a folder path")
+    _field(f, d, "epochs", lambda v: _is_int(v, 1, 100_000), "a whole number of epochs >= 1")
+    _field(f, d, "lr", lambda v: _is_number(v, 0.0, 1e6, lo_open=True), "a learning rate > 0")
+    _field(f, d, "lr_mult", lambda v: _is_number(v, 0.0, 1e6, lo_open=True), "a multiplier > 0")
+    _field(f, d, "freeze", lambda v: isinstance(v, bool), "true or false")
+    _field(f, d, "bn_mode", lambda v: v in BN_MODE_NAMES, f"one of {', '.join(BN_MODE_NAMES)}")
+    _field(f, d, "input_size", lambda v: v is None or _is_int(v, 32, 1024), "a size in pixels (32 to 1024)")
+    return d
+
+
+def check_metrics_row(raw: Any) -> dict:
+    """One line of metrics.jsonl (an EpochMetrics; NaN was written as null)."""
+    f = "metrics.jsonl"
+    d = _object(f, raw)
+    _field(f, d, "epoch", lambda v: _is_int(v, 1, 100_000), "an epoch number >= 1", required=True)
+    _field(f, d, "train_loss", lambda v: v is None or _is_number(v, 0.0), "a loss >= 0")
+    for key in ("train_acc", "test_acc"):
+        _field(f, d, key, lambda v: v is None or _is_number(v, 0.0, 1.0), "an accuracy between 0 and 1")
+    _field(f, d, "seconds", lambda v: v is None or _is_number(v, 0.0), "a duration in seconds")
+    return d
+
+
+def _is_triple(v: Any, positive: bool = False) -> bool:
+    return (isinstance(v, list) and len(v) == 3
+            and all(_is_number(x, 0.0, lo_open=True) if positive else _is_number(x) for x in v))
+
+
+def check_model(raw: Any, run_dir: Path | None = None) -> dict:
+    """model.json as written by :meth:`RunStore.save_model` (with its weights file beside it
+    when ``run_dir`` is given); DamagedFile otherwise."""
+    f = "model.json"
+    d = _object(f, raw)
+    _field(f, d, "source", lambda v: v in SOURCE_NAMES, f"a known source model ({', '.join(SOURCE_NAMES)})",
+           required=True)
+    classes = d.get("classes")
+    if "classes" not in d:
+        raise DamagedFile(f, "has no 'classes'")
+    if not isinstance(classes, list) or not classes:
+        raise DamagedFile(f, f"has 'classes' {_show(classes)}, not a non-empty list of class names")
+    for c in classes:
+        if not isinstance(c, str) or not c:
+            raise DamagedFile(f, f"has a class name {_show(c)}, not a non-empty string")
+    seen: set[str] = set()
+    for c in classes:
+        if c in seen:
+            raise DamagedFile(f, f"names the class {_show(c)} twice (each output row needs its own class)")
+        seen.add(c)
+    _field(f, d, "input_size", lambda v: _is_int(v, 32, 1024), "a size in pixels (32 to 1024)", required=True)
+    _field(f, d, "mode", lambda v: v in MODE_NAMES, f"one of {', '.join(MODE_NAMES)}")
+    _field(f, d, "params", lambda v: v == PARAMS_FILE, repr(PARAMS_FILE))
+    _field(f, d, "preprocess", lambda v: isinstance(v, dict), "an object", required=True)
+    pre = d["preprocess"]
+    size = d["input_size"]
+    for key, ok, want in (
+        ("input_size", lambda v: v == size, f"the model's input_size {size}"),
+        ("resize", lambda v: _is_int(v, size, 4096), f"a size in pixels ({size} to 4096)"),
+        ("mean", _is_triple, "3 finite numbers"),
+        ("std", lambda v: _is_triple(v, positive=True), "3 numbers > 0"),
+    ):
+        if key not in pre:
+            raise DamagedFile(f, f"has no 'preprocess.{key}'")
+        if not ok(pre[key]):
+            raise DamagedFile(f, f"has 'preprocess.{key}' {_show(pre[key])}, not {want}")
+    if run_dir is not None:
+        params = run_dir / PARAMS_FILE
+        try:
+            size_on_disk = params.stat().st_size
+        except OSError:
+            raise DamagedFile(f, f"is there but its weights file {PARAMS_FILE} is missing") from None
+        if not params.is_file():
+            raise DamagedFile(PARAMS_FILE, "is not a file")
+        if size_on_disk == 0:
+            raise DamagedFile(PARAMS_FILE, "is empty (the weights were never completely written)")
+    return d
+
+
+def _read_checked(path: Path, check, missing: str | None = None):
+    """``check(parsed file)``; DamagedFile when it cannot be read, parsed or validated.
+    ``missing``: the sentence for a file that does not exist (None: return None)."""
+    try:
+        raw = read_json(path)
+    except FileNotFoundError:
+        if missing is None:
+            return None
+        raise DamagedFile(path.name, missing) from None
+    except OSError as err:
+        raise DamagedFile(path.name, f"cannot be read ({err.strerror or type(err).__name__})") from None
+    except ValueError:
+        raise DamagedFile(path.name, "is not valid JSON (truncated or overwritten?)") from None
+    return check(raw)
+
+
+def read_status(run_dir: str | os.PathLike) -> dict:
+    """The validated status.json of a run folder (raw, not stale-checked); DamagedFile."""
+    return _read_checked(Path(run_dir) / "status.json", check_status, missing="is missing")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], int]:
+    """(valid epoch rows, number of lines skipped because they are torn or invalid)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        rows, bad = read_jsonl(path)
+    except OSError as err:
+        raise DamagedFile(path.name, f"cannot be read ({err.strerror or type(err).__name__})") from None
+    good = []
+    for row in rows:
+        try:
+            good.append(check_metrics_row(row))
+        except DamagedFile:
+            bad += 1
+    return good, bad
+
+
+def _metrics_warning(bad: int) -> str:
+    if not bad:
+        return ""
+    return f"metrics.jsonl: {bad} damaged line{'s' if bad != 1 else ''} skipped"
+
+
 # ---------------------------------------------------------------------------- records
 
 @dataclass
 class RunSummary:
+    """One line of the run list. ``status`` is one of READ_STATES; for ``damaged`` the
+    ``message`` is one sentence naming the damaged file and what is wrong with it, and the
+    other fields hold whatever the intact files still say. ``warning`` is set when some
+    metrics lines were skipped (the run itself is usable)."""
+
     run_id: str
     status: str
     mode: str | None
@@ -146,6 +393,7 @@ class RunSummary:
     data: str | None = None  # the data set's folder name
     data_root: str | None = None
     run_dir: str = ""
+    warning: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,6 +408,7 @@ class RunRecord:
     status: dict
     model: dict | None = None
     created: float | None = None
+    warning: str = ""  # e.g. "metrics.jsonl: 2 damaged lines skipped"
 
     @property
     def state(self) -> str:
@@ -245,10 +494,7 @@ class RunStore:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         path = self.run_dir(run_id) / "status.json"
-        try:
-            old = read_json(path)
-        except (OSError, ValueError):
-            old = {}
+        old = _old_status(path)
         now = time.time()
         status = {**old, **extra, "state": state, "message": message, "heartbeat": now,
                   "updated": now, **owner_fields()}
@@ -259,11 +505,9 @@ class RunStore:
 
     def heartbeat(self, run_id: str, message: str | None = None) -> None:
         path = self.run_dir(run_id) / "status.json"
-        try:
-            status = read_json(path)
-        except (OSError, ValueError):
-            status = {"state": "running"}
         now = time.time()
+        # Called by the run's owner: a status it cannot read is rebuilt as its own running one.
+        status = _old_status(path) or {"state": "running", "created": now, **owner_fields()}
         status["heartbeat"] = now
         status["updated"] = now
         if message is not None:
@@ -297,17 +541,20 @@ class RunStore:
         d = self.run_dir(run_id)
         if not d.is_dir():
             raise RunStoreError(f"no run {run_id!r} in {self.root}")
+        if not (d / "config.json").exists():  # listed as damaged: say the same here
+            raise RunStoreError(f"run {run_id} is damaged: config.json is missing (not a training run?)")
         return load_run_dir(d)
 
     def list(self) -> list[RunSummary]:
-        """Every run, newest first; an unreadable run is listed as failed, never raises."""
-        if not self.root.is_dir():
-            return []
-        out = []
-        for d in self.root.iterdir():
-            if d.name.startswith(".") or not d.is_dir():
-                continue
-            out.append(_summarize(d))
+        """Every run, newest first; a run with a damaged file is listed as ``damaged`` with
+        one sentence why. Never raises for a run's content (only an unreadable runs folder)."""
+        try:
+            if not self.root.is_dir():
+                return []
+            entries = [d for d in self.root.iterdir() if not d.name.startswith(".") and d.is_dir()]
+        except OSError as err:
+            raise RunStoreError(f"cannot list the runs in {self.root}: {err.strerror or err}") from err
+        out = [_summarize(d) for d in entries]
         out.sort(key=lambda s: (s.created or 0.0, s.run_id), reverse=True)
         return out
 
@@ -316,9 +563,9 @@ class RunStore:
         if not d.is_dir():
             raise RunStoreError(f"no run {run_id!r} in {self.root}")
         try:
-            status = effective_status(read_json(d / "status.json"), run_id=run_id)
-        except (OSError, ValueError):
-            status = {"state": "failed"}
+            status = effective_status(read_status(d), run_id=run_id)
+        except DamagedFile:
+            status = {"state": DAMAGED}  # a damaged run can always be deleted
         if status.get("state") == "running":
             raise RunStoreError(f"run {run_id} is still running; stop it before deleting it")
         # Rename first so a half-deleted run never shows up as a broken run in the list.
@@ -330,44 +577,83 @@ class RunStore:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def load_run_dir(run_dir: str | os.PathLike) -> RunRecord:
-    d = Path(run_dir)
-    if not (d / "config.json").is_file():
-        raise RunStoreError(f"{d} is not a training run (no config.json)")
+def _old_status(path: Path) -> dict:
+    """The status a writer updates: the file's object, or {} when it is unreadable or not
+    an object (the writer's new fields then make it whole again)."""
     try:
-        config = read_json(d / "config.json")
-    except (OSError, ValueError) as err:
-        raise RunStoreError(f"run {d.name}: unreadable config.json ({err})") from err
-    try:
-        raw_status = read_json(d / "status.json")
-    except (OSError, ValueError) as err:
-        raw_status = {"state": "failed", "message": f"unreadable status.json ({err})"}
-    status = effective_status(raw_status, run_id=d.name)
-    model = None
-    if (d / "model.json").is_file():
+        old = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+@dataclass
+class _RunFiles:
+    """What could be read of a run folder: each part validated, ``damaged`` the first problem."""
+
+    config: dict | None = None
+    status: dict | None = None
+    metrics: list = dataclasses.field(default_factory=list)
+    bad_lines: int = 0
+    model: dict | None = None
+    damaged: str | None = None
+
+
+def _read_run_files(d: Path) -> _RunFiles:
+    out = _RunFiles()
+
+    def part(read):
         try:
-            model = read_json(d / "model.json")
-        except (OSError, ValueError):
-            model = None
+            return read()
+        except DamagedFile as err:
+            if out.damaged is None:
+                out.damaged = str(err)
+            return None
+
+    out.config = part(lambda: _read_checked(d / "config.json", check_config,
+                                            missing="is missing (not a training run?)"))
+    out.status = part(lambda: read_status(d))
+    metrics = part(lambda: read_metrics(d))
+    if metrics is not None:
+        out.metrics, out.bad_lines = metrics
+    out.model = part(lambda: _read_checked(d / "model.json", lambda raw: check_model(raw, d)))
+    return out
+
+
+def load_run_dir(run_dir: str | os.PathLike) -> RunRecord:
+    """The run's validated files; RunStoreError (one sentence, no server paths) when the
+    folder is not a run or a file is damaged."""
+    d = Path(run_dir)
+    if not (d / "config.json").exists():
+        raise RunStoreError(f"{d.name} is not a training run (no config.json)")
+    files = _read_run_files(d)
+    if files.damaged:
+        raise RunStoreError(f"run {d.name} is damaged: {files.damaged}")
+    status = effective_status(files.status, run_id=d.name)
     return RunRecord(
-        run_id=d.name, run_dir=d, config=config, metrics=read_jsonl(d / "metrics.jsonl")[0],
-        status=status, model=model, created=raw_status.get("created"),
+        run_id=d.name, run_dir=d, config=files.config, metrics=files.metrics, status=status,
+        model=files.model, created=files.status.get("created"), warning=_metrics_warning(files.bad_lines),
     )
 
 
 def _summarize(d: Path) -> RunSummary:
     try:
-        rec = load_run_dir(d)
-    except RunStoreError as err:
-        return RunSummary(run_id=d.name, status="failed", mode=None, source=None, test_acc=None,
-                          created=None, message=str(err), run_dir=str(d))
-    cfg = rec.config
-    last = rec.metrics[-1] if rec.metrics else {}
-    lr = cfg.get("lr")  # as recorded: configs are resolved before they are written
+        files = _read_run_files(d)
+    except Exception as err:  # noqa: BLE001 - the list must show every other run whatever happens here
+        files = _RunFiles(damaged=f"the run's files cannot be read ({type(err).__name__})")
+    cfg = files.config or {}
+    if files.damaged:
+        status, message = DAMAGED, files.damaged
+    else:
+        eff = effective_status(files.status, run_id=d.name)
+        status, message = eff["state"], eff.get("message", "")
+    last = files.metrics[-1] if files.metrics else {}
     return RunSummary(
-        run_id=rec.run_id, status=rec.state, mode=cfg.get("mode"), source=cfg.get("source"),
-        test_acc=last.get("test_acc"), created=rec.created, message=rec.status.get("message", ""),
-        epochs_done=len(rec.metrics), epochs=cfg.get("epochs"), freeze=cfg.get("freeze"), lr=lr,
+        run_id=d.name, status=status, mode=cfg.get("mode"), source=cfg.get("source"),
+        test_acc=last.get("test_acc"), created=(files.status or {}).get("created"), message=message,
+        epochs_done=len(files.metrics), epochs=cfg.get("epochs"), freeze=cfg.get("freeze"),
+        lr=cfg.get("lr"),  # as recorded: configs are resolved before they are written
         lr_mult=cfg.get("lr_mult"), bn_mode=cfg.get("bn_mode"), data_root=cfg.get("data_root"),
         data=Path(cfg["data_root"]).name if cfg.get("data_root") else None, run_dir=str(d),
+        warning=_metrics_warning(files.bad_lines),
     )

@@ -110,9 +110,10 @@ def test_evaluate_and_runs_json(finished_run, tiny_dataset, tmp_path, capsys):
 
 def test_bad_train_input_is_one_line_not_a_traceback(tmp_path, capsys):
     code, out, err = run_cli(capsys, "train", "--data", str(tmp_path / "missing"), "--runs-dir", str(tmp_path), "--json")
-    assert code == 1 and err.startswith("error:") and "Traceback" not in err and out == ""
+    assert code == 1 and err.startswith("error:") and "Traceback" not in err
+    assert json.loads(out) == {"error": err[len("error: "):].rstrip("\n")}  # --json: one document, even for errors
     code, out, err = run_cli(capsys, "train", "--data", str(tmp_path), "--devices", "tpu(9)", "--json")
-    assert code == 1 and "bad device" in err
+    assert code == 1 and "bad device" in err and "bad device" in json.loads(out)["error"]
 
 
 def test_kill_9_mid_training_shows_failed_stale(finished_run, tiny_dataset, tmp_path, capsys):

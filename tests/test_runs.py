@@ -89,8 +89,11 @@ def test_corrupt_run_listed_not_raised(tmp_path):
     bad, d = store.create({"mode": "finetune"})
     (d / "status.json").write_text("{not json")
     (tmp_path / "junk-folder").mkdir()
-    states = {s.run_id: s.status for s in store.list()}
-    assert states[bad] == "failed" and states["junk-folder"] == "failed" and states[good] == "running"
+    by_id = {s.run_id: s for s in store.list()}
+    assert by_id[bad].status == "damaged" and by_id["junk-folder"].status == "damaged"
+    assert by_id[good].status == "running"
+    assert by_id[bad].message == "status.json is not valid JSON (truncated or overwritten?)"
+    assert by_id["junk-folder"].message == "config.json is missing (not a training run?)"
 
 
 def test_torn_jsonl_line_ignored(tmp_path):
@@ -152,3 +155,210 @@ def test_read_only_filesystem_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RunStoreError, match="Read-only file system"):
         RunStore(tmp_path).create({"mode": "finetune"})
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ damaged files (Trust issue, item 5/6)
+
+NOW = time.time()
+CLASSES = ["hotdog", "not-hotdog"]
+
+
+def model_info(classes=CLASSES, input_size=32) -> dict:
+    """model.json as the training loop writes it (hotdog.train._Fit.model_info)."""
+    from hotdog.data import Preprocess
+
+    return {"source": "efficientnet_lite0", "mode": "finetune", "classes": list(classes), "input_size": input_size,
+            "preprocess": Preprocess().scaled(input_size).to_dict(), "bn_mode": "keep", "freeze": False,
+            "params": "model.params"}
+
+
+def fake_run(root, run_id: str, params: bytes = b"weights (not read by the store)", epochs: int = 2,
+             classes=CLASSES, created: float = NOW - 100):
+    """A finished run written file by file (no training, no MXNet)."""
+    import socket
+
+    from hotdog.settings import TrainConfig
+
+    d = root / run_id
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(TrainConfig("/data/hotdog", input_size=32, epochs=epochs).to_dict()))
+    (d / "status.json").write_text(json.dumps({
+        "state": "finished", "message": f"finished {epochs} epochs", "created": created, "heartbeat": created + 50,
+        "updated": created + 50, "pid": os.getpid(), "host": socket.gethostname(), "pid_start": None, "seconds": 50.0}))
+    (d / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train_loss": 0.5 / e, "train_acc": 0.7, "test_acc": round(0.8 + e / 100, 4), "seconds": 1.5})
+        + "\n" for e in range(1, epochs + 1)))
+    (d / "model.json").write_text(json.dumps(model_info(classes)))
+    (d / "model.params").write_bytes(params)
+    return d
+
+
+def patch(**fields):
+    """A mutation setting JSON fields ('a.b' reaches into an object)."""
+    def mutate(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        for key, value in fields.items():
+            *path, last = key.split(".")
+            target = doc
+            for p in path:
+                target = target[p]
+            target[last] = value
+        return json.dumps(doc).encode()
+    return mutate
+
+
+def drop(key):
+    def mutate(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        del doc[key]
+        return json.dumps(doc).encode()
+    return mutate
+
+
+def const(data: bytes):
+    return lambda raw: data
+
+
+GARBAGE = bytes(range(256)) * 8  # like `head -c 2000 /dev/urandom`, but the same every run
+
+# (file, mutation (None deletes the file), what the one sentence must say)
+DAMAGE = {
+    "status-list": ("status.json", const(b"[]"), "status.json holds a list, not a JSON object"),
+    "status-string": ("status.json", const(b'"x"'), "status.json holds a string, not a JSON object"),
+    "status-null": ("status.json", const(b"null"), "status.json holds null, not a JSON object"),
+    "status-created-word": ("status.json", patch(created="yesterday"),
+                            "status.json has 'created' 'yesterday', not a time between the year 2000 and now"),
+    "status-created-1e300": ("status.json", patch(created=1e300), "status.json has 'created' 1e+300"),
+    "status-state-list": ("status.json", patch(state=["finished"]), "status.json has 'state' [\"finished\"], not one of"),
+    "status-state-unknown": ("status.json", patch(state="damaged"), "status.json has 'state' 'damaged'"),
+    "status-message-number": ("status.json", patch(message=3), "status.json has 'message' 3, not a string"),
+    "status-garbage-appended": ("status.json", lambda raw: raw + GARBAGE, "status.json is not valid JSON"),
+    "status-truncated": ("status.json", lambda raw: raw[: len(raw) // 2], "status.json is not valid JSON"),
+    "status-missing": ("status.json", None, "status.json is missing"),
+    "config-list": ("config.json", const(b"[]"), "config.json holds a list, not a JSON object"),
+    "config-lr-word": ("config.json", patch(lr="fast"), "config.json has 'lr' 'fast', not a learning rate"),
+    "config-source-unknown": ("config.json", patch(source="vgg"), "config.json has 'source' 'vgg'"),
+    "config-epochs-float": ("config.json", patch(epochs=2.5), "config.json has 'epochs' 2.5"),
+    "config-garbage": ("config.json", const(GARBAGE), "config.json is not valid JSON"),
+    "model-list": ("model.json", const(b"[]"), "model.json holds a list, not a JSON object"),
+    "model-input-size-0": ("model.json", patch(input_size=0), "model.json has 'input_size' 0, not a size"),
+    "model-mean-word": ("model.json", patch(**{"preprocess.mean": "abc"}), "model.json has 'preprocess.mean' 'abc'"),
+    "model-std-zero": ("model.json", patch(**{"preprocess.std": [0.2, 0.0, 0.2]}), "model.json has 'preprocess.std' [0.2, 0.0, 0.2], not 3 numbers > 0"),
+    "model-no-source": ("model.json", drop("source"), "model.json has no 'source'"),
+    "model-duplicate-classes": ("model.json", patch(classes=["hotdog", "hotdog"]), "model.json names the class 'hotdog' twice"),
+    "model-no-classes": ("model.json", patch(classes=[]), "model.json has 'classes' [], not a non-empty list of class names"),
+    "model-class-number": ("model.json", patch(classes=["hotdog", 7]), "model.json has a class name 7"),
+    "model-truncated": ("model.json", lambda raw: raw[:10], "model.json is not valid JSON"),
+    "params-missing": ("model.params", None, "model.json is there but its weights file model.params is missing"),
+    "params-empty": ("model.params", const(b""), "model.params is empty"),
+}
+
+# Lines of metrics.jsonl that are skipped and counted (the run stays usable): (mutation, skipped lines)
+BAD_METRICS = {
+    "line-list": (lambda raw: raw + b"[1,2]\n", 1),
+    "test-acc-word": (lambda raw: raw + b'{"epoch": 3, "test_acc": "high"}\n', 1),
+    "test-acc-nan": (lambda raw: raw + b'{"epoch": 3, "test_acc": NaN}\n', 1),
+    "test-acc-above-1": (lambda raw: raw + b'{"epoch": 3, "test_acc": 7}\n', 1),
+    "epoch-zero": (lambda raw: raw + b'{"epoch": 0}\n', 1),
+    "garbage-appended": (lambda raw: raw + GARBAGE, None),  # None: every non-empty line after the 2 good ones
+}
+
+
+def damage(d, file, mutate) -> None:
+    path = d / file
+    if mutate is None:
+        path.unlink()
+    else:
+        path.write_bytes(mutate(path.read_bytes()))
+
+
+def test_fake_run_is_a_valid_finished_run(tmp_path):
+    fake_run(tmp_path, "r1")
+    [s] = RunStore(tmp_path).list()
+    assert (s.status, s.message, s.warning, s.epochs_done, s.test_acc) == ("finished", "finished 2 epochs", "", 2, 0.82)
+    rec = RunStore(tmp_path).load("r1")
+    assert rec.model["classes"] == CLASSES and rec.created == NOW - 100
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_file_lists_run_as_damaged_with_one_sentence(tmp_path, case):
+    file, mutate, sentence = DAMAGE[case]
+    store = RunStore(tmp_path)
+    good_before = fake_run(tmp_path, "good")
+    snapshot = {p.name: p.read_bytes() for p in good_before.iterdir()}
+    damage(fake_run(tmp_path, "bad", created=NOW - 50), file, mutate)
+
+    by_id = {s.run_id: s for s in store.list()}
+    assert set(by_id) == {"good", "bad"}
+    assert by_id["good"].status == "finished" and by_id["good"].test_acc == 0.82  # untouched
+    bad = by_id["bad"]
+    assert bad.status == "damaged" and sentence in bad.message, bad.message
+    assert "\n" not in bad.message and "Traceback" not in bad.message and str(tmp_path) not in bad.message
+    with pytest.raises(RunStoreError) as err:
+        store.load("bad")
+    assert str(err.value) == f"run bad is damaged: {bad.message}"
+    assert store.load("good").state == "finished"
+    assert {p.name: p.read_bytes() for p in good_before.iterdir()} == snapshot  # readers never write
+    store.delete("bad")  # a damaged run can always be deleted
+    assert [s.run_id for s in store.list()] == ["good"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_METRICS))
+def test_bad_metrics_lines_are_skipped_and_counted(tmp_path, case):
+    mutate, skipped = BAD_METRICS[case]
+    d = fake_run(tmp_path, "r")
+    damage(d, "metrics.jsonl", mutate)
+    if skipped is None:
+        skipped = sum(1 for line in (d / "metrics.jsonl").read_bytes().splitlines() if line.strip()) - 2
+    [s] = RunStore(tmp_path).list()
+    assert s.status == "finished" and s.epochs_done == 2 and s.test_acc == 0.82
+    expected = f"metrics.jsonl: {skipped} damaged line{'s' if skipped > 1 else ''} skipped"
+    assert s.warning == expected
+    rec = RunStore(tmp_path).load("r")
+    assert [m["epoch"] for m in rec.metrics] == [1, 2] and rec.warning == expected
+
+
+def test_writers_repair_a_status_that_is_not_an_object(tmp_path):
+    store = RunStore(tmp_path)
+    for raw in ("[]", '"x"', "null", "{torn"):
+        run_id, d = store.create({"mode": "finetune"})
+        (d / "status.json").write_text(raw)
+        store.heartbeat(run_id, "epoch 1")
+        assert store.load(run_id).status["message"] == "epoch 1"
+        (d / "status.json").write_text(raw)
+        store.write_status(run_id, "finished", "done")
+        assert store.load(run_id).state == "finished"
+
+
+def test_unreadable_run_folder_does_not_hide_the_others(tmp_path):
+    fake_run(tmp_path, "good")
+    bad = fake_run(tmp_path, "bad")
+    (bad / "status.json").unlink()
+    (bad / "status.json").mkdir()  # EISDIR on open
+    by_id = {s.run_id: s for s in RunStore(tmp_path).list()}
+    assert by_id["good"].status == "finished"
+    assert by_id["bad"].status == "damaged" and by_id["bad"].message.startswith("status.json cannot be read")
+
+
+def test_deeply_nested_json_is_invalid_json_not_a_recursion_error(tmp_path):
+    from hotdog.fileio import read_json
+
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError):
+        read_json(p)
+    q = tmp_path / "deep.jsonl"
+    q.write_text('{"epoch": 1}\n' + "[" * 100_000 + "\n")
+    assert read_jsonl(q) == ([{"epoch": 1}], 1)
+
+
+def test_store_names_match_the_engine():
+    """runs.py may not import the engine, so it repeats these names; they must agree."""
+    from hotdog import runs, settings
+
+    assert runs.SOURCE_NAMES == settings.SOURCES
+    assert runs.MODE_NAMES == settings.MODES
+    assert runs.BN_MODE_NAMES == settings.BN_MODES
+    assert runs.READ_STATES == runs.STATES + ("damaged",) and "damaged" not in runs.STATES
+    with pytest.raises(ValueError):
+        RunStore(".").write_status("x", "damaged")  # a reader-only state

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import make_dataset, make_image
 from hotdog import data
-from hotdog.data import archive, images
+from hotdog.data import images
 from hotdog.errors import AccessError, DatasetError, HotdogError, RequestBudgetError, UnsafeArchiveError
 from hotdog.paths import data_root
 

@@ -1,18 +1,21 @@
 """Output conventions shared by every sub-command.
 
 ``--json`` prints exactly one JSON document on stdout; everything else (logs, progress
-bars) goes to stderr so scripts can pipe stdout straight into a JSON parser.
+bars) goes to stderr so scripts can pipe stdout straight into a JSON parser. The document is
+strict JSON (NaN and infinities become null); an error is ``{"error": "<sentence>"}``
+(printed by :func:`hotdog.cli.main`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
+from hotdog.fileio import to_json
+
 
 def emit_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write(to_json(obj, default=str, indent=2))
     sys.stdout.write("\n")
     sys.stdout.flush()
 

@@ -79,7 +79,8 @@ def register(sub) -> None:
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
 
-    r = sub.add_parser("runs", help="list training runs (a run whose process died shows as failed/stale)")
+    r = sub.add_parser("runs", help="list training runs (a run whose process died shows as failed/stale, "
+                                    "one with a damaged file as damaged, with the reason)")
     r.add_argument("--runs-dir", default=None)
     r.add_argument("--delete", metavar="RUN_ID", default=None, help="delete one run")
     add_json_flag(r)
@@ -222,7 +223,7 @@ def cmd_predict(args) -> int:
 # ------------------------------------------------------------------------------- runs
 
 _RUN_KEYS = ("run_id", "status", "mode", "source", "data", "lr", "lr_mult", "epochs", "epochs_done",
-             "test_acc", "created", "message")
+             "test_acc", "created", "message", "warning")
 
 
 def cmd_runs(args) -> int:
@@ -249,5 +250,6 @@ def cmd_runs(args) -> int:
         ep = f"{s.epochs_done}/{s.epochs}" if s.epochs else "-"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-"
         print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.data)[:14]:<14} {lr:>7} {ep:>6} {acc:>8}  {when}"
-              + (f"  ({s.message})" if s.status in ("failed", "diverged") and s.message else ""))
+              + (f"  ({s.message})" if s.status in ("failed", "diverged", "damaged") and s.message else "")
+              + (f"  [{s.warning}]" if s.warning else ""))
     return 0

@@ -26,7 +26,6 @@ from typing import Any, Iterator
 from hotdog.data.discovery import find_dataset_root, validate_dataset
 from hotdog.data.images import is_hidden, is_image_file, os_reason
 from hotdog.data.names import MAX_DATASET_NAME, check_dataset_name, display_name
-from hotdog.data.names import dataset_name_from_file  # noqa: F401 - it used to live here
 from hotdog.errors import DatasetError, UnsafeArchiveError
 from hotdog.fileio import file_lock, fsync_dir
 from hotdog.paths import data_root
