@@ -622,8 +622,8 @@ def test_default_sidebar_finetune_trains_exactly_what_the_cli_trains(app_home):
     assert not at.error, [e.value for e in at.error]
     run_id = job_manager().current().run_ids[0]
     started = json.loads((RunStore().run_dir(run_id) / "config.json").read_text())
-    cli = prepare(_config_from_args(build_parser().parse_args(["train", "--data", root]))).config
-    assert started == cli.to_dict()
+    cli = prepare(_config_from_args(build_parser().parse_args(["train", "--data", root])))
+    assert started == cli.record()  # every resolved knob and the data fingerprint
     # ... and so the same numbers: the whole default run (5 epochs at 224 px on 16 tiny photos)
     _wait_idle(at)
     app_epochs = [m["test_acc"] for m in RunStore().load(run_id).metrics]
