@@ -25,7 +25,7 @@ def app_home(hotdog_home, monkeypatch):
     return hotdog_home
 
 
-def new_app(timeout: float = 120) -> AppTest:
+def new_app(timeout: float = 300) -> AppTest:  # one script run; generous for a loaded machine
     at = AppTest.from_file(APP, default_timeout=timeout)
     at.run()
     return at
@@ -241,7 +241,7 @@ def test_weights_page_finds_hotdog_by_name(app_home):
     assert {m.label: m.value for m in at.metric}["Index"] == "713"
 
 
-def _wait_idle(at: AppTest, timeout: float = 240) -> None:
+def _wait_idle(at: AppTest, timeout: float = 600) -> None:
     """Wait for the training (and any queued run) to end, then let the page see it."""
     from hotdog.jobs import job_manager
 
@@ -259,6 +259,7 @@ def _tiny_knobs(at: AppTest) -> None:
     at.run()
 
 
+@pytest.mark.timeout(1800)  # above _wait_idle's deadlines: those report a hang first
 def test_train_tiny_finetune_reaches_finished_then_predict_and_weights(app_home, tmp_path):
     at = new_app()
     at.switch_page("pages/train.py").run()
@@ -315,6 +316,7 @@ def test_train_tiny_finetune_reaches_finished_then_predict_and_weights(app_home,
     assert [w for w in at.warning if "has changed since this run was trained" in w.value]
 
 
+@pytest.mark.timeout(1800)  # above _wait_idle's deadlines: those report a hang first
 def test_train_comparison_runs_both_and_stop_works(app_home):
     from hotdog.runs import RunStore
 
