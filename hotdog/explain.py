@@ -97,7 +97,7 @@ class Explanation:
     """One photo's Grad-CAM: the explained ``class_name`` and its ``probability``, the
     ``heatmap`` (H x W in 0..1, over ``image``, the photo as decoded for the model),
     ``overlay`` (heatmap blended over ``image``), ``peak`` (x, y) in the original photo's
-    pixels, or ``error``."""
+    pixels (None when the heatmap is all zero), or ``error``."""
 
     path: str | None
     name: str
@@ -305,10 +305,7 @@ class Explainer:
                     e.probabilities = {c: float(p) for c, p in zip(self.classes, probs[k])}
                 e.heatmap = heat
                 e.overlay = overlay(e.image, heat)
-                y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-                ow, oh = sizes[id(e)]
-                w, h = e.image.size
-                e.peak = (int(min(ow - 1, (x + 0.5) * ow / w)), int(min(oh - 1, (y + 0.5) * oh / h)))
+                e.peak = _peak(heat, sizes[id(e)])
         return exps
 
     def contributions(self, image, class_name: str | int = "hotdog", k: int = 15) -> dict:
@@ -371,6 +368,16 @@ def _photo_heat(cam: np.ndarray, photo_size: tuple[int, int], pre) -> np.ndarray
     heat = np.zeros((h, w), np.float32)
     heat[y0:y0 + ch, x0:x0 + cw] = _normalise(_resize_float(cam, (cw, ch)))
     return heat
+
+
+def _peak(heat: np.ndarray, original_size: tuple[int, int]) -> tuple[int, int] | None:
+    """(x, y) of the hottest pixel in the original photo's pixels; None when the heatmap is
+    all zero (no positive evidence for the class anywhere: Grad-CAM's ReLU removed it all)."""
+    if not heat.size or float(heat.max()) <= 0:
+        return None
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    (ow, oh), (h, w) = original_size, heat.shape
+    return int(min(ow - 1, (x + 0.5) * ow / w)), int(min(oh - 1, (y + 0.5) * oh / h))
 
 
 def _upright_size(src: bytes | str | os.PathLike) -> tuple[int, int] | None:
