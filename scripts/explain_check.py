@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--input-size", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs-dir", help="keep the trained run here (default: a temporary folder)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -55,8 +56,8 @@ def main(argv=None) -> int:
     from hotdog.predict import split_items
 
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as runs_dir:
-        run_dir = args.run or quick_run(args.data, args.input_size, args.epochs, runs_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = args.run or quick_run(args.data, args.input_size, args.epochs, args.runs_dir or tmp)
         explainer = Explainer.from_run(run_dir)
         label = explainer.class_index(args.class_name)
         items = split_items(Path(args.data) / "test", explainer.classes)
