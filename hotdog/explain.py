@@ -414,8 +414,9 @@ class DeletionReport:
     """Mean drop of the class probability when the heatmap's top ``fraction`` of input pixels
     are blanked vs. a random ``fraction`` of pixels; ``ratio`` = heatmap drop / random drop.
     Also: a random square of the same area (``*_block``: contiguous, as a heatmap's hot region
-    is, without the salt-and-pepper pattern of scattered pixels) and ``heatmap_wins``, the share
-    of photos whose heatmap drop beats their random-pixel drop."""
+    is, without the salt-and-pepper pattern of scattered pixels), ``mean_drop_coldest`` (the
+    ``fraction`` the heatmap ranks lowest) and ``heatmap_wins``, the share of photos whose
+    heatmap drop beats their random-pixel drop."""
 
     class_name: str
     fraction: float
@@ -426,6 +427,7 @@ class DeletionReport:
     ratio: float
     mean_drop_block: float = float("nan")
     ratio_block: float = float("nan")
+    mean_drop_coldest: float = float("nan")
     heatmap_wins: float = float("nan")
     per_photo: list[dict] = field(default_factory=list)
 
@@ -460,14 +462,14 @@ def deletion_check(explainer: Explainer, paths: Sequence[str | os.PathLike], cla
             s = heat.size
             k = int(round(fraction * s))
             order = np.lexsort((rng.random_sample(s), -heat.ravel()))  # by heat, ties at random
-            top = order[:k]
+            top, coldest = order[:k], order[::-1][:k]
             rand = rng.choice(s, size=k, replace=False)
             side = heat.shape[0]
             b = max(1, min(side, int(round(np.sqrt(fraction) * side))))
             y0, x0 = rng.randint(0, side - b + 1, size=2)
             block = (np.arange(y0, y0 + b)[:, None] * side + np.arange(x0, x0 + b)[None, :]).ravel()
             batch = []
-            for chosen in (top, rand, block):
+            for chosen in (top, rand, block, coldest):
                 mask = np.ones(s, np.float32)
                 mask[chosen] = 0.0
                 batch.append(x * mx.nd.array(mask.reshape(1, *heat.shape)))
@@ -476,7 +478,8 @@ def deletion_check(explainer: Explainer, paths: Sequence[str | os.PathLike], cla
             p_del = mx.nd.softmax(z, axis=1).asnumpy()[:, idx]
             p0 = float(probs[0, idx])
             rows.append({"path": str(p), "probability": p0, "heatmap_blanked": float(p_del[0]),
-                         "random_blanked": float(p_del[1]), "block_blanked": float(p_del[2])})
+                         "random_blanked": float(p_del[1]), "block_blanked": float(p_del[2]),
+                         "coldest_blanked": float(p_del[3])})
         return rows
 
     rows = mx_call(work)
@@ -493,5 +496,6 @@ def deletion_check(explainer: Explainer, paths: Sequence[str | os.PathLike], cla
                           mean_probability=float(np.mean([r["probability"] for r in rows])),
                           mean_drop_heatmap=d_heat, mean_drop_random=d_rand, ratio=ratio(d_heat, d_rand),
                           mean_drop_block=d_block, ratio_block=ratio(d_heat, d_block),
+                          mean_drop_coldest=float(np.mean([r["probability"] - r["coldest_blanked"] for r in rows])),
                           heatmap_wins=float(np.mean([r["heatmap_blanked"] < r["random_blanked"] for r in rows])),
                           per_photo=rows)

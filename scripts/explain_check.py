@@ -9,7 +9,7 @@ must make the first drop clearly larger.
     .venv/bin/python scripts/explain_check.py --run RUN_DIR [--json]
 
 Without --run it fine-tunes efficientnet_lite0 on --data (default ../shared/data/hotdog-mini)
-at --input-size 160 for --epochs 3 with the stable preset, into a temporary run store.
+at --input-size 224 for --epochs 3 with the stable preset, into a temporary run store.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hotdog-mini"))
     ap.add_argument("--class", dest="class_name", default="hotdog")
     ap.add_argument("--fraction", type=float, default=0.2)
-    ap.add_argument("--input-size", type=int, default=160)
+    ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs-dir", help="keep the trained run here (default: a temporary folder)")
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         print(f"blank a random {report.fraction:.0%}:        mean drop {report.mean_drop_random:.3f}")
         print(f"ratio {report.ratio:.2f}; the heatmap's drop is larger on {report.heatmap_wins:.0%} of the photos")
         print(f"(a random {report.fraction:.0%} square instead: mean drop {report.mean_drop_block:.3f}, "
-              f"ratio {report.ratio_block:.2f})")
+              f"ratio {report.ratio_block:.2f}; the heatmap's lowest {report.fraction:.0%}: "
+              f"mean drop {report.mean_drop_coldest:.3f})")
     return 0
 
 
