@@ -185,3 +185,19 @@ def test_readme_onnx_snippet_runs_as_printed_without_mxnet(tiny_run, tmp_path):
     want = predict_json(run_dir, [photo])[str(photo)]
     # Pillow's bilinear resize is not OpenCV's: close, not bit-identical (README says so).
     assert max(abs(got[c] - want[c]) for c in want) < 0.02
+
+
+def test_a_resnet18_v2_run_exports_and_explains(tmp_path):
+    """The chapter's architecture (trained from scratch here: no pretrained download needed)."""
+    from hotdog.explain import Explainer
+
+    root = make_dataset(tmp_path / "tiny", per_class={"train": 4, "test": 2}, size=(48, 40))
+    res = train(TrainConfig(str(root), source="resnet18_v2", mode="scratch", input_size=32, batch_size=8,
+                            epochs=1), runs_dir=tmp_path / "runs")
+    assert res.status == "finished"
+    result = export_run(res.run_dir, "onnx", tmp_path / "onnx")
+    assert result["max_abs_diff"] < 1e-5 and result["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+    photos = sorted((root / "test").rglob("*.png"))
+    assert_onnx_matches_predict(res.run_dir, tmp_path / "onnx2", photos)
+    exp = Explainer.from_run(res.run_dir).explain(photos[:1], class_name="hotdog")[0]
+    assert exp.ok and exp.heatmap.shape == exp.image.size[::-1] and exp.overlay.size == exp.image.size
