@@ -737,3 +737,89 @@ def _leave_legacy_pages_mode() -> None:
 
 
 _leave_legacy_pages_mode()
+
+
+# ------------------------------------------------------------------------------ explain & export
+
+def contributions_frame(contrib: dict) -> pd.DataFrame:
+    """Top feature dimensions of :meth:`hotdog.explain.Explainer.contributions` for a bar chart,
+    largest absolute contribution first; ``sign`` says which way each pushes the score."""
+    rows = [{"dimension": str(d["dimension"]), "contribution": float(d["contribution"]),
+             "weight": float(d["weight"]), "feature": float(d["feature"]),
+             "sign": "raises the score" if d["contribution"] >= 0 else "lowers the score"}
+            for d in contrib.get("dimensions") or []]
+    return pd.DataFrame(rows, columns=["dimension", "contribution", "weight", "feature", "sign"])
+
+
+@st.cache_resource(show_spinner="Preparing the heatmap network…", max_entries=4)
+def _run_explainer(run_dir: str, stamp: float):
+    from hotdog.explain import Explainer
+
+    return Explainer.from_run(run_dir)
+
+
+@st.cache_resource(show_spinner="Preparing the heatmap network…", max_entries=2)
+def imagenet_explainer(source: str):
+    """The pretrained ImageNet classifier of ``source`` as a plain network (Grad-CAM, contributions)."""
+    from hotdog.explain import Explainer
+
+    return Explainer.imagenet(source)
+
+
+@st.cache_resource(show_spinner="Preparing the heatmap network…", max_entries=2)
+def _zero_shot_explainer(source: str, root: str, stamp: float):
+    from hotdog.explain import Explainer
+
+    splits = _splits(root, stamp)
+    return Explainer.zero_shot(source, splits.classes, splits.train)
+
+
+def explainer(run_dir: str | None = None, source: str | None = None, zero_shot_root: str | None = None):
+    """The Grad-CAM network for a run, else the zero-shot head of a data set, else the ImageNet
+    classifier of ``source``; cached until the run's weights or the data set change."""
+    if run_dir:
+        return _run_explainer(str(run_dir), _params_stamp(run_dir))
+    if zero_shot_root:
+        return _zero_shot_explainer(source or current_source(), str(zero_shot_root), _stamp(zero_shot_root))
+    return imagenet_explainer(source or current_source())
+
+
+def heatmaps(explainer_, images: Sequence) -> list:
+    """Grad-CAM of each decoded photo for its predicted class: Explanation per image."""
+    with st.spinner("Computing heatmaps…"):
+        return explainer_.explain_images(list(images))
+
+
+@st.cache_data(show_spinner="Computing heatmaps…", max_entries=16)
+def _gallery_heatmaps(run_dir: str, stamp: float, items: tuple, size: int) -> list:
+    from PIL import ImageOps
+
+    ex = _run_explainer(run_dir, stamp)
+    out = []
+    for path, cls in items:
+        try:
+            e = ex.explain([path], class_name=cls)[0]
+        except HotdogError:
+            e = None
+        out.append(ImageOps.fit(e.overlay, (size, size)) if e is not None and e.ok else None)
+    return out
+
+
+def gallery_heatmaps(run_dir: str, misclassified: Sequence[dict], size: int = 256) -> list:
+    """For each misclassified photo, its heatmap for the class the run wrongly predicted (a
+    square overlay, None when it cannot be made); cached per run weights."""
+    items = tuple((str(m["path"]), str(m["predicted"])) for m in misclassified)
+    return _gallery_heatmaps(str(run_dir), _params_stamp(run_dir), items, size)
+
+
+@st.cache_data(show_spinner="Exporting…", max_entries=4)
+def _export_zip(run_dir: str, stamp: float, fmt: str) -> bytes:
+    from hotdog.export import export_zip as make_zip
+
+    return make_zip(run_dir, fmt)
+
+
+def export_zip(run_dir: str, fmt: str) -> bytes:
+    """A run exported as ``fmt`` ("onnx" | "mxnet"), zipped with its preprocess.json; cached
+    until the run's weights change."""
+    return _export_zip(str(run_dir), _params_stamp(run_dir), fmt)

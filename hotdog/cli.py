@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "hotdog.commands.models",
     "hotdog.commands.train",
     "hotdog.commands.bench",
+    "hotdog.commands.explain",
 )
 
 

@@ -46,6 +46,9 @@ uploads = st.file_uploader(
     help="Anything goes: files that are not images are reported one by one.",
 )
 use_camera = st.toggle("Use the camera", key="use_camera")
+show_heat = st.toggle("Show heatmaps", key="show_heatmaps",
+                      help="Grad-CAM: where in the photo the model found evidence for the class it "
+                           "predicted (brighter = more), from the gradients at its last feature map.")
 shot = st.camera_input("Take a photo", key="camera") if use_camera else None
 
 files: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in (uploads or [])]
@@ -56,18 +59,33 @@ ready = predictor is not None or kind == IMAGENET
 if files and ready:
     # A request over the photo budget (count, total pixels) is one sentence, nothing decoded.
     results = ui.or_error(ui.classify, files, source, predictor=predictor) or []
+    heat = {}
+    if show_heat and any(r.ok for r in results):
+        ex = ui.or_error(ui.explainer, run_dir=predictor.run_dir if kind == RUN and predictor else None,
+                         source=source, zero_shot_root=ui.current_dataset() if kind == ZERO_SHOT else None)
+        if ex is not None:
+            good = [r for r in results if r.ok]
+            heat = {id(r): e for r, e in zip(good, ui.or_error(ui.heatmaps, ex, [r.image for r in good]) or [])}
     for r in results:
         with st.container(border=True):
             st.text(r.name)
             if r.error:
                 st.error(ui.md_escape(r.error), icon=":material/broken_image:")
                 continue
-            if kind == IMAGENET:  # the bars already are the ImageNet top-5
-                c_img, c_prob = st.columns([1, 2.8])
-                c_top = None
-            else:
-                c_img, c_prob, c_top = st.columns([1, 1.4, 1.4])
+            e = heat.get(id(r))
+            # photo | heatmap (when shown) | class bars | ImageNet top-5 (not for ImageNet itself,
+            # whose bars already are its top-5)
+            widths = [1] + ([1] if e is not None else []) + ([2.8] if kind == IMAGENET else [1.4, 1.4])
+            cols = list(st.columns(widths))
+            c_img = cols.pop(0)
+            c_heat = cols.pop(0) if e is not None else None
+            c_prob, c_top = cols[0], (cols[1] if len(cols) > 1 else None)
             c_img.image(r.image, width="stretch")
+            if e is not None and e.ok:
+                c_heat.image(e.overlay, width="stretch")
+                c_heat.caption(ui.md_escape(f"heatmap: {e.class_name}"))
+            elif e is not None:
+                c_heat.caption(ui.md_escape(e.error))
             with c_prob:
                 if r.label is not None:
                     st.text(f"→ {r.label}")

@@ -272,11 +272,24 @@ def inspect_run(run) -> None:
         if params.is_file():
             st.download_button("Download model.params", params.read_bytes(), file_name=f"{run.run_id}.params",
                                mime="application/octet-stream", icon=":material/download:", key="dl_params")
+            fmt = st.radio("Export as", ["onnx", "mxnet"], horizontal=True, key="export_format",
+                           format_func={"onnx": "ONNX", "mxnet": "MXNet symbol + params"}.get,
+                           help="A zip with the model and preprocess.json (resize, crop, mean/std, "
+                                "classes): run it without Hotdog Lab, e.g. with onnxruntime.")
+            st.download_button(f"Download the {fmt.upper() if fmt == 'onnx' else 'MXNet'} export",
+                               # Exported on click (a second or two), cached until the weights change.
+                               lambda run_dir=run.run_dir, fmt=fmt: ui.export_zip(run_dir, fmt),
+                               file_name=f"{run.run_id}-{fmt}.zip", mime="application/zip",
+                               icon=":material/deployed_code:", key="dl_export", on_click="ignore")
     with right:
         wrong = list(ev.get("misclassified") or [])
         st.markdown(f"**Misclassified test photos** ({len(wrong)})")
         if not wrong:
             st.caption("None.")
+        show_heat = bool(wrong) and st.toggle(
+            "Show heatmaps", value=True, key="gallery_heatmaps",
+            help="Grad-CAM for the class the run wrongly predicted: where it saw that class.")
+        heat = (ui.or_error(ui.gallery_heatmaps, run.run_dir, wrong[:16]) or []) if show_heat else []
         cols = st.columns(4)
         for i, m in enumerate(wrong[:16]):
             with cols[i % 4]:
@@ -285,6 +298,9 @@ def inspect_run(run) -> None:
                     st.image(ui.thumbnail(m["path"], square=True), width="stretch")
                 except HotdogError:
                     pass
+                if i < len(heat) and heat[i] is not None:
+                    st.image(heat[i], width="stretch")
+                    st.caption(ui.md_escape(f"where it saw '{m['predicted']}'"))
                 st.text(ui.misclassified_caption(m))
         if len(wrong) > 16:
             st.caption(f"…and {len(wrong) - 16} more.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -72,6 +74,52 @@ if cw is not None:
         .properties(height=max(120, 30 * len(near))),
         width="stretch",
     )
+
+    st.subheader(f"What drives the '{imagenet.short_name(cw.index)}' score for a photo")
+    st.caption("The row's score for a photo is its bias plus, over every feature dimension, the row's "
+               "weight times the photo's pooled feature. The bars are the dimensions that add or take "
+               "away the most.")
+    c_up, c_pick = st.columns(2)
+    upload = c_up.file_uploader("A photo", key="weights_photo",
+                                type=["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"])
+    root = ui.current_dataset()
+    samples = []
+    if root:
+        splits = ui.or_error(ui.dataset_splits, root)
+        samples = [str(p) for p, _ in (splits.test or splits.train)[:100]] if splits else []
+    sample = c_pick.selectbox("…or a photo of the data set", [""] + samples, key="weights_sample",
+                              format_func=lambda p: Path(p).name if p else "—") if samples else ""
+    photo = None
+    if upload is not None:
+        from hotdog.data import decode_image
+
+        photo = ui.or_error(decode_image, upload.getvalue())
+    elif sample:
+        photo = ui.or_error(ui.thumbnail, sample, 512)
+    if photo is not None:
+        ex = ui.or_error(ui.imagenet_explainer, source)
+        contrib = ui.or_error(ex.contributions, photo, cw.index, 15) if ex is not None else None
+        if contrib is not None:
+            c_img, c_chart = st.columns([1, 3])
+            c_img.image(photo, width="stretch")
+            m = c_img.columns(2)
+            m[0].metric("Score", f"{contrib['score']:.2f}", help="the row's logit for this photo")
+            m[1].metric("Bias", f"{contrib['bias']:.2f}")
+            c_img.caption(f"all dimensions: +{contrib['positive']:.2f} / {contrib['negative']:.2f}")
+            df = ui.contributions_frame(contrib)
+            c_chart.altair_chart(
+                alt.Chart(df).mark_bar()
+                .encode(x=alt.X("contribution:Q", title="weight × feature"),
+                        y=alt.Y("dimension:N", sort=alt.EncodingSortField("contribution", op="sum", order="descending"),
+                                title="feature dimension"),
+                        color=alt.Color("sign:N", scale=alt.Scale(domain=["raises the score", "lowers the score"],
+                                                                  range=["#d9480f", "#1c7ed6"]), title=None),
+                        tooltip=["dimension", alt.Tooltip("weight:Q", format=".4f"),
+                                 alt.Tooltip("feature:Q", format=".4f"),
+                                 alt.Tooltip("contribution:Q", format=".4f")])
+                .properties(height=max(200, 22 * len(df))),
+                width="stretch",
+            )
 
     st.subheader("After fine-tuning")
     runs = [r for r in ui.finished_runs() if r.mode == "finetune" and r.source == source]

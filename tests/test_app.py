@@ -671,3 +671,99 @@ def test_a_bug_inside_an_auto_refreshing_fragment_is_one_message():
     assert [e.value for e in at.error if "unexpected error" in e.value]
     assert not [e.value for e in at.error if "secret" in e.value]
     assert "the page goes on" in [m.value for m in at.markdown]
+
+
+# ------------------------------------------------------------------ explain and export
+
+def _tiny_finished_run(home: Path, epochs: int = 1) -> Path:
+    from hotdog.settings import TrainConfig
+    from hotdog.train import train
+
+    res = train(TrainConfig(str(home / "data" / "tiny"), input_size=32, batch_size=8, epochs=epochs))
+    assert res.status == "finished"
+    return Path(res.run_dir)
+
+
+def _heat_captions(at: AppTest) -> list[str]:
+    shown = [c.value.replace("\\", "") for c in at.caption]  # captions are markdown-escaped
+    return [c for c in shown if c.startswith("heatmap: ")]
+
+
+def test_predict_heatmap_toggle_shows_a_heatmap_beside_each_good_photo(app_home, tmp_path):
+    good = make_image(tmp_path / "dog.png", (200, 60, 40), size=(64, 48)).read_bytes()
+    at = new_app()
+    at.switch_page("pages/predict.py").run()
+    at.radio(key="predict_kind").set_value("Pretrained ImageNet classifier").run()
+    at.file_uploader(key="photos").set_value([("a.png", good, "image/png"), ("b.jpg", b"nope", "image/jpeg"),
+                                              ("c.png", png_bytes(), "image/png")]).run()
+    assert_clean(at)
+    photos = len(at.get("image"))
+    assert not _heat_captions(at) and at.toggle(key="show_heatmaps").value is False
+    at.toggle(key="show_heatmaps").set_value(True).run()
+    assert_clean(at)
+    assert len(_heat_captions(at)) == 2 and len(at.get("image")) == photos + 2  # one beside each good photo
+    assert len(at.error) == 1  # the bad file keeps its own error
+    at.radio(key="predict_kind").set_value("Zero-shot ImageNet 'hotdog' head").run()
+    assert_clean(at)
+    assert sorted(_heat_captions(at)) in (sorted(f"heatmap: {c}" for c in pair) for pair in
+                                          (("hotdog", "hotdog"), ("hotdog", "not-hotdog"), ("not-hotdog", "not-hotdog")))
+    _tiny_finished_run(app_home)
+    at.radio(key="predict_kind").set_value("A finished training run").run()
+    assert_clean(at)
+    assert len(_heat_captions(at)) == 2
+    at.toggle(key="show_heatmaps").set_value(False).run()
+    assert not _heat_captions(at) and len(at.get("image")) == photos
+
+
+def test_train_page_exports_a_run_as_a_zip_download_and_shows_gallery_heatmaps(app_home, monkeypatch):
+    import json
+    import zipfile
+
+    import streamlit as st
+
+    from hotdog.predict import evaluate
+
+    served = {}
+    real = st.download_button
+
+    def spy(label, data, *a, **k):  # keep what a click would fetch
+        served[label] = data
+        return real(label, data, *a, **k)
+
+    monkeypatch.setattr(st, "download_button", spy)
+    run_dir = _tiny_finished_run(app_home)
+    # a blue photo filed under hotdog: misclassified, so the gallery has something to explain
+    make_image(app_home / "data" / "tiny" / "test" / "hotdog" / "zz-blue.png", (40, 90, 200), seed=99)
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    assert_clean(at)
+    assert "Download the ONNX export" in {b.proto.label for b in at.get("download_button")}
+    at.radio(key="export_format").set_value("mxnet").run()
+    proto = {b.proto.label: b.proto for b in at.get("download_button")}["Download the MXNet export"]
+    assert proto.deferred_file_id  # exported only when clicked
+    data = served["Download the MXNet export"]()
+    z = zipfile.ZipFile(io.BytesIO(data))
+    assert sorted(z.namelist()) == ["model-0000.params", "model-symbol.json", "preprocess.json"]
+    assert json.loads(z.read("preprocess.json"))["classes"] == ["hotdog", "not-hotdog"]
+    onnx_zip = zipfile.ZipFile(io.BytesIO(served["Download the ONNX export"]()))
+    assert sorted(onnx_zip.namelist()) == ["model.onnx", "preprocess.json"]
+    # the gallery: a heatmap per misclassified photo, for the class the run wrongly chose
+    wrong = evaluate(run_dir, app_home / "data" / "tiny" / "test").misclassified
+    captions = [c.value.replace("\\", "") for c in at.caption]
+    assert wrong and len([c for c in captions if c.startswith("where it saw")]) == min(len(wrong), 16)
+    if wrong:
+        at.toggle(key="gallery_heatmaps").set_value(False).run()
+        assert not [c for c in at.caption if c.value.replace("\\", "").startswith("where it saw")]
+
+
+def test_weights_page_shows_what_drives_the_hotdog_score_for_a_photo(app_home):
+    at = new_app()
+    at.switch_page("pages/weights.py").run()
+    charts = len(at.get("vega_lite_chart"))
+    samples = at.selectbox(key="weights_sample").options
+    assert len(samples) > 1
+    at.selectbox(key="weights_sample").set_value(at.selectbox(key="weights_sample").options[1]).run()
+    assert_clean(at)
+    assert len(at.get("vega_lite_chart")) == charts + 1
+    metrics = {m.label: m.value for m in at.metric}
+    assert "Score" in metrics and "Bias" in metrics
