@@ -32,6 +32,7 @@ from PIL import Image
 
 from hotdog.errors import HotdogError, ModelError, RunStoreError
 from hotdog.mxthread import mx_call
+from hotdog.predict import first_per_class, run_model_info, source_names
 
 POOL_TYPES = ("GlobalAvgPool2D", "GlobalMaxPool2D")
 
@@ -44,7 +45,6 @@ def load_run_net(run_dir: str | os.PathLike, ctx=None):
     import mxnet as mx
 
     from hotdog import models
-    from hotdog.predict import run_model_info
     from hotdog.runs import PARAMS_FILE
     from hotdog.weights import load_params_file
 
@@ -173,11 +173,9 @@ class Explainer:
         from hotdog import models
 
         def build():
-            from hotdog.predict import _first_per_class
-
             return models.build_finetune(source, len(classes), init_output_from_imagenet=True,
                                          class_names=list(classes),
-                                         init_items=_first_per_class(train_items or [], per_class) or None)
+                                         init_items=first_per_class(train_items or [], per_class) or None)
 
         return cls(mx_call(build), classes, models.get_spec(source).preprocess, source, "zero_shot")
 
@@ -267,10 +265,8 @@ class Explainer:
 
         exps, loaded = [], []
         for i, src in enumerate(sources):
-            is_bytes = isinstance(src, (bytes, bytearray, memoryview))
-            path = None if is_bytes else str(src)
-            name = (names[i] if names is not None and i < len(names) else None) or (
-                f"image {i + 1}" if is_bytes else Path(str(src)).name)
+            path, name = source_names(sources, names, i)
+            is_bytes = path is None
             e = Explanation(path=path, name=name)
             exps.append(e)
             try:

@@ -158,7 +158,7 @@ class Predictor:
         def build():
             net = models.build_finetune(source, len(classes), init_output_from_imagenet=True,
                                         class_names=list(classes),
-                                        init_items=_first_per_class(train_items or [], per_class) or None)
+                                        init_items=first_per_class(train_items or [], per_class) or None)
             net.hybridize()
             return net
 
@@ -196,10 +196,8 @@ class Predictor:
         results: list[Prediction] = []
         tensors, slots = [], []
         for i, src in enumerate(sources):
-            is_bytes = isinstance(src, (bytes, bytearray, memoryview))
-            path = None if is_bytes else str(src)
-            name = (names[i] if names is not None and i < len(names) else None) or (
-                f"image {i + 1}" if is_bytes else Path(str(src)).name)
+            path, name = source_names(sources, names, i)
+            is_bytes = path is None
             pred = Prediction(path=path, name=name)
             try:
                 tensors.append(self._load(bytes(src) if is_bytes else src))
@@ -215,7 +213,16 @@ class Predictor:
         return results
 
 
-def _first_per_class(items: Sequence[tuple[Any, int]], per_class: int) -> list[tuple[Any, int]]:
+def source_names(sources: Sequence, names: Sequence[str] | None, i: int) -> tuple[str | None, str]:
+    """(path, display name) of ``sources[i]``: a path names itself, bytes are "image N"
+    unless ``names`` says otherwise. Bytes have no path (None)."""
+    src = sources[i]
+    is_bytes = isinstance(src, (bytes, bytearray, memoryview))
+    given = names[i] if names is not None and i < len(names) else None
+    return (None if is_bytes else str(src)), given or (f"image {i + 1}" if is_bytes else Path(str(src)).name)
+
+
+def first_per_class(items: Sequence[tuple[Any, int]], per_class: int) -> list[tuple[Any, int]]:
     """The first ``per_class`` items of each label (enough to fit a zero-shot bias quickly)."""
     seen: dict[int, int] = {}
     out = []

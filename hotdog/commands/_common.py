@@ -29,3 +29,10 @@ def progress_bar(total: int | None, desc: str, unit: str = "it", **kwargs):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, **kwargs)
+
+
+def print_per_photo(docs, describe) -> None:
+    """One line (or block) per photo: ``path: error: ...`` for a failed one, ``describe(doc)``
+    for the others (the per-photo commands share this layout)."""
+    for d in docs:
+        print(f"{d['path']}: error: {d['error']}" if "error" in d else describe(d))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hotdog.commands._common import add_json_flag, emit_json
+from hotdog.commands._common import add_json_flag, emit_json, print_per_photo
 from hotdog.errors import HotdogError
 
 EXIT_USAGE = 2
@@ -98,12 +98,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(docs)
     else:
-        for d in docs:
-            if "error" in d:
-                print(f"{d['path']}: error: {d['error']}")
-            else:
-                print(f"{d['path']}: {d['class']} ({d['probability']:.3f}), peak at x={d['peak'][0]} "
-                      f"y={d['peak'][1]} -> {d['heatmap_png']}")
+        print_per_photo(docs, lambda d: f"{d['path']}: {d['class']} ({d['probability']:.3f}), peak at "
+                                        f"x={d['peak'][0]} y={d['peak'][1]} -> {d['heatmap_png']}")
     return 0 if all(r.ok for r in results) else 1
 
 

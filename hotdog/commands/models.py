@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hotdog.commands._common import add_json_flag, emit_json
+from hotdog.commands._common import add_json_flag, emit_json, print_per_photo
 
 
 def _add_source_args(p) -> None:
@@ -63,13 +63,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(results)
     else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['path']}: error: {r['error']}")
-                continue
-            print(r["path"])
-            for t in r["top5"]:
-                print(f"  {t['probability']:6.1%}  {t['index']:4d}  {t['name']}")
+        print_per_photo(results, lambda r: "\n".join(
+            [r["path"]] + [f"  {t['probability']:6.1%}  {t['index']:4d}  {t['name']}" for t in r["top5"]]))
     if failed:
         print(f"{failed} of {len(results)} image(s) could not be classified", file=sys.stderr)
     return 1 if failed else 0
