@@ -125,7 +125,7 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         raise StorageError(f"cannot append to {Path(path).name}: {err.strerror or err}") from err
 
 
-def _loads(raw: bytes) -> Any:
+def loads_json(raw: bytes) -> Any:
     """``json.loads`` whose every failure on bad content is a ValueError (bad UTF-8, and
     nesting too deep for the parser, which raises RecursionError)."""
     try:
@@ -137,26 +137,7 @@ def _loads(raw: bytes) -> Any:
 def read_json(path: str | os.PathLike) -> Any:
     """The parsed file; OSError / ValueError (including bad UTF-8) for the caller to judge."""
     with open(path, "rb") as fh:
-        return _loads(fh.read())
-
-
-def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
-    """(every parsed line, number of lines that could not be parsed). A torn last line
-    (crash mid-append) is counted as bad like any other; a missing file is empty."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    rows, bad = [], 0
-    for line in raw.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(_loads(line))
-        except ValueError:
-            bad += 1
-    return rows, bad
+        return loads_json(fh.read())
 
 
 @contextlib.contextmanager

@@ -24,10 +24,9 @@ types and ranges it wrote. A run with a damaged file (not JSON, wrong types, out
 numbers, model.json without its weights...) is listed with the reader-only state
 ``damaged`` and one sentence naming the file and what is wrong; :meth:`RunStore.list`
 never raises and the other runs are untouched; :meth:`RunStore.load` raises a
-RunStoreError with that sentence. ``metrics.jsonl`` is the exception: a line that cannot
-be parsed or validated (a crash mid-append tears the last line; a live writer may be
-mid-append while we read) is skipped and counted, the good epochs are kept, and the count
-is reported in ``warning``: the run and its weights stay usable.
+RunStoreError with that sentence. One exception: a torn *last* line of ``metrics.jsonl``
+(a crash mid-append, or a live writer caught mid-append) is skipped and reported in
+``warning``, the run stays usable; a bad line anywhere else makes the run damaged.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from hotdog.errors import RunStoreError, StorageError
-from hotdog.fileio import append_jsonl, atomic_path, atomic_write_json, fsync_dir, read_json, read_jsonl
+from hotdog.fileio import append_jsonl, atomic_path, atomic_write_json, fsync_dir, loads_json, read_json
 from hotdog.paths import runs_root
 
 STATES = ("running", "finished", "stopped", "diverged", "failed")
@@ -347,19 +346,28 @@ def read_status(run_dir: str | os.PathLike) -> dict:
 
 
 def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], int]:
-    """(valid epoch rows, number of lines skipped because they are torn or invalid)."""
+    """(valid epoch rows, number of lines skipped). Only a torn *last* line is skipped (a
+    crash mid-append, or a live writer caught mid-append); a bad line anywhere else means
+    something wrote into the file, and the run is damaged (DamagedFile)."""
     path = Path(run_dir) / "metrics.jsonl"
     try:
-        rows, bad = read_jsonl(path)
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
     except OSError as err:
         raise DamagedFile(path.name, f"cannot be read ({err.strerror or type(err).__name__})") from None
-    good = []
-    for row in rows:
+    lines = [ln for ln in raw.splitlines() if ln.strip()]
+    good, bad_at = [], []
+    for i, line in enumerate(lines):
         try:
-            good.append(check_metrics_row(row))
-        except DamagedFile:
-            bad += 1
-    return good, bad
+            good.append(check_metrics_row(loads_json(line)))
+        except (ValueError, DamagedFile):
+            bad_at.append(i)
+    if bad_at and bad_at != [len(lines) - 1]:
+        n = len(bad_at)
+        raise DamagedFile(path.name, f"has {n} line{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} "
+                                     "not an epoch record (something wrote into it)")
+    return good, len(bad_at)
 
 
 def _metrics_warning(bad: int) -> str:

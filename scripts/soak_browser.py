@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -67,7 +68,7 @@ class Soak:
         page.goto(self.url + "/train")
         while time.time() < self.deadline:
             self.check(page, "trainer")
-            button = page.get_by_role("button", name="Fine-tune", exact=True)
+            button = page.get_by_role("button", name="Fine-tune")
             button.wait_for(timeout=120_000)
             if button.is_disabled():  # someone's run is going: wait for it
                 page.wait_for_timeout(2000)
@@ -85,8 +86,11 @@ class Soak:
             page.goto(self.url + "/predict")
             self.check(page, "predictor")
             page.get_by_text("Pretrained ImageNet classifier").click()
-            page.locator("input[type=file]").first.set_input_files([str(p) for p in self.photos])
-            page.get_by_text("→").first.wait_for(timeout=300_000)
+            page.get_by_role("radio", name="Pretrained ImageNet classifier").wait_for(timeout=120_000)
+            self.check(page, "predictor")
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+                [str(p) for p in self.photos])
+            page.get_by_text(re.compile(r"^→ ")).nth(len(self.photos) - 1).wait_for(timeout=300_000)
             self.check(page, "predictor")
             with self.lock:
                 self.counts["predictions"] += len(self.photos)

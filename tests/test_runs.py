@@ -11,7 +11,6 @@ import time
 import pytest
 
 from hotdog.errors import RunStoreError
-from hotdog.fileio import read_jsonl
 from hotdog.runs import RunStore, effective_status
 
 
@@ -96,10 +95,12 @@ def test_corrupt_run_listed_not_raised(tmp_path):
     assert by_id["junk-folder"].message == "config.json is missing (not a training run?)"
 
 
-def test_torn_jsonl_line_ignored(tmp_path):
-    p = tmp_path / "m.jsonl"
-    p.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
-    rows, bad = read_jsonl(p)
+def test_torn_last_metrics_line_ignored(tmp_path):
+    from hotdog.runs import read_metrics
+
+    row = '{"epoch": %d, "train_loss": 0.5, "train_acc": 0.7, "test_acc": 0.8, "seconds": 1.0}\n'
+    (tmp_path / "metrics.jsonl").write_text(row % 1 + row % 2 + '{"epo')
+    rows, bad = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == [1, 2] and bad == 1
 
 
@@ -260,7 +261,7 @@ BAD_METRICS = {
     "test-acc-nan": (lambda raw: raw + b'{"epoch": 3, "test_acc": NaN}\n', 1),
     "test-acc-above-1": (lambda raw: raw + b'{"epoch": 3, "test_acc": 7}\n', 1),
     "epoch-zero": (lambda raw: raw + b'{"epoch": 0}\n', 1),
-    "garbage-appended": (lambda raw: raw + GARBAGE, None),  # None: every non-empty line after the 2 good ones
+    "torn-last-line": (lambda raw: raw + b'{"epoch": 3, "train_lo', 1),
 }
 
 
@@ -318,6 +319,21 @@ def test_bad_metrics_lines_are_skipped_and_counted(tmp_path, case):
     assert [m["epoch"] for m in rec.metrics] == [1, 2] and rec.warning == expected
 
 
+@pytest.mark.parametrize("mutate", [
+    lambda raw: raw + b"\x00garbage\n" + b"\xff\xfe more garbage\n",  # `head -c 2000 /dev/urandom >>`
+    lambda raw: b"[1,2]\n" + raw,  # a bad line before good ones: not a torn append
+])
+def test_garbage_written_into_metrics_makes_the_run_damaged(tmp_path, mutate):
+    d = fake_run(tmp_path, "r")
+    damage(d, "metrics.jsonl", mutate)
+    ok = fake_run(tmp_path, "ok")
+    [s] = [r for r in RunStore(tmp_path).list() if r.run_id == "r"]
+    assert s.status == "damaged" and "metrics.jsonl has" in s.message and "not an epoch record" in s.message
+    assert RunStore(tmp_path).load("ok").state == "finished" and ok.is_dir()
+    with pytest.raises(RunStoreError, match="is damaged: metrics.jsonl"):
+        RunStore(tmp_path).load("r")
+
+
 def test_writers_repair_a_status_that_is_not_an_object(tmp_path):
     store = RunStore(tmp_path)
     for raw in ("[]", '"x"', "null", "{torn"):
@@ -347,9 +363,12 @@ def test_deeply_nested_json_is_invalid_json_not_a_recursion_error(tmp_path):
     p.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError):
         read_json(p)
-    q = tmp_path / "deep.jsonl"
-    q.write_text('{"epoch": 1}\n' + "[" * 100_000 + "\n")
-    assert read_jsonl(q) == ([{"epoch": 1}], 1)
+    from hotdog.runs import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"epoch": 1, "train_loss": 0.5, "train_acc": 0.7, "test_acc": 0.8, "seconds": 1.0}\n' + "[" * 100_000 + "\n")
+    rows, bad = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1] and bad == 1
 
 
 def test_store_names_match_the_engine():
