@@ -322,7 +322,7 @@ def runs_table() -> None:
             "run": r.run_id, "status": r.status, "mode": r.mode, "data": Path(root).name,
             "source": ui.source_titles().get(r.source, r.source),
             "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
-            "size": (rec.config.get("input_size") if rec else None) or "default",
+            "size": rec.config.get("input_size") if rec else None,  # a damaged run: empty, not a word
             "test acc": r.test_acc, "duration": ui.format_duration(ui.run_seconds(r, rec)),
             "message": r.message,
         })

@@ -85,11 +85,13 @@ class Soak:
         while time.time() < self.deadline:
             page.goto(self.url + "/predict")
             self.check(page, "predictor")
-            page.get_by_text("Pretrained ImageNet classifier").click()
-            page.get_by_role("radio", name="Pretrained ImageNet classifier").wait_for(timeout=120_000)
-            self.check(page, "predictor")
+            # Upload first (the uploader keeps its files across reruns), then pick the model: a
+            # file sent while the radio's rerun is still running could be dropped.
             page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
                 [str(p) for p in self.photos])
+            page.get_by_text(self.photos[-1].name).first.wait_for(timeout=120_000)  # the upload landed
+            self.check(page, "predictor")
+            page.get_by_text("Pretrained ImageNet classifier").click()
             page.get_by_text(re.compile(r"^→ ")).nth(len(self.photos) - 1).wait_for(timeout=300_000)
             self.check(page, "predictor")
             with self.lock:
@@ -196,8 +198,14 @@ def _own_playwright(soak: Soak, role) -> None:
         try:
             role(browser)
         except Exception as err:  # noqa: BLE001 - a session that dies is a finding
+            shot = soak.home.parent / f"failed-{role.__name__}.png"
+            try:
+                browser.contexts[0].pages[0].screenshot(path=str(shot), full_page=True)
+            except Exception:  # noqa: BLE001 - best effort
+                shot = None
             with soak.lock:
-                soak.problems.append(f"session {role.__name__} stopped: {str(err).splitlines()[0]}")
+                soak.problems.append(f"session {role.__name__} stopped: {str(err).splitlines()[0]}"
+                                     + (f" (screenshot {shot})" if shot else ""))
         finally:
             browser.close()
 
