@@ -340,12 +340,53 @@ class _Fit:
                 outs = [head(f) for f in feats]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
         else:
+            micro = self.config.micro_batch
+            if micro and micro < n:
+                self.accumulated_step(trainer, loss_fn, Xs, ys, n, micro)
+                return
             with autograd.record():
                 outs = [self.net(x) for x in Xs]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
         autograd.backward(ls)
         trainer.step(n)
         self.meter.push(_sum_on([l.sum() for l in ls], self.ctxs[0]), _correct(outs, ys, self.ctxs[0]), n)
+
+    def accumulated_step(self, trainer, loss_fn, Xs, ys, n: int, micro: int) -> None:
+        """One SGD step over ``n`` images as passes of at most ``micro`` images: gradients add
+        up (``grad_req='add'``, zeroed before the batch), then one ``trainer.step(n)``, so the
+        update is the full batch's (exactly, with BatchNorm in keep mode) while only one
+        micro-batch's activations are alive at a time. A remainder is its own smaller pass."""
+        import mxnet as mx
+        from mxnet import autograd
+
+        params = self._accumulating_params()
+        for p in params:
+            p.zero_grad()
+        per_device = max(1, micro // len(Xs))
+        loss_sums, corrects = [], []
+        for x, y in zip(Xs, ys):
+            for i in range(0, x.shape[0], per_device):
+                xc, yc = x[i:i + per_device], y[i:i + per_device]
+                with autograd.record():
+                    out = self.net(xc)
+                    loss = loss_fn(out, yc)
+                loss.backward()
+                loss_sums.append(loss.sum())
+                corrects.append(_correct([out], [yc], self.ctxs[0]))
+                # MXNet's engine is asynchronous: without this the next passes are queued at
+                # once and their activations would be alive together, as in one big batch.
+                mx.nd.waitall()
+        trainer.step(n)
+        self.meter.push(_sum_on(loss_sums, self.ctxs[0]), _sum_on(corrects, self.ctxs[0]), n)
+
+    def _accumulating_params(self) -> list:
+        """The trained parameters, switched once to gradient accumulation (``grad_req='add'``)."""
+        if getattr(self, "_accum_params", None) is None:
+            params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
+            for p in params:
+                p.grad_req = "add"
+            self._accum_params = params
+        return self._accum_params
 
     def datasets(self, train_tf):
         from hotdog.data import ImageListDataset, test_transform

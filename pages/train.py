@@ -24,7 +24,8 @@ CHOICES = {
     "input_size": (32, 64, 96, 128, 160, 192, 224, 256, 288),
 }
 # Sidebar knobs outside the presets (their defaults are the table's).
-OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views")
+OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
+               "micro_batch")
 
 
 def _fmt(x) -> str:
@@ -118,7 +119,8 @@ def sidebar_knobs() -> dict:
     for name in ("freeze", "init_output_from_imagenet"):
         values[name] = knob_widget(name, sb)
     with sb.expander("More settings"):
-        for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views"):
+        for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views",
+                     "micro_batch"):
             values[name] = knob_widget(name, st)
         devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
                                  help="Empty: every GPU, else the CPU.")
