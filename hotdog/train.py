@@ -64,10 +64,23 @@ class Prepared:
     pre: Any
     splits: Any
     data_fingerprint: str = ""
+    memory: Any = None  # hotdog.memory.MemoryPlan: the estimate and the decision
 
     def record(self) -> dict:
         """What config.json holds: every resolved knob and the data set's content fingerprint."""
         return {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
+
+    def __reduce__(self):
+        # Sent to the training worker process: device contexts and preprocessing are rebuilt
+        # there from the resolved config (no MXNet objects cross the pipe; no rescan of the data).
+        return (_rebuild_prepared, (self.config, self.splits, self.data_fingerprint, self.memory))
+
+
+def _rebuild_prepared(config: TrainConfig, splits, fingerprint: str, plan) -> Prepared:
+    from hotdog.devices import resolve_devices
+
+    return Prepared(config, resolve_devices(config.devices), resolve_preprocess(config.source, config.input_size),
+                    splits, fingerprint, plan)
 
 
 def resolve_preprocess(source: str, input_size: int | None):
@@ -89,11 +102,17 @@ def _default_workers(config: TrainConfig, ctxs) -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def prepare(config: TrainConfig) -> Prepared:
+def prepare(config: TrainConfig, check_memory: bool = True) -> Prepared:
     """Check devices and source, scan the data set, and resolve every runtime value into the
-    config, so config.json says exactly what the run used."""
-    from hotdog import data
+    config, so config.json says exactly what the run used.
+
+    With ``check_memory`` the run's peak memory is estimated (:func:`hotdog.memory.plan`): a
+    run that cannot fit raises MemoryRefusedError before anything starts, ``micro_batch``
+    left to the app becomes the whole batch or, when that does not fit, the largest
+    micro-batch that does; ``Prepared.memory`` holds the estimate and its sentence."""
+    from hotdog import data, memory
     from hotdog.devices import device_name, resolve_devices
+    from hotdog.errors import MemoryRefusedError
 
     ctxs = resolve_devices(config.devices)
     pre = resolve_preprocess(config.source, config.input_size)
@@ -101,7 +120,16 @@ def prepare(config: TrainConfig) -> Prepared:
     resolved = dataclasses.replace(
         config, data_root=str(os.path.abspath(config.data_root)), devices=[device_name(c) for c in ctxs],
         input_size=pre.input_size, num_workers=_default_workers(config, ctxs))
-    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits))
+    plan = None
+    if check_memory and all(c.device_type == "cpu" for c in ctxs):  # GPU memory is another matter
+        plan = memory.plan(resolved, len(splits.train) + len(splits.test))
+        if plan.decision == "refuse":
+            raise MemoryRefusedError(plan.message[:1].upper() + plan.message[1:] + ".")
+        if plan.decision == "warn":
+            log.warning("%s", plan.message)
+    if resolved.micro_batch is None:
+        resolved.micro_batch = plan.micro_batch if plan is not None else resolved.batch_size
+    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits), plan)
 
 
 def data_drift(run_config: dict) -> str | None:
