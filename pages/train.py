@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import altair as alt
@@ -150,6 +151,9 @@ else:
         n = ui.split_totals(report)
         st.text(f"Data: {Path(root).name} · {len(report['classes'])} classes · "
                 f"{n['train']} train / {n['test']} test images")
+        with contextlib.suppress(HotdogError):  # a bad knob says so when a button is clicked
+            kind, text = ui.memory_estimate(make_config(knobs, "finetune", root), n["train"] + n["test"])
+            {"info": st.caption, "warning": st.warning, "error": st.error}[kind](ui.md_escape(text))
 
 
 def start(modes: list[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hotdog import memory
@@ -78,3 +80,23 @@ def test_available_reads_the_system(monkeypatch):
     monkeypatch.setattr(memory, "_meminfo_available", lambda: 20000.0)
     a = memory.available()
     assert a.where == "ulimit -v 8.0 GB" and a.mb == pytest.approx(8192 / memory.VM_PER_RSS)
+
+
+def test_the_train_page_shows_the_estimate(hotdog_home, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import make_dataset
+
+    monkeypatch.delenv("HOTDOG_DATA", raising=False)
+    make_dataset(hotdog_home / "data" / "tiny")
+    monkeypatch.setattr(memory, "available", lambda: Available(7800, "cgroup limit 8.0 GB", 8192))
+    at = AppTest.from_file(str(Path(__file__).parents[1] / "streamlit_app.py"),
+                           default_timeout=300)
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    captions = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("Memory")]
+    assert captions and "estimated peak memory" in captions[0] and "cgroup limit 8.0 GB" in captions[0]
+    at.button(key="preset_chapter").click().run()  # batch 128 at 224 px
+    captions = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("Memory")]
+    assert captions and "trains as 4 micro-batches of 32" in captions[0], captions
