@@ -1,12 +1,18 @@
 """Trainings in a child process, so no training can take the app down.
 
-The app's job manager (:mod:`hotdog.jobs`) hands each run to a :class:`Worker`: a process
-started with multiprocessing's ``spawn`` (a fresh interpreter: a process that has MXNet's
-threads and engine state must never be forked) and reused between runs, so a warm worker
+The app's job manager (:mod:`hotdog.jobs`) hands each run to a :class:`Worker`: a fresh
+interpreter started like multiprocessing's ``spawn`` (fork + exec: a process that has MXNet's
+threads and engine state must never be forked and keep running) and reused between runs, so a warm worker
 already holds the source model and MXNet's initialisation (README "Memory and isolation"
 gives the start-up cost). A crash, an MXNet abort or an out-of-memory kill ends that
 process, not the server: the job manager records the run as ``failed`` with the reason and
 the next run gets a new worker.
+
+It is started with ``subprocess`` and two inherited pipes wrapped as multiprocessing
+``Connection`` objects rather than with ``multiprocessing.Process``: under Streamlit,
+``sys.modules["__main__"]`` is the page script, which a ``spawn`` child would re-run. The
+child inherits the parent's whole environment (``OMP_*``, ``MKL_*``, ``MXNET_*``,
+``HOTDOG_HOME``...), so it computes with the same threads and stores where the app reads.
 
 Messages (pickled over two one-way pipes):
 
@@ -31,12 +37,14 @@ the kernel". An allocation failure under ``ulimit -v`` makes MXNet abort (SIGABR
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from typing import Callable
 
 from hotdog.errors import HotdogError
@@ -47,8 +55,6 @@ log = logging.getLogger(__name__)
 # its pools) is retired rather than kept warm, so an idle app does not sit on gigabytes.
 KEEP_WARM_MAX_MB = 2500.0
 OOM_SHARE = 0.8
-# Environment that decides MXNet's threads and allocators: the child gets the parent's.
-ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "MXNET_", "OPENBLAS_", "HOTDOG_")
 POLL_SECONDS = 0.2
 
 
@@ -58,9 +64,15 @@ class WorkerDied(HotdogError):
 
 # ------------------------------------------------------------------------------- child side
 
-def _child_main(inbox, outbox, env: dict) -> None:
+def _child_entry() -> None:
+    """``python -c ... _child_entry() IN_FD OUT_FD``: the worker process's main."""
+    inbox = Connection(int(sys.argv[1]), writable=False)
+    outbox = Connection(int(sys.argv[2]), readable=False)
+    _child_main(inbox, outbox)
+
+
+def _child_main(inbox, outbox) -> None:
     """The worker process: receive runs, train them one at a time on this main thread."""
-    os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of the server is the parent's business
     logging.basicConfig(level=logging.INFO, format="worker %(process)d: %(levelname)s %(message)s")
     tasks: queue.Queue = queue.Queue()
@@ -70,7 +82,9 @@ def _child_main(inbox, outbox, env: dict) -> None:
         while True:
             try:
                 msg = inbox.recv()
-            except (EOFError, OSError):  # the parent is gone: finish nothing, exit
+            except (EOFError, OSError):  # the parent is gone: stop the run, then exit
+                if current.get("stop") is not None:
+                    current["stop"].set()
                 tasks.put(None)
                 return
             if msg[0] == "train":
@@ -136,7 +150,7 @@ class Worker:
     """One training process, started on first use and reused while it stays small."""
 
     def __init__(self):
-        self.proc: multiprocessing.Process | None = None
+        self.proc: subprocess.Popen | None = None
         self._to_child = None
         self._from_child = None
         self.spawned_at: float | None = None
@@ -144,25 +158,37 @@ class Worker:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.is_alive() else None
+        return self.proc.pid if self.alive() else None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.is_alive()
+        return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
         if self.alive():
             return
-        ctx = multiprocessing.get_context("spawn")
-        child_in, parent_out = ctx.Pipe(duplex=False)
-        parent_in, child_out = ctx.Pipe(duplex=False)
-        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-        proc = ctx.Process(target=_child_main, args=(child_in, child_out, env), name="hotdog-train-worker",
-                           daemon=True)
-        proc.start()
-        child_in.close()
-        child_out.close()
-        self.proc, self._to_child, self._from_child = proc, parent_out, parent_in
+        child_in, parent_out = os.pipe()
+        parent_in, child_out = os.pipe()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = f"import sys; sys.path.insert(0, {root!r}); from hotdog.worker import _child_entry; _child_entry()"
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", code, str(child_in), str(child_out)],
+                                    pass_fds=(child_in, child_out), stdin=subprocess.DEVNULL, close_fds=True)
+        except BaseException:
+            for fd in (child_in, parent_out, parent_in, child_out):
+                os.close(fd)
+            raise
+        os.close(child_in)
+        os.close(child_out)
+        self.proc = proc
+        self._to_child = Connection(parent_out, readable=False)
+        self._from_child = Connection(parent_in, writable=False)
         self.spawned_at, self.runs = time.time(), 0
+
+    def _join(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
 
     def stop(self) -> None:
         """Ask the current run to stop at its next batch (a message; nothing is killed)."""
@@ -183,10 +209,10 @@ class Worker:
         if proc is None:
             return
         self._send(("exit",))
-        proc.join(timeout)
-        if proc.is_alive():
+        self._join(timeout)
+        if proc.poll() is None:
             proc.kill()
-            proc.join(timeout)
+            self._join(timeout)
         for conn in (self._to_child, self._from_child):
             try:
                 conn.close()
@@ -219,7 +245,7 @@ class Worker:
             except (EOFError, OSError):
                 msg = None
                 ready = False
-                self.proc.join(5)
+                self._join(5)
             if msg is not None:
                 kind = msg[0]
                 if kind == "batch":
@@ -234,7 +260,7 @@ class Worker:
                     self._maybe_retire(msg[2])
                     raise HotdogError(msg[1])
                 continue
-            if not self.proc.is_alive():
+            if self.proc.poll() is not None:
                 reason = self._death_reason(oom_before, last_rss, avail)
                 self.close(timeout=1)
                 raise WorkerDied(reason)
@@ -247,7 +273,7 @@ class Worker:
     def _death_reason(self, oom_before, last_rss, avail) -> str:
         from hotdog import memory
 
-        code = self.proc.exitcode
+        code = self.proc.returncode
         rss = f"; it was using {last_rss / 1024:.1f} GB" if last_rss else ""
         if code is None or code >= 0:
             return f"the training process exited unexpectedly (exit code {code}){rss}"
