@@ -255,6 +255,17 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
     }
 
 
+def memory_estimate(config, n_images: int) -> tuple[str, str]:
+    """(kind, sentence) of a run's memory estimate for the Train page: "info" when it fits
+    (or trains in micro-batches), "warning" when close, "error" when it would be refused.
+    The same figures `train` prints and the job checks before it starts (hotdog.memory)."""
+    from hotdog import memory
+
+    plan = memory.plan(config, n_images)
+    text = "Memory: " + plan.message + "."
+    return {"proceed": "info", "warn": "warning", "refuse": "error"}[plan.decision], text
+
+
 def job_end_message(state) -> tuple[str, str]:
     """(kind, text) for a training that ended: kind is "success", "info" or "error"."""
     took = format_duration((state.ended or 0) - (state.started or 0))

@@ -36,6 +36,7 @@ being measured either.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -75,11 +76,14 @@ class BenchSettings:
     infer_batch: int = 16
     predict_repeats: int = 7
     agreement_images: int = 64
+    # peak_rss_mb: (batch, micro-batch) cases, each trained in its own fresh child process
+    memory_cases: tuple = ((32, 32), (128, 128), (128, 32))
+    memory_batches: int = 2  # training batches per case (then stopped)
 
     @classmethod
     def for_mode(cls, data: Path | None, quick: bool) -> "BenchSettings":
         if quick:
-            return cls(data=data, quick=True, input_size=32, batch_size=8, pipeline_epochs=2,
+            return cls(data=data, quick=True, input_size=32, batch_size=8, pipeline_epochs=2, memory_batches=1,
                        raw_steps=2, infer_batch=8, predict_repeats=3, agreement_images=16)
         return cls(data=data)
 
@@ -410,6 +414,43 @@ class Bench:
             "predictor_network": type(predictor.net).__name__,
         }
 
+    # -- memory: peak RSS per batch size, with and without micro-batching -----------------
+
+    def memory(self) -> None:
+        """Peak resident memory of the product's fine-tuning (stable preset, all layers), one
+        fresh spawned child per case, so each peak is that case's alone: ``peak_rss_mb`` per
+        batch size and with micro-batching (``batch_128_micro_32``: the chapter's batch as 4
+        passes of 32). Each child trains ``memory_batches`` batches, then stops."""
+        import multiprocessing
+
+        largest = max(b for b, _ in self.s.memory_cases)
+        size = (48, 40) if self.s.quick else (320, 240)
+        root = make_bench_dataset(self._tmp / "memory-data", {"train": largest // 2, "test": 2}, size)
+        ctx = multiprocessing.get_context("spawn")
+        out: dict[str, float | None] = {}
+        for batch, micro in self.s.memory_cases:
+            key = f"batch_{batch}" + (f"_micro_{micro}" if micro < batch else "")
+            self.progress(f"memory: peak RSS of {key.replace('_', ' ')} in a fresh process")
+            cfg = self.config(batch_size=batch, micro_batch=micro, epochs=1)
+            cfg = dataclasses.replace(cfg, data_root=str(root))
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_memory_child, args=(child, cfg, str(self._tmp / "memory-runs"),
+                                                           self.s.memory_batches), daemon=True)
+            proc.start()
+            child.close()
+            try:
+                out[key] = parent.recv() if parent.poll(3600) else None
+            except EOFError:  # the child died (e.g. killed for memory): no figure
+                out[key] = None
+            proc.join(60)
+        self.metrics["peak_rss_mb"] = out
+        self.details["memory"] = {
+            "input_size": self.pre.input_size, "train_images": largest, "batches_per_case": self.s.memory_batches,
+            "how": "ru_maxrss of a fresh spawned process training the stable preset (all layers)",
+            "estimate_mb": {f"batch_{b}" + (f"_micro_{m}" if m < b else ""): round(_estimate(cfg, m, largest + 4))
+                            for b, m in self.s.memory_cases},
+        }
+
     # -- frozen: plain loop vs feature cache --------------------------------------------
 
     def frozen(self) -> None:
@@ -450,7 +491,7 @@ class Bench:
         t0 = time.perf_counter()
         memory = {}
         run_dir: Path | None = None  # the fine-tuning run that predict() loads
-        for stage in ("inference_variants", "source_models", "pipeline_and_overhead", "predict", "frozen"):
+        for stage in ("memory", "inference_variants", "source_models", "pipeline_and_overhead", "predict", "frozen"):
             if stage == "predict":
                 self.predict(run_dir)
             elif stage == "pipeline_and_overhead":
@@ -473,6 +514,28 @@ class Bench:
             },
             seconds=time.perf_counter() - t0,
         )
+
+
+def _estimate(cfg, micro: int, n_images: int) -> float:
+    from hotdog import memory
+
+    return memory.estimate_mb(cfg, micro, n_images)
+
+
+def _memory_child(conn, cfg, runs_dir: str, batches: int) -> None:
+    """In a fresh process: train ``batches`` batches of ``cfg``, send back the peak RSS (MB)."""
+    import threading
+
+    from hotdog import train
+
+    stop = threading.Event()
+
+    def on_batch(p):
+        if p.phase == "train" and p.batch >= batches:
+            stop.set()
+
+    train.train(cfg, on_batch=on_batch, stop_event=stop, runs_dir=runs_dir)
+    conn.send(peak_rss_mb())
 
 
 def _big_size(quick: bool) -> str:

@@ -30,6 +30,7 @@ METRIC_KEYS = (
     "bf16_inference_speedup",
     "bf16_top1_agreement",
     "training_overhead",
+    "peak_rss_mb",  # {"batch_32": MB, "batch_128": MB, "batch_128_micro_32": MB}
 )
 
 
@@ -136,6 +137,12 @@ def _machine_words(mach: dict) -> tuple[str, str]:
     return flags, mach.get("omp_num_threads_env") or "unset"
 
 
+def _memory_words(key: str) -> str:
+    """'batch_128_micro_32' -> 'batch 128 as micro-batches of 32'."""
+    words = key.replace("_micro_", " as micro-batches of ").replace("_", " ")
+    return words
+
+
 def format_table(result: BenchResult) -> str:
     m, d = result.metrics, result.details
     meets = result.meets()
@@ -151,6 +158,8 @@ def format_table(result: BenchResult) -> str:
         rows.append((f"{name} train img/s", _fmt(sm["train_images_per_sec"], 1), "", ""))
         rows.append((f"{name} infer img/s", _fmt(sm["infer_images_per_sec"], 1), "",
                      f"fused {_fmt(sm['fused_infer_images_per_sec'], 1)}"))
+    for key, mb in (m.get("peak_rss_mb") or {}).items() if isinstance(m.get("peak_rss_mb"), dict) else ():
+        rows.append((f"peak RSS, {_memory_words(key)}", f"{_fmt(mb, 0)} MB", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for i, r in enumerate(rows):
@@ -190,6 +199,8 @@ def format_markdown(result: BenchResult) -> str:
     for name, sm in (m.get("source_models") or {}).items():
         rows.append(f"| `{name}` train / infer img/s | {_fmt(sm['train_images_per_sec'], 1)} / "
                     f"{_fmt(sm['infer_images_per_sec'], 1)} | | fused infer {_fmt(sm['fused_infer_images_per_sec'], 1)} |")
+    for key, mb in (m.get("peak_rss_mb") or {}).items() if isinstance(m.get("peak_rss_mb"), dict) else ():
+        rows.append(f"| `peak_rss_mb` {_memory_words(key)} | {_fmt(mb, 0)} MB | | |")
     mach, s = result.machine, result.settings
     flags, omp = _machine_words(mach)
     rows.append("")

@@ -52,3 +52,7 @@ class RunStoreError(StorageError):
 
 class TrainingBusyError(HotdogError):
     """Another training job already runs in this process."""
+
+
+class MemoryRefusedError(ConfigError):
+    """A training would need more memory than this machine (or its cgroup) has left."""

@@ -7,8 +7,11 @@ click, so the training must live outside the script run and be watchable from an
     job.stop()                       # cooperative: the loop stops at the next batch
 
 ``start`` takes a list of configs (the chapter's comparison is fine-tuning, then scratch):
-they run one after the other on one long-lived thread (see :mod:`hotdog.mxthread` for why
-MXNet work must stay on few threads) and keep going when the browser tab is closed. It
+they run one after the other, driven by one long-lived thread, and keep going when the
+browser tab is closed. Each training runs in a worker process (:mod:`hotdog.worker`, spawned,
+reused while warm) so that a crash, an MXNet abort or an out-of-memory kill fails that run
+(``failed``, with the reason) and never the server; ``TrainingJob(isolate=False)`` trains
+on the thread itself (in-process, as the CLI does). It
 checks the data folder and the source and creates the first run in the store before it
 returns, so those errors (and a read-only or full runs folder) reach the caller at once.
 The data set is scanned once per run, outside the lock, so other tabs never wait on it.
@@ -60,8 +63,10 @@ class JobState:
 class TrainingJob:
     """Runs ``hotdog.train.train`` on one long-lived background thread, one run at a time."""
 
-    def __init__(self, runs_dir: str | os.PathLike | None = None):
+    def __init__(self, runs_dir: str | os.PathLike | None = None, isolate: bool = True):
         self.runs_dir = runs_dir
+        self.isolate = isolate
+        self._worker = None  # hotdog.worker.Worker, made on the first isolated run
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._future: concurrent.futures.Future | None = None
@@ -111,7 +116,7 @@ class TrainingJob:
                 setattr(self._state, k, v)
 
     def _work(self, prepared, rest: Sequence, store, run_id: str, stop_event: threading.Event) -> None:
-        from hotdog.train import prepare, train
+        from hotdog.train import prepare
 
         def on_batch(p):
             self._update(progress=p)
@@ -123,8 +128,7 @@ class TrainingJob:
         queue = list(rest)
         while True:
             try:
-                result = train(prepared.config, on_batch=on_batch, on_epoch=on_epoch, stop_event=stop_event,
-                               runs_dir=store.root, run_id=run_id, prepared=prepared)
+                result = self._train_one(prepared, store, run_id, on_batch, on_epoch, stop_event)
             except BaseException as err:  # noqa: BLE001 - a background thread must report, not die silently
                 log.warning("training run %s failed: %s", run_id, err)
                 self._update(state="failed", error=str(err) or type(err).__name__, ended=time.time(), pending=0)
@@ -150,6 +154,37 @@ class TrainingJob:
                     self._state, state="running", run_id=run_id, run_dir=str(run_dir), config=prepared.config,
                     progress=None, epochs=[], result=None, error=None, started=time.time(), ended=None,
                     pending=len(queue), run_ids=self._state.run_ids + [run_id])
+
+    def _train_one(self, prepared, store, run_id: str, on_batch, on_epoch, stop_event: threading.Event):
+        """One run: in the worker process (isolated) or on this thread; returns its TrainResult."""
+        from hotdog.train import train
+
+        if not self.isolate:
+            return train(prepared.config, on_batch=on_batch, on_epoch=on_epoch, stop_event=stop_event,
+                         runs_dir=store.root, run_id=run_id, prepared=prepared)
+        from hotdog.runs import mark_active
+        from hotdog.worker import Worker, WorkerDied
+
+        if self._worker is None:
+            self._worker = Worker()
+        try:
+            return self._worker.train(prepared, store.root, run_id, on_batch=on_batch, on_epoch=on_epoch,
+                                      stop_event=stop_event)
+        except WorkerDied as died:
+            # The child could not record its end: the run is failed, with how it died.
+            log.warning("training run %s: %s", run_id, died)
+            try:
+                store.write_status(run_id, "failed", str(died))
+            except HotdogError as err:
+                log.warning("could not record the failure of run %s: %s", run_id, err)
+            raise
+        finally:
+            mark_active(run_id, False)  # store.create marked it ours; the child owned the loop
+
+    def worker_pid(self) -> int | None:
+        """The training worker process's id while it lives (tests, the server log)."""
+        worker = self._worker
+        return worker.pid if worker is not None else None
 
     def stop(self, wait: float | None = None, owner: str | None = None, force: bool = False) -> bool:
         """Ask the running training to stop at its next batch (and drop what is queued);
@@ -187,6 +222,9 @@ class TrainingJob:
             ex, self._executor = self._executor, None
         if ex is not None:
             ex.shutdown(wait=wait)
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def current(self) -> JobState:
         """A snapshot (safe to read while the training thread keeps updating)."""

@@ -107,6 +107,10 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          default=True),
     Knob("augment_views", int, "Augmented views per photo (frozen, cached)",
          "with frozen features, also cache K randomly augmented views of each training image", 0, 32, default=0),
+    Knob("micro_batch", int, "Micro-batch (gradient accumulation)",
+         "images per forward/backward pass: a batch is run as batch/micro-batch passes whose gradients add up "
+         "before one SGD step, so a large batch trains in the memory of a small one (default: the whole batch "
+         "when the memory estimate says it fits, else the largest that fits)", 1, 4096),
     Knob("num_workers", int, "Data loader workers", "decoding/augmentation worker processes "
          "(default: 0 on a CPU, which keeps runs reproducible; up to 4 with GPUs)", 0, 64),
 )}
@@ -202,6 +206,9 @@ class TrainConfig:
     warmup_epochs: int = 0
     feature_cache: bool = True
     augment_views: int = 0
+    # None: the whole batch when the memory estimate says it fits, else chosen by prepare()
+    # (hotdog.memory.plan); a number below batch_size accumulates gradients (train._Fit.step).
+    micro_batch: int | None = None
     num_workers: int | None = None  # None: chosen per device (see train._default_workers)
     devices: list[str] | None = None  # None: every GPU, else the CPU
     # False trains on the test transform (no random crops/flips): used to check that the
@@ -221,10 +228,12 @@ class TrainConfig:
         for name, knob in KNOBS.items():
             value = getattr(self, name)
             if value is None:
-                if knob.default is None and name in ("input_size", "num_workers"):
+                if knob.default is None and name in ("input_size", "num_workers", "micro_batch"):
                     continue
                 value = knob.default
             setattr(self, name, check_value(name, value))
+        if self.micro_batch is not None and self.micro_batch > self.batch_size:
+            raise ConfigError(f"micro-batch ({self.micro_batch}) cannot exceed the batch size ({self.batch_size})")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"head warm-up epochs ({self.warmup_epochs}) cannot exceed epochs ({self.epochs})")
         if not isinstance(self.augment, bool):

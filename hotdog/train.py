@@ -64,10 +64,23 @@ class Prepared:
     pre: Any
     splits: Any
     data_fingerprint: str = ""
+    memory: Any = None  # hotdog.memory.MemoryPlan: the estimate and the decision
 
     def record(self) -> dict:
         """What config.json holds: every resolved knob and the data set's content fingerprint."""
         return {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
+
+    def __reduce__(self):
+        # Sent to the training worker process: device contexts and preprocessing are rebuilt
+        # there from the resolved config (no MXNet objects cross the pipe; no rescan of the data).
+        return (_rebuild_prepared, (self.config, self.splits, self.data_fingerprint, self.memory))
+
+
+def _rebuild_prepared(config: TrainConfig, splits, fingerprint: str, plan) -> Prepared:
+    from hotdog.devices import resolve_devices
+
+    return Prepared(config, resolve_devices(config.devices), resolve_preprocess(config.source, config.input_size),
+                    splits, fingerprint, plan)
 
 
 def resolve_preprocess(source: str, input_size: int | None):
@@ -89,11 +102,17 @@ def _default_workers(config: TrainConfig, ctxs) -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def prepare(config: TrainConfig) -> Prepared:
+def prepare(config: TrainConfig, check_memory: bool = True) -> Prepared:
     """Check devices and source, scan the data set, and resolve every runtime value into the
-    config, so config.json says exactly what the run used."""
-    from hotdog import data
+    config, so config.json says exactly what the run used.
+
+    With ``check_memory`` the run's peak memory is estimated (:func:`hotdog.memory.plan`): a
+    run that cannot fit raises MemoryRefusedError before anything starts, ``micro_batch``
+    left to the app becomes the whole batch or, when that does not fit, the largest
+    micro-batch that does; ``Prepared.memory`` holds the estimate and its sentence."""
+    from hotdog import data, memory
     from hotdog.devices import device_name, resolve_devices
+    from hotdog.errors import MemoryRefusedError
 
     ctxs = resolve_devices(config.devices)
     pre = resolve_preprocess(config.source, config.input_size)
@@ -101,7 +120,16 @@ def prepare(config: TrainConfig) -> Prepared:
     resolved = dataclasses.replace(
         config, data_root=str(os.path.abspath(config.data_root)), devices=[device_name(c) for c in ctxs],
         input_size=pre.input_size, num_workers=_default_workers(config, ctxs))
-    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits))
+    plan = None
+    if check_memory and all(c.device_type == "cpu" for c in ctxs):  # GPU memory is another matter
+        plan = memory.plan(resolved, len(splits.train) + len(splits.test))
+        if plan.decision == "refuse":
+            raise MemoryRefusedError(plan.message[:1].upper() + plan.message[1:] + ".")
+        if plan.decision == "warn":
+            log.warning("%s", plan.message)
+    if resolved.micro_batch is None:
+        resolved.micro_batch = plan.micro_batch if plan is not None else resolved.batch_size
+    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits), plan)
 
 
 def data_drift(run_config: dict) -> str | None:
@@ -340,12 +368,53 @@ class _Fit:
                 outs = [head(f) for f in feats]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
         else:
+            micro = self.config.micro_batch
+            if micro and micro < n:
+                self.accumulated_step(trainer, loss_fn, Xs, ys, n, micro)
+                return
             with autograd.record():
                 outs = [self.net(x) for x in Xs]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
         autograd.backward(ls)
         trainer.step(n)
         self.meter.push(_sum_on([l.sum() for l in ls], self.ctxs[0]), _correct(outs, ys, self.ctxs[0]), n)
+
+    def accumulated_step(self, trainer, loss_fn, Xs, ys, n: int, micro: int) -> None:
+        """One SGD step over ``n`` images as passes of at most ``micro`` images: gradients add
+        up (``grad_req='add'``, zeroed before the batch), then one ``trainer.step(n)``, so the
+        update is the full batch's (exactly, with BatchNorm in keep mode) while only one
+        micro-batch's activations are alive at a time. A remainder is its own smaller pass."""
+        import mxnet as mx
+        from mxnet import autograd
+
+        params = self._accumulating_params()
+        for p in params:
+            p.zero_grad()
+        per_device = max(1, micro // len(Xs))
+        loss_sums, corrects = [], []
+        for x, y in zip(Xs, ys):
+            for i in range(0, x.shape[0], per_device):
+                xc, yc = x[i:i + per_device], y[i:i + per_device]
+                with autograd.record():
+                    out = self.net(xc)
+                    loss = loss_fn(out, yc)
+                loss.backward()
+                loss_sums.append(loss.sum())
+                corrects.append(_correct([out], [yc], self.ctxs[0]))
+                # MXNet's engine is asynchronous: without this the next passes are queued at
+                # once and their activations would be alive together, as in one big batch.
+                mx.nd.waitall()
+        trainer.step(n)
+        self.meter.push(_sum_on(loss_sums, self.ctxs[0]), _sum_on(corrects, self.ctxs[0]), n)
+
+    def _accumulating_params(self) -> list:
+        """The trained parameters, switched once to gradient accumulation (``grad_req='add'``)."""
+        if getattr(self, "_accum_params", None) is None:
+            params = [p for p in self.net.collect_params().values() if p.grad_req != "null"]
+            for p in params:
+                p.grad_req = "add"
+            self._accum_params = params
+        return self._accum_params
 
     def datasets(self, train_tf):
         from hotdog.data import ImageListDataset, test_transform

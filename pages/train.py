@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import altair as alt
@@ -24,7 +25,8 @@ CHOICES = {
     "input_size": (32, 64, 96, 128, 160, 192, 224, 256, 288),
 }
 # Sidebar knobs outside the presets (their defaults are the table's).
-OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views")
+OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
+               "micro_batch")
 
 
 def _fmt(x) -> str:
@@ -118,7 +120,8 @@ def sidebar_knobs() -> dict:
     for name in ("freeze", "init_output_from_imagenet"):
         values[name] = knob_widget(name, sb)
     with sb.expander("More settings"):
-        for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views"):
+        for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views",
+                     "micro_batch"):
             values[name] = knob_widget(name, st)
         devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
                                  help="Empty: every GPU, else the CPU.")
@@ -148,6 +151,9 @@ else:
         n = ui.split_totals(report)
         st.text(f"Data: {Path(root).name} · {len(report['classes'])} classes · "
                 f"{n['train']} train / {n['test']} test images")
+        with contextlib.suppress(HotdogError):  # a bad knob says so when a button is clicked
+            kind, text = ui.memory_estimate(make_config(knobs, "finetune", root), n["train"] + n["test"])
+            {"info": st.caption, "warning": st.warning, "error": st.error}[kind](ui.md_escape(text))
 
 
 def start(modes: list[str]) -> None:

@@ -578,7 +578,7 @@ def test_sidebar_labels_help_and_bounds_come_from_the_settings_table(app_home):
 
     at = new_app()
     at.switch_page("pages/train.py").run()
-    for name in ("lr_mult", "epochs", "seed", "warmup_epochs", "augment_views"):
+    for name in ("lr_mult", "epochs", "seed", "warmup_epochs", "augment_views", "micro_batch"):
         knob, w = settings.KNOBS[name], at.number_input(key=name)
         assert (w.label, w.min, w.max) == (knob.label, knob.lo, knob.hi)
         assert w.help.startswith(knob.help[:1].upper() + knob.help[1:])

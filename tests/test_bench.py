@@ -171,6 +171,11 @@ def test_bench_quick_json_figures_are_sane(hotdog_home, tmp_path):
         for key in ("train_images_per_sec", "infer_images_per_sec"):
             assert _is_number(figures[key]) and figures[key] > 0, (name, key, figures)
     assert 0 <= doc["fused_max_abs_diff"] <= 1e-4
+    # peak RSS per batch size, each in a fresh process (at 32 px activations are ~2% of 224 px's,
+    # so the sizes barely differ here; the README has the 224 px figures)
+    rss = doc["peak_rss_mb"]
+    assert set(rss) == {"batch_32", "batch_128", "batch_128_micro_32"}, rss
+    assert all(_is_number(v) and 100 < v < 8000 for v in rss.values()), rss
 
     # training overhead: measured through the dispatcher, the engine's own callbacks only
     o = doc["details"]["training_overhead"]

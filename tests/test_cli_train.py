@@ -46,6 +46,9 @@ def test_train_json_is_one_document_on_stdout(tiny_dataset, tmp_path):
     assert TRAIN_KEYS <= doc.keys() and doc["status"] == "finished"
     assert [e.keys() for e in doc["epochs"]] == [EPOCH_KEYS]
     assert "epoch 1" in proc.stderr  # logs go to stderr
+    # the memory estimate, before the run: in the JSON and on stderr
+    assert doc["memory"]["decision"] == "proceed" and doc["memory"]["micro_batch"] == 8
+    assert "memory: estimated peak memory" in proc.stderr
     cfg = json.loads((Path(doc["run_dir"]) / "config.json").read_text())
     assert cfg["devices"] == ["cpu(0)", "cpu(1)"] and cfg["seed"] == 3 and cfg["input_size"] == 32
 

@@ -98,9 +98,13 @@ def _config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from hotdog.train import train
+    from hotdog.train import prepare, train
 
     config = _config_from_args(args)
+    # The memory estimate first: a run that cannot fit is refused before anything starts.
+    prepared = prepare(config)
+    if prepared.memory is not None:
+        print(f"memory: {prepared.memory.message}", file=sys.stderr)
     stop = threading.Event()
     bar = None if args.json else progress_bar(None, "training", unit="batch")
 
@@ -137,14 +141,15 @@ def cmd_train(args) -> int:
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = train(config, on_batch=on_batch, on_epoch=on_epoch, stop_event=stop, runs_dir=args.runs_dir)
+        result = train(prepared.config, on_batch=on_batch, on_epoch=on_epoch, stop_event=stop,
+                       runs_dir=args.runs_dir, prepared=prepared)
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
         if bar is not None:
             bar.close()
     if args.json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "memory": prepared.memory.to_dict() if prepared.memory else None})
     else:
         print(f"run {result.run_id}: {result.status}: {result.message}")
         print(f"saved in {result.run_dir}")
