@@ -24,7 +24,6 @@ the job manager reads to tell an out-of-memory kill from another SIGKILL.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -58,7 +58,6 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--epochs", type=int, default=None)
     a = p.parse_args()
-    from hotdog import memory
     from hotdog.jobs import TrainingJob
     from hotdog.settings import config_for
     from hotdog.train import prepare
