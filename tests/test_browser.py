@@ -369,6 +369,30 @@ def _walk_every_page(server, page):
     wait_idle(page)
     expect(verdict).to_have_count(1)
     shoot(page, server, "predict", "Predict", ["my-hotdog.png"])
+    # Grad-CAM beside the photo, toggled on and off
+    toggle = page.get_by_text("Show heatmaps").first
+    toggle.click()
+    heat = page.get_by_text(re.compile(r"^heatmap: (hotdog|not-hotdog)"))
+    expect(heat.first).to_be_visible(timeout=TRAINING)
+    wait_idle(page)
+    expect(heat).to_have_count(1)
+    no_exception(page)
+    toggle.click()
+    wait_idle(page)
+    expect(heat).to_have_count(0)
+
+    # ---- the inspected run downloads as an ONNX export (model + preprocess.json)
+    goto(page, "Train")
+    export = page.get_by_role("button", name="Download the ONNX export")
+    expect(export).to_be_visible(timeout=TRAINING)
+    with page.expect_download(timeout=TRAINING) as download:
+        export.click()
+    import zipfile
+
+    with zipfile.ZipFile(download.value.path()) as zf:
+        assert {"model.onnx", "preprocess.json"} <= set(zf.namelist()), zf.namelist()
+    wait_idle(page)
+    no_exception(page)
 
     # ---- Weights
     goto(page, "Weights")
