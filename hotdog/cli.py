@@ -46,8 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from hotdog.paths import local_user
+
     try:
-        return int(args.func(args) or 0)
+        with local_user():  # the command line's user is local: links in data sets are theirs
+            return int(args.func(args) or 0)
     except HotdogError as err:
         return _fail(args, str(err))
     except KeyboardInterrupt:

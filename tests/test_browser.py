@@ -96,8 +96,9 @@ def server(tmp_path_factory):
     hostile = make_dataset(tmp / "hostile", classes={XSS: (200, 60, 40), "plain": (40, 90, 200)},
                            per_class={"train": 2, "test": 1})
     port = _free_port()
-    # the hostile set lives outside HOTDOG_HOME: a shared data root the server admits
-    env = {**os.environ, "HOTDOG_HOME": str(home), "HOTDOG_DATA": str(data), "HOTDOG_DATA_ROOTS": str(tmp),
+    # the hostile set and the real photos live outside HOTDOG_HOME: shared data roots the server admits
+    roots = os.pathsep.join([str(tmp), str(HOTDOG_MINI)])
+    env = {**os.environ, "HOTDOG_HOME": str(home), "HOTDOG_DATA": str(data), "HOTDOG_DATA_ROOTS": roots,
            "PYTHONUNBUFFERED": "1"}
     log = open(tmp / "streamlit.log", "w")
     proc = subprocess.Popen(

@@ -180,7 +180,7 @@ def test_a_run_whose_weights_are_damaged_is_one_error(tiny_run, tmp_path):
     rc, doc = run_cli("explain", "--run", broken, photo, "--json")
     assert rc == 2 and "cannot load the weights" in doc["error"]
     params.unlink()
-    with pytest.raises(RunStoreError, match="no saved model"):
+    with pytest.raises(RunStoreError, match="weights file model.params is missing"):
         Explainer.from_run(broken)
 
 

@@ -3,7 +3,7 @@ subset at 96 px, 2 epochs. The full-size figures come from scripts/experiments.p
 
 from __future__ import annotations
 
-import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,8 @@ PER_CLASS = 40
 
 @pytest.fixture(scope="module")
 def mini_subset(hotdog_mini, tmp_path_factory) -> Path:
-    """Symlinks to the first 40 training photos per class and the whole test split."""
+    """Copies of the first 40 training photos per class and the whole test split (copies: the
+    engine follows links only inside the shared data folders unless run from the CLI)."""
     root = tmp_path_factory.mktemp("mini-subset")
     for split in ("train", "test"):
         for cls_dir in sorted(p for p in (hotdog_mini / split).iterdir() if p.is_dir()):
@@ -28,7 +29,7 @@ def mini_subset(hotdog_mini, tmp_path_factory) -> Path:
                 files = files[:PER_CLASS]
             (root / split / cls_dir.name).mkdir(parents=True)
             for f in files:
-                os.symlink(f, root / split / cls_dir.name / f.name)
+                shutil.copy(f, root / split / cls_dir.name / f.name)
     return root
 
 

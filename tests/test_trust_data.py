@@ -643,3 +643,23 @@ def test_cli_name_with_a_newline_is_refused(tmp_path, capsys, hotdog_home):
     code, _, err = run_cli(["install-zip", str(tmp_path / "ok.zip"), "--name", "abc\n"], capsys)
     assert code == 1 and "control characters" in err
     assert not (data_root(hotdog_home) / "abc\n").exists()
+
+
+def test_the_command_line_follows_links_anywhere_the_app_does_not(tmp_path, hotdog_home):
+    """A symlink farm outside the shared folders (a subset made with ln -s) trains from the
+    CLI, where the user is local; the app's confinement still skips such links."""
+    from conftest import make_dataset
+
+    from hotdog.paths import local_user
+
+    real = make_dataset(tmp_path / "elsewhere")
+    farm = tmp_path / "farm"
+    for p in sorted(real.rglob("*.png")):
+        dst = farm / p.relative_to(real)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(p)
+    with pytest.raises(DatasetError, match="no readable images"):
+        data.load_splits(farm)  # the app: links lead outside every shared folder
+    with local_user():
+        splits = data.load_splits(farm)
+    assert len(splits.train) == 16 and len(splits.test) == 8

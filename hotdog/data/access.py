@@ -24,7 +24,7 @@ from typing import Iterable
 
 from hotdog.data.names import display_path
 from hotdog.errors import AccessError, DatasetError
-from hotdog.paths import data_root
+from hotdog.paths import data_root, links_anywhere
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,10 @@ def within(path: str | os.PathLike, bounds: Iterable[Path]) -> bool:
 
 def link_bounds(folder: str | os.PathLike, home=None) -> list[Path]:
     """Where symlinks found while reading ``folder`` may point: the allowed roots and the
-    folder itself (so a data set given on the command line anywhere keeps its internal links)."""
+    folder itself (so a data set anywhere keeps its internal links); anywhere for the
+    command line's local user (:func:`local_user`)."""
+    if links_anywhere():
+        return [Path(os.sep)]
     return allowed_roots(home) + [_real(folder)]
 
 
