@@ -54,12 +54,13 @@ def frozen_timing(args) -> None:
     from hotdog.train import train
 
     base = {"epochs": args.epochs, "input_size": args.input_size}
+    train(settings.config_for(args.data, freeze=True, **{**base, "epochs": 1}))  # warm-up: source weights loaded
     t0 = time.time()
     one = train(settings.config_for(args.data, freeze=True, **base))
     single = time.time() - t0
     lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     spec = sweeps.SweepSpec(str(args.data), {"lr": lrs, "freeze": [True]}, base=base,
-                            title=f"Frozen lr sweep (7 points, {args.input_size} px)")
+                            title=f"Frozen lr sweep (7 points, {args.input_size} px, {time.time():.0f})")
     out = run_sweep(spec.title, spec)
     result("frozen_timing", one_run_seconds=round(single, 1), one_run_acc=one.test_acc,
            sweep_seconds=out["wall_seconds"], ratio=round(out["wall_seconds"] / single, 2),

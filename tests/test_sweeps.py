@@ -1,0 +1,164 @@
+"""Sweeps (grid, resume, stop, divergence, shared frozen features) and the lr finder, on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from hotdog import settings, sweeps
+from hotdog.errors import ConfigError
+from hotdog.jobs import TrainingJob
+from hotdog.runs import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"input_size": 32, "batch_size": 6, "epochs": 1}
+
+
+def spec(root, grid, **kw) -> sweeps.SweepSpec:
+    return sweeps.SweepSpec(str(root), grid, base={**TINY, **kw.pop("base", {})}, **kw)
+
+
+def test_grid_parsing_and_expansion(tmp_path):
+    grid = sweeps.parse_grid(["lr=1e-4, 1e-3,1e-2", "mode=finetune,scratch", "freeze=0,yes", "lr-mult=1,10"])
+    assert grid == {"lr": [1e-4, 1e-3, 1e-2], "mode": ["finetune", "scratch"], "freeze": [False, True],
+                    "lr_mult": [1.0, 10.0]}
+    points = sweeps.expand(spec(tmp_path, grid, seeds=2))
+    # finetune: 3 lr x 2 freeze x 2 lr_mult x 2 seeds = 24; scratch ignores freeze and lr_mult: 3 x 2 = 6
+    assert len(points) == 30 and [p.index for p in points] == list(range(30))
+    assert sum(p.config.mode == "scratch" for p in points) == 6
+    assert {p.values["seed"] for p in points} == {0, 1}
+    first = points[0].config
+    assert (first.lr, first.mode, first.freeze, first.lr_mult, first.seed, first.epochs) == (1e-4, "finetune", False,
+                                                                                             1.0, 0, 1)
+    # every point is the settings table's config: preset values for what the grid leaves alone
+    assert first.wd == settings.preset_values("stable")["wd"]
+    assert sweeps.expand(sweeps.SweepSpec(str(tmp_path), {"lr": [0.1]}, preset="chapter"))[0].config.batch_size == 128
+    for bad in (["lr=0"], ["lr=abc"], ["mode=sideways"], ["freeze=maybe"], ["colour=red"], ["lr"], ["lr=1", "lr=2"],
+                ["epochs=1.5"], ["lr_mult=inf"]):
+        with pytest.raises(ConfigError):
+            sweeps.expand(spec(tmp_path, sweeps.parse_grid(bad)))
+    with pytest.raises(ConfigError, match="at most"):
+        sweeps.expand(spec(tmp_path, {"lr": [1e-3] * 600}))
+    with pytest.raises(ConfigError):
+        sweeps.expand(spec(tmp_path, {"lr": [1e-3]}, seeds=0))
+
+
+def _wait(job, timeout=300):
+    state = job.wait(timeout)
+    while state.running:
+        state = job.wait(timeout)
+    return state
+
+
+def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_features(tiny_dataset, hotdog_home):
+    from hotdog import train as train_mod
+
+    train_mod.forget_sweep_features()
+    sweep_id = sweeps.create(spec(tiny_dataset, {"lr": [1e6, 1e-3], "freeze": [False, True]}, title="t",
+                                  base={"epochs": 3}))
+    job = TrainingJob()
+    phases = []
+    real_extract = train_mod._Fit.extract
+
+    def counting(self, *a, **k):
+        phases.append(self.config.lr)
+        return real_extract(self, *a, **k)
+
+    train_mod._Fit.extract = counting
+    try:
+        first = sweeps.start_in_job(job, sweep_id)
+        assert job.current().sweep == {"sweep_id": sweep_id, "total": 4, "points": [1, 2, 3, 4], "title": "t"}
+        state = _wait(job)
+    finally:
+        train_mod._Fit.extract = real_extract
+    assert len(state.run_ids) == 4 and state.run_ids[0] == first
+    summary = sweeps.summarize(sweep_id)
+    status = {(p["values"]["lr"], p["values"]["freeze"]): p["status"] for p in summary["points"]}
+    assert status[(1e6, False)] == "diverged"  # marked diverged, and the sweep went on
+    assert status[(1e-3, False)] == status[(1e-3, True)] == "finished"
+    assert summary["best"]["test_acc"] is not None and summary["done"] == 4 and summary["complete"]
+    # the frozen points extracted features once (train + test split): the second reused them
+    assert len(phases) == 2
+    for p in summary["points"]:  # every point is an ordinary run, tagged
+        assert RunStore().load(p["run_id"]).config["tags"] == {"sweep_id": sweep_id, "sweep_point": p["index"]}
+    assert any("diverged" in s for s in sweeps.findings(summary))
+    # all done: nothing to start
+    assert sweeps.start_in_job(job, sweep_id) is None
+
+
+def test_stop_mid_point_keeps_finished_points_and_resume_runs_the_rest(tiny_dataset, hotdog_home):
+    sweep_id = sweeps.create(spec(tiny_dataset, {"epochs": [1, 300, 2]}))
+    job = TrainingJob()
+    sweeps.start_in_job(job, sweep_id)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until point 2 has completed an epoch
+        s = job.current()
+        if len(s.run_ids) == 2 and s.epochs:
+            break
+        time.sleep(0.05)
+    assert job.stop(wait=300)
+    state = job.current()
+    assert state.state == "stopped" and len(state.run_ids) == 2  # point 3 never started
+    summary = sweeps.summarize(sweep_id)
+    assert [p["status"] for p in summary["points"]] == ["finished", "stopped", "pending"]
+    finished_run = summary["points"][0]["run_id"]
+    # resume queues only the stopped point (redone from its start) and the one never started
+    rec, points, todo = sweeps.remaining(sweep_id)
+    assert [p.index for p in todo] == [1, 2]
+    assert sweeps.summarize(sweep_id)["points"][0]["run_id"] == finished_run
+
+
+@pytest.mark.timeout(600)
+def test_resume_after_kill_9_keeps_finished_points(tiny_dataset, hotdog_home):
+    env = {**os.environ, "HOTDOG_HOME": str(hotdog_home), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "hotdog", "sweep", "--data", str(tiny_dataset), "--grid", "lr=1e-3,2e-3,3e-3",
+           "--input-size", "32", "--batch-size", "6", "--epochs", "1", "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = RunStore(hotdog_home / "runs")
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(r.status == "finished" for r in store.list()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {r.tags["sweep_point"]: r.run_id for r in store.list() if r.status == "finished"}
+    assert finished, "a point finished before the kill"
+    sweep_id = sweeps.list_sweeps()[0]["sweep_id"]
+    out = subprocess.run([sys.executable, "-m", "hotdog", "sweep", "--resume", sweep_id, "--json"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["sweep_id"] == sweep_id and doc["complete"] and len(doc["points"]) == 3
+    assert all(p["status"] == "finished" and p["epochs"] and p["config"]["lr"] == p["values"]["lr"]
+               for p in doc["points"])
+    for index, run_id in finished.items():  # not redone: the same run stands for the point
+        assert doc["points"][index]["run_id"] == run_id
+    done_runs = [r for r in store.list() if r.status == "finished"]
+    assert len(done_runs) == 3  # every point finished exactly once
+    assert doc["best"]["run_id"] in {p["run_id"] for p in doc["points"]}
+
+
+def test_lr_finder_restores_the_weights_exactly_and_suggests_a_rate(tiny_dataset, hotdog_home):
+    from hotdog.lr_find import lr_find
+    from hotdog.train import _Fit, prepare
+    from hotdog.callbacks import Dispatcher
+
+    cfg = settings.config_for(tiny_dataset, input_size=32, batch_size=4, bn_mode="update")
+    prepared = prepare(cfg)
+    net = _Fit(prepared, Dispatcher([])).build()
+    before = {k: p.data().asnumpy().copy() for k, p in net.collect_params().items()}
+    res = lr_find(cfg, net=net, prepared=prepared, num_iter=25, end_lr=100.0)
+    after = {k: p.data().asnumpy() for k, p in net.collect_params().items()}
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert len(res.lrs) == len(res.losses) >= 5 and res.lrs == sorted(res.lrs) and res.lrs[0] == pytest.approx(1e-6)
+    assert res.suggested_lr is not None and res.lrs[0] <= res.suggested_lr <= res.lrs[-1]
+    frozen = lr_find(settings.config_for(tiny_dataset, input_size=32, batch_size=4, freeze=True), num_iter=10)
+    assert len(frozen.lrs) >= 5 and all(np.isfinite(frozen.losses[:5]))
