@@ -142,8 +142,9 @@ class Point:
 
 
 def expand(spec: SweepSpec) -> list[Point]:
-    """Every point of the sweep, in grid order (last key fastest), seeds innermost; points
-    with equal resolved configs are kept once. ConfigError for any invalid value."""
+    """Every point of the sweep: the grid's settings in alphabetical order (the last one
+    changes fastest; the order the record on disk keeps), seeds innermost; points with
+    equal resolved configs are kept once. ConfigError for any invalid value."""
     grid = {k: [parse_value(k, v) for v in vs] for k, vs in (spec.grid or {}).items()}
     if not grid or any(not vs for vs in grid.values()):
         raise ConfigError("a sweep needs at least one setting with at least one value")
@@ -162,7 +163,7 @@ def expand(spec: SweepSpec) -> list[Point]:
         raise ConfigError(f"the sweep has {total} points; at most {MAX_POINTS} are allowed")
     points: list[Point] = []
     seen: set[str] = set()
-    keys = list(grid)
+    keys = sorted(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
         values = dict(zip(keys, combo))
         for s in range(seeds):

@@ -33,6 +33,7 @@ def test_grid_parsing_and_expansion(tmp_path):
                     "lr_mult": [1.0, 10.0]}
     points = sweeps.expand(spec(tmp_path, grid, seeds=2))
     # finetune: 3 lr x 2 freeze x 2 lr_mult x 2 seeds = 24; scratch ignores freeze and lr_mult: 3 x 2 = 6
+    # (settings in alphabetical order, the last one fastest: freeze, lr, lr_mult, mode)
     assert len(points) == 30 and [p.index for p in points] == list(range(30))
     assert sum(p.config.mode == "scratch" for p in points) == 6
     assert {p.values["seed"] for p in points} == {0, 1}
