@@ -608,6 +608,18 @@ def job_snapshot() -> dict | None:
     return job_view(job_manager().current(), source_titles(), owner=session_owner())
 
 
+def live_job(flag: str) -> dict | None:
+    """:func:`job_snapshot` for a page's auto-refreshing view; when the job has just ended the
+    whole page reruns (its buttons and results change). ``flag``: the session key that
+    remembers whether a job ran at the view's last refresh."""
+    snap = job_snapshot()
+    was = st.session_state.get(flag)
+    st.session_state[flag] = snap is not None
+    if snap is None and was:
+        st.rerun(scope="app")
+    return snap
+
+
 def last_job():
     """The JobState of the most recent training in this server (for its end message)."""
     s = job_manager().current()

@@ -89,12 +89,8 @@ if st.session_state.get("exp_error"):
 
 @ui.fragment(run_every=1.0)
 def live() -> None:
-    snap = ui.job_snapshot()
-    was = st.session_state.get("exp_job_was_running")
-    st.session_state["exp_job_was_running"] = snap is not None
+    snap = ui.live_job("exp_job_was_running")
     if snap is None:
-        if was:
-            st.rerun(scope="app")
         return
     with st.container(border=True):
         left, right = st.columns([5, 1], vertical_alignment="center")

@@ -229,12 +229,8 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
 
 @ui.fragment(run_every=1.0)
 def live() -> None:
-    snap = ui.job_snapshot()
-    was = st.session_state.get("job_was_running")
-    st.session_state["job_was_running"] = snap is not None
+    snap = ui.live_job("job_was_running")
     if snap is None:
-        if was:  # the job just ended: redraw the whole page (buttons, history)
-            st.rerun(scope="app")
         return
     with st.container(border=True):
         top_l, top_r = st.columns([5, 1], vertical_alignment="center")

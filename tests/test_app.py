@@ -810,8 +810,8 @@ def test_train_page_finds_a_learning_rate_and_uses_it(app_home):
     at.switch_page("pages/train.py").run()
     _tiny_knobs(at)
     at.button(key="btn_lr_find").click().run()
+    found = at.session_state["lr_find"]  # the finder ran on the engine's thread, its curve is kept
     assert_clean(at)
-    found = at.session_state["lr_find"]
     assert found["suggested_lr"] and len(found["lrs"]) == len(found["losses"]) >= 5
     use = [b for b in at.button if b.key == "btn_use_lr"][0]
     use.click().run()
