@@ -163,3 +163,62 @@ def test_lr_finder_restores_the_weights_exactly_and_suggests_a_rate(tiny_dataset
     assert res.suggested_lr is not None and res.lrs[0] <= res.suggested_lr <= res.lrs[-1]
     frozen = lr_find(settings.config_for(tiny_dataset, input_size=32, batch_size=4, freeze=True), num_iter=10)
     assert len(frozen.lrs) >= 5 and all(np.isfinite(frozen.losses[:5]))
+
+
+def _fake_summary(accs: dict, grid: dict, seconds: dict | None = None) -> dict:
+    """A summarize()-shaped dict: accs maps (mode, freeze, lr) -> final accuracies per seed
+    (None = diverged)."""
+    points = []
+    for (mode, freeze, lr), per_seed in accs.items():
+        for seed, acc in enumerate(per_seed):
+            points.append({"index": len(points), "values": {"lr": lr, "mode": mode, "freeze": freeze, "seed": seed},
+                           "status": "diverged" if acc is None else "finished", "test_acc": acc,
+                           "seconds": (seconds or {}).get((mode, freeze), 10.0), "run_id": f"r{len(points)}",
+                           "epochs": [], "config": {"lr": lr, "mode": mode, "freeze": freeze and mode == "finetune",
+                                                    "lr_mult": 10.0 if mode == "finetune" else 1.0}})
+    return {"sweep_id": "sw-x", "spec": {"grid": grid}, "points": points, "best": None}
+
+
+def test_findings_are_computed_from_the_measurements():
+    import ui
+
+    grid = {"lr": [1e-3, 1e-2, 1e-1], "mode": ["finetune", "scratch"], "freeze": [False, True]}
+    summary = _fake_summary({
+        ("finetune", False, 1e-3): [0.90, 0.92], ("finetune", False, 1e-2): [0.88, 0.90],
+        ("finetune", False, 1e-1): [0.60, None],
+        ("finetune", True, 1e-3): [0.94, 0.94], ("finetune", True, 1e-2): [0.93, 0.95],
+        ("finetune", True, 1e-1): [0.93, 0.93],
+        ("scratch", False, 1e-3): [0.5, 0.5], ("scratch", False, 1e-2): [0.62, 0.58],
+        ("scratch", False, 1e-1): [0.55, 0.6],
+    }, grid, seconds={("finetune", False): 60.0, ("finetune", True): 6.0, ("scratch", False): 50.0})
+    rows = {(r["group"], r["lr"]): r for r in sweeps.aggregate(summary)}
+    assert rows[("fine-tune, all layers", 1e-1)]["n"] == 1 and rows[("fine-tune, all layers", 1e-1)]["diverged"] == 1
+    assert rows[("fine-tune, all layers", 1e-3)]["mean"] == pytest.approx(0.91)
+    text = sweeps.findings(summary)
+    assert text[0] == ("Fine-tune, all layers: best test accuracy 0.91 at lr 0.001 (mean of 2 seeds); from lr 0.1 on "
+                       "it falls (accuracy is 0.60 there).")
+    assert any(t.startswith("Fine-tune, frozen: best test accuracy 0.94 at lr 0.001") and "does not fall" in t
+               for t in text)
+    assert "Tuned, same budget: fine-tuning reaches 0.94 (lr 0.001), from scratch 0.60 (lr 0.01); they still differ: " \
+           "fine-tuning is better by 0.34." in text
+    assert any(t.startswith("Frozen features reach 0.94 (lr 0.001) vs 0.91 training all layers") and "10.0x faster"
+               in t for t in text)
+    assert "1 point(s) diverged (lr 0.1)." in text
+    spec = ui.accuracy_vs_lr_chart(summary).to_dict()
+    assert spec["layer"][0]["encoding"]["x"]["scale"]["type"] == "log" and len(spec["layer"]) == 2  # error bars
+    assert list(ui.sweep_table(summary).columns)[:4] == ["point", "lr", "mode", "freeze"]
+
+
+def test_sweep_progress_says_point_epoch_and_eta():
+    import ui
+    from hotdog.callbacks import BatchProgress
+    from hotdog.jobs import JobState
+
+    state = JobState(state="running", run_id="r3", run_ids=["r1", "r2", "r3"], pending=1, job_started=1000.0,
+                     progress=BatchProgress(2, 4, 5, 10, 0.3, 0.9, 10.0, 60.0),
+                     sweep={"sweep_id": "sw-x", "total": 28, "points": [5, 6, 7, 8], "title": "Exercise 1"})
+    p = ui.sweep_progress(state, now=1000.0 + 237.5)  # 2 points + 3/8 of the third in 237.5 s: 100 s a point
+    assert p["point"] == 7 and p["total"] == 28
+    assert p["text"] == "Point 7/28 · epoch 2/4 · ETA 2m 42s"
+    view = ui.job_view(state, owner=None)
+    assert view["label"].startswith("Exercise 1 · point 7/28 · ") and view["sweep"]["sweep_id"] == "sw-x"
