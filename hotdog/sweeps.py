@@ -413,7 +413,7 @@ def findings(summary: dict) -> list[str]:
         seeds = f" (mean of {best['n']} seeds)" if best["n"] > 1 else ""
         text = f"{name.capitalize()}: best test accuracy {best['mean']:.2f} at lr {best['lr']:g}{seeds}"
         if len(rs) > 1:
-            higher = [r for r in rs if r["lr"] > best["lr"]]
+            higher = [r for r in rs if r["lr"] > best["lr"] and (r["n"] or r["diverged"])]  # measured ones
             fall = next((r for r in higher if r["mean"] is None or r["mean"] < best["mean"] - FALL), None)
             if fall is not None:
                 what = "diverges" if fall["mean"] is None else f"is {fall['mean']:.2f}"

@@ -127,9 +127,12 @@ def results() -> None:
     head_l.markdown(f"**{summary['done']}/{summary['total']} points done**"
                     + (f" · best test accuracy {summary['best']['test_acc']:.3f} (point {summary['best']['index'] + 1})"
                        if summary["best"] else ""))
+    elsewhere = any(p["status"] == "running" for p in summary["points"])  # e.g. `python -m hotdog sweep`
     if not summary["complete"] and not running_this:
-        head_r.button("Resume", key="exp_resume", icon=":material/resume:", disabled=busy, width="stretch",
-                      on_click=lambda: ui.resume_sweep(chosen), help="Run only the points not finished yet.")
+        head_r.button("Resume", key="exp_resume", icon=":material/resume:", disabled=busy or elsewhere,
+                      width="stretch", on_click=lambda: ui.resume_sweep(chosen),
+                      help="A point of this sweep is running in another process." if elsewhere
+                      else "Run only the points not finished yet.")
 
     for sentence in sweeps.findings(summary):
         st.markdown(f"- {ui.md_escape(sentence)}")

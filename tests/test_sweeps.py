@@ -222,3 +222,15 @@ def test_sweep_progress_says_point_epoch_and_eta():
     assert p["text"] == "Point 7/28 · epoch 2/4 · ETA 2m 42s"
     view = ui.job_view(state, owner=None)
     assert view["label"].startswith("Exercise 1 · point 7/28 · ") and view["sweep"]["sweep_id"] == "sw-x"
+
+
+def test_findings_ignore_points_not_measured_yet():
+    summary = _fake_summary({("finetune", False, 1e-3): [0.9], ("finetune", False, 1e-2): [0.5]},
+                            {"lr": [1e-3, 1e-2, 1e-1]})
+    summary["points"].append({**summary["points"][-1], "index": 2, "status": "pending", "test_acc": None,
+                              "values": {"lr": 1e-1, "seed": 0}, "config": {**summary["points"][-1]["config"],
+                                                                           "lr": 1e-1}})
+    assert sweeps.findings(summary) == ["All points: best test accuracy 0.90 at lr 0.001; from lr 0.01 on it falls "
+                                        "(accuracy is 0.50 there)."]
+    summary["points"][1]["status"] = "pending"
+    assert sweeps.findings(summary) == ["All points: best test accuracy 0.90 at lr 0.001."]
