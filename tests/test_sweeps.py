@@ -234,3 +234,15 @@ def test_findings_ignore_points_not_measured_yet():
                                         "(accuracy is 0.50 there)."]
     summary["points"][1]["status"] = "pending"
     assert sweeps.findings(summary) == ["All points: best test accuracy 0.90 at lr 0.001."]
+
+
+def test_a_frozen_point_that_reuses_features_trains_exactly_like_a_lone_run(tiny_dataset, hotdog_home):
+    from hotdog.train import train
+
+    sweep_id = sweeps.create(spec(tiny_dataset, {"lr": [1e-2, 1e-3], "freeze": [True]}, base={"epochs": 2}))
+    summary = sweeps.run(sweep_id)
+    reused = next(p for p in summary["points"] if p["values"]["lr"] == 1e-3)  # the second point: features reused
+    alone = train(settings.config_for(tiny_dataset, freeze=True, lr=1e-3, **{**TINY, "epochs": 2}))
+    assert [round(e["test_acc"], 6) for e in reused["epochs"]] == [round(e.test_acc, 6) for e in alone.epochs]
+    assert [e["train_loss"] for e in reused["epochs"]] == pytest.approx([e.train_loss for e in alone.epochs],
+                                                                        rel=1e-5)
