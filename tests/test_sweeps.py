@@ -246,3 +246,14 @@ def test_a_frozen_point_that_reuses_features_trains_exactly_like_a_lone_run(tiny
     assert [round(e["test_acc"], 6) for e in reused["epochs"]] == [round(e.test_acc, 6) for e in alone.epochs]
     assert [e["train_loss"] for e in reused["epochs"]] == pytest.approx([e.train_loss for e in alone.epochs],
                                                                         rel=1e-5)
+
+
+def test_cli_errors_are_one_json_document(tiny_dataset, hotdog_home, capsys):
+    from hotdog.cli import main
+
+    for argv in (["sweep", "--data", str(tiny_dataset), "--grid", "lr=abc"], ["sweep", "--data", str(tiny_dataset)],
+                 ["sweep", "--resume", "sw-20260101-000000-abcdef"], ["sweep", "--resume", "../../etc"]):
+        assert main(argv + ["--json"]) == 1
+        doc = json.loads(capsys.readouterr().out)
+        assert list(doc) == ["error"] and doc["error"], argv
+    assert main(["sweep", "--list", "--json"]) == 0 and json.loads(capsys.readouterr().out) == {"sweeps": []}
