@@ -411,6 +411,13 @@ def findings(summary: dict) -> list[str]:
                 out.append(f"{name.capitalize()}: every point diverged (lr {min(div):g} and up).")
             continue
         seeds = f" (mean of {best['n']} seeds)" if best["n"] > 1 else ""
+        measured = [r for r in rs if r["mean"] is not None]
+        if len(measured) > 2 and not any(r["diverged"] for r in rs) and \
+                max(r["mean"] for r in measured) - min(r["mean"] for r in measured) < 0.02:
+            out.append(f"{name.capitalize()}: test accuracy {best['mean']:.2f} at every learning rate tried "
+                       f"({min(r['lr'] for r in measured):g} to {max(r['lr'] for r in measured):g}){seeds}: "
+                       "the learning rate makes no difference in this budget.")
+            continue
         text = f"{name.capitalize()}: best test accuracy {best['mean']:.2f} at lr {best['lr']:g}{seeds}"
         if len(rs) > 1:
             higher = [r for r in rs if r["lr"] > best["lr"] and (r["n"] or r["diverged"])]  # measured ones
