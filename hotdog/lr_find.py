@@ -46,17 +46,16 @@ class LRFind:
 
 def suggest(lrs, losses) -> tuple[float | None, float | None, float | None]:
     """(suggested, steepest, minimum) learning rates of a smoothed loss curve. The first
-    tenth of the steps (the moving average still settling) and the last twentieth are left
-    out of the steepest-descent search, as fastai does."""
+    tenth of the steps (the moving average is still one or two noisy batches there) and the
+    last twentieth are left out of both searches, as fastai does."""
     lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
     ok = np.isfinite(losses)
     lrs, losses = lrs[ok], losses[ok]
     if len(lrs) < 5:
         return None, None, None
-    i_min = int(np.argmin(losses))
-    min_lr = float(lrs[i_min])
     lo = min(max(2, len(lrs) // 10), len(lrs) - 3)
     hi = max(len(lrs) - max(1, len(lrs) // 20), lo + 3)
+    min_lr = float(lrs[lo + int(np.argmin(losses[lo:hi]))])
     grads = np.gradient(losses[lo:hi], np.log10(lrs[lo:hi]))
     steepest = float(lrs[lo + int(np.argmin(grads))])
     suggested = steepest if steepest <= min_lr else min_lr / 10

@@ -93,7 +93,7 @@ def lr_find_step(args) -> None:
                min_lr=found.min_lr, steps=len(found.lrs), stopped_early=found.stopped_early,
                seconds=round(seconds, 1), lrs=found.lrs, losses=found.losses)
         accs = {}
-        for name, lr in (("preset", cfg.lr), ("suggested", found.suggested_lr)):
+        for name, lr in (("at_preset_lr", cfg.lr), ("at_suggested_lr", found.suggested_lr)):
             if lr is None:
                 continue
             r = train(settings.config_for(args.data, preset=preset, epochs=args.epochs, input_size=args.input_size,
