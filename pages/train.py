@@ -189,8 +189,8 @@ with st.expander("Find a learning rate", icon=":material/trending_down:"):
         st.altair_chart(ui.lr_find_chart(found), width="stretch")
         if found.get("suggested_lr"):
             lr = float(f"{found['suggested_lr']:.2g}")
-            st.caption(f"Steepest descent at {found['steepest_lr']:.2g}, lowest loss at {found['min_lr']:.2g}: "
-                       f"suggested {lr:g}.")
+            st.caption(f"Lowest loss at lr {found['min_lr']:.2g}: suggested a tenth of it, {lr:g} (steepest "
+                       f"descent at {found['steepest_lr']:.2g}, fastai's valley at {found['valley_lr']:.2g}).")
             st.button(f"Use lr {lr:g}", key="btn_use_lr", on_click=use_lr, args=(lr,))
         else:
             st.caption("The loss exploded too soon for a suggestion: try a smaller batch or the frozen features.")

@@ -264,3 +264,15 @@ def test_a_flat_curve_is_said_to_be_flat():
                             {"lr": [1e-3, 1e-2, 1e-1], "mode": ["scratch"]})
     assert sweeps.findings(summary) == ["All points: test accuracy 0.50 at every learning rate tried (0.001 to 0.1) "
                                         "(mean of 2 seeds): the learning rate makes no difference in this budget."]
+
+
+def test_lr_suggestion_ignores_the_noisy_start_of_the_curve():
+    from hotdog.lr_find import suggest
+
+    lrs = list(np.logspace(-6, 0, 40))
+    losses = [1.0 - 0.4 * np.exp(-((np.log10(lr) + 2.5) ** 2)) for lr in lrs]  # lowest at lr ~3e-3
+    losses[0] = 0.2  # the first value is one batch: lower than anything, and meaningless
+    suggested, steepest, lowest, valley = suggest(lrs, losses)
+    assert lowest == pytest.approx(10 ** -2.5, rel=0.5) and suggested == pytest.approx(lowest / 10)
+    assert 1e-5 < steepest < lowest and valley is not None
+    assert suggest(lrs[:3], losses[:3]) == (None, None, None, None)

@@ -151,6 +151,6 @@ def cmd_lr_find(args) -> int:
     if res.suggested_lr is None:
         print("no suggestion: too few steps before the loss exploded")
     else:
-        print(f"suggested lr {res.suggested_lr:.3g} (steepest descent {res.steepest_lr:.3g}, "
-              f"minimum {res.min_lr:.3g})")
+        print(f"suggested lr {res.suggested_lr:.3g} (a tenth of the lowest loss's {res.min_lr:.3g}; steepest "
+              f"descent {res.steepest_lr:.3g}, valley {res.valley_lr:.3g})")
     return 0
