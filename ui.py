@@ -310,7 +310,8 @@ def accuracy_vs_lr_chart(summary: dict):
     if df.empty:
         return None
     x = alt.X("lr:Q", title="learning rate (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g"))
-    color = alt.Color("group:N", title=None, legend=alt.Legend(orient="bottom"))
+    color = alt.Color("group:N", title=None, scale=alt.Scale(scheme="tableau10"),
+                      legend=alt.Legend(orient="bottom"))
     base = alt.Chart(df)
     line = base.mark_line(point=True).encode(
         x=x, y=alt.Y("mean:Q", title="final test accuracy", scale=alt.Scale(domain=[0, 1])), color=color,
