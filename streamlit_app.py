@@ -33,6 +33,7 @@ def app_pages() -> list:
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
         st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
         st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
     ]

@@ -241,11 +241,14 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
     mode = MODE_TITLES.get(getattr(cfg, "mode", ""), "training")
     source = getattr(cfg, "source", "")
     stopping = state.state == "stopping"
+    sweep = sweep_progress(state)
     return {
         "run_id": state.run_id or "…",
         "mode": mode,
-        "label": f"{mode} of {(titles or {}).get(source, source)} · run {state.run_id}"
+        "label": (f"{sweep['title'] or 'sweep'} · point {sweep['point']}/{sweep['total']} · " if sweep else "")
+                 + f"{mode} of {(titles or {}).get(source, source)} · run {state.run_id}"
                  + (" · stopping…" if stopping else ""),
+        "sweep": sweep,
         "progress": state.progress,
         "metrics": list(state.epochs),
         "pending": int(state.pending or 0),
@@ -264,6 +267,88 @@ def memory_estimate(config, n_images: int) -> tuple[str, str]:
     plan = memory.plan(config, n_images)
     text = "Memory: " + plan.message + "."
     return {"proceed": "info", "warn": "warning", "refuse": "error"}[plan.decision], text
+
+
+def sweep_progress(state, now: float | None = None) -> dict | None:
+    """For a sweep in the job: {"sweep_id", "title", "point" (1-based, of the sweep), "total",
+    "text": "Point 7/28 · epoch 2/5 · ETA 3m 10s"}; the ETA spreads the time taken so far over
+    the points of this job (the current one counted by its progress). None for plain runs."""
+    sweep = getattr(state, "sweep", None)
+    if not sweep:
+        return None
+    queued = list(sweep.get("points") or [])
+    done = max(len(state.run_ids) - 1, 0)
+    point = queued[min(done, len(queued) - 1)] if queued else done + 1
+    p = state.progress
+    frac = progress_fraction(p) if p is not None and _get(p, "phase") != "cache" else 0.0
+    elapsed = (time.time() if now is None else now) - (getattr(state, "job_started", None) or time.time())
+    progress = done + frac
+    eta = elapsed / progress * (len(queued) - progress) if progress > 0 and queued else float("nan")
+    parts = [f"Point {point}/{sweep.get('total', len(queued))}"]
+    if p is not None:
+        parts.append("computing features" if _get(p, "phase") == "cache" else f"epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}")
+    parts.append(f"ETA {format_duration(eta)}")
+    return {"sweep_id": sweep.get("sweep_id"), "title": sweep.get("title") or "", "point": point,
+            "total": sweep.get("total", len(queued)), "fraction": progress / len(queued) if queued else 0.0,
+            "text": " · ".join(parts)}
+
+
+def sweep_table(summary: dict) -> pd.DataFrame:
+    """One row per point of :func:`hotdog.sweeps.summarize`: its settings, status, accuracy, time."""
+    grid = list(summary["spec"]["grid"])
+    rows = []
+    for p in summary["points"]:
+        row = {"point": p["index"] + 1}
+        row.update({k: p["values"].get(k) for k in grid if k != "seed"})
+        cfg = p["config"]
+        row.update({"mode": cfg.get("mode"), "freeze": cfg.get("freeze"), "lr": cfg.get("lr"),
+                    "lr_mult": cfg.get("lr_mult"), "seed": p["values"].get("seed"), "status": p["status"],
+                    "test acc": p["test_acc"], "seconds": p["seconds"], "run": p["run_id"] or ""})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def accuracy_vs_lr_chart(summary: dict):
+    """Final test accuracy against the learning rate (log axis), one line per group of the
+    sweep (mode / frozen / head multiplier), mean over seeds with +-1 standard deviation bars."""
+    import altair as alt
+
+    from hotdog import sweeps
+
+    rows = sweeps.aggregate(summary)
+    df = pd.DataFrame([{**r, "lo": r["mean"] - r["std"], "hi": r["mean"] + r["std"]}
+                       for r in rows if r["mean"] is not None])
+    if df.empty:
+        return None
+    x = alt.X("lr:Q", title="learning rate (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g"))
+    color = alt.Color("group:N", title=None, scale=alt.Scale(scheme="tableau10"),
+                      legend=alt.Legend(orient="bottom"))
+    base = alt.Chart(df)
+    line = base.mark_line(point=True).encode(
+        x=x, y=alt.Y("mean:Q", title="final test accuracy", scale=alt.Scale(domain=[0, 1])), color=color,
+        tooltip=["group", alt.Tooltip("lr:Q", format="g"), alt.Tooltip("mean:Q", format=".3f"),
+                 alt.Tooltip("std:Q", format=".3f"), "n", "diverged"])
+    if (df["n"] > 1).any():
+        line = line + base.mark_errorbar().encode(x=x, y=alt.Y("lo:Q", title=None), y2="hi:Q", color=color)
+    return line.properties(height=320)
+
+
+def lr_find_chart(result: dict):
+    """The lr finder's smoothed loss against the learning rate (log axis), the suggestion marked."""
+    import altair as alt
+
+    df = pd.DataFrame({"lr": result["lrs"], "loss": result["losses"]})
+    df = df[np.isfinite(df["loss"])]
+    chart = alt.Chart(df).mark_line().encode(
+        x=alt.X("lr:Q", title="learning rate (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g")),
+        y=alt.Y("loss:Q", title="smoothed training loss", scale=alt.Scale(zero=False)),
+        tooltip=[alt.Tooltip("lr:Q", format=".3g"), alt.Tooltip("loss:Q", format=".3f")])
+    if result.get("suggested_lr"):
+        mark = pd.DataFrame({"lr": [result["suggested_lr"]], "label": [f"suggested {result['suggested_lr']:.2g}"]})
+        rule = alt.Chart(mark).mark_rule(color="#d9480f", strokeDash=[4, 3]).encode(x="lr:Q")
+        text = alt.Chart(mark).mark_text(align="left", dx=4, dy=-120, color="#d9480f").encode(x="lr:Q", text="label")
+        chart = chart + rule + text
+    return chart.properties(height=260)
 
 
 def job_end_message(state) -> tuple[str, str]:
@@ -501,6 +586,30 @@ def start_jobs(configs) -> str:
     return job_manager().start(list(configs), owner=session_owner())
 
 
+def start_sweep(spec) -> str:
+    """Record a sweep (every point validated) and queue its points in the one job; its id."""
+    from hotdog import sweeps
+
+    sweep_id = sweeps.create(spec)
+    sweeps.start_in_job(job_manager(), sweep_id, owner=session_owner())
+    return sweep_id
+
+
+def resume_sweep(sweep_id: str) -> str | None:
+    """Queue a sweep's unfinished points; None when every point is done."""
+    from hotdog import sweeps
+
+    return sweeps.start_in_job(job_manager(), sweep_id, owner=session_owner())
+
+
+def find_lr(config, num_iter: int = 50) -> dict:
+    """The learning-rate finder for ``config`` on the engine's MXNet thread (never this script's)."""
+    from hotdog.lr_find import lr_find
+
+    with st.spinner(f"Trying {num_iter} learning rates from 1e-6 upwards…"):
+        return mx_call(lr_find, config, num_iter=num_iter, end_lr=10.0).to_dict()
+
+
 def stop_job(force: bool = False) -> None:
     """Stop this browser's training; ``force`` (confirmed by the user) stops another's."""
     job_manager().stop(owner=session_owner(), force=force)
@@ -509,6 +618,18 @@ def stop_job(force: bool = False) -> None:
 def job_snapshot() -> dict | None:
     """What runs now in this server (any tab), or None when idle."""
     return job_view(job_manager().current(), source_titles(), owner=session_owner())
+
+
+def live_job(flag: str) -> dict | None:
+    """:func:`job_snapshot` for a page's auto-refreshing view; when the job has just ended the
+    whole page reruns (its buttons and results change). ``flag``: the session key that
+    remembers whether a job ran at the view's last refresh."""
+    snap = job_snapshot()
+    was = st.session_state.get(flag)
+    st.session_state[flag] = snap is not None
+    if snap is None and was:
+        st.rerun(scope="app")
+    return snap
 
 
 def last_job():

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "hotdog.commands.train",
     "hotdog.commands.bench",
     "hotdog.commands.explain",
+    "hotdog.commands.sweep",
 )
 
 

@@ -51,6 +51,10 @@ class JobState:
     pending: int = 0
     run_ids: list = field(default_factory=list)  # every run this job started, in order
     owner: str | None = None  # who started it (the app: a browser session); only they may stop it
+    # A sweep (hotdog.sweeps): {"sweep_id", "total": points in the sweep, "points": the point
+    # number (1-based) of each queued config, in order}; None for plain trainings.
+    sweep: dict | None = None
+    job_started: float | None = None  # when start() was called (``started`` is per run)
 
     def owned_by(self, owner: str | None) -> bool:
         return self.owner is None or self.owner == owner
@@ -78,18 +82,27 @@ class TrainingJob:
         return TrainingBusyError(f"training run {self._state.run_id} is already running in this server{more}; "
                                  "stop it or wait for it to finish before starting another")
 
-    def start(self, configs, runs_dir: str | os.PathLike | None = None, owner: str | None = None) -> str:
+    def start(self, configs, runs_dir: str | os.PathLike | None = None, owner: str | None = None, *,
+              tags: Sequence[dict] | None = None, continue_on: Sequence[str] = (),
+              sweep: dict | None = None) -> str:
         """Start ``configs`` (one config or a list) one after the other; returns the first run id.
-        ``owner`` (the app passes its browser session) is the only one :meth:`stop` obeys."""
+        ``owner`` (the app passes its browser session) is the only one :meth:`stop` obeys.
+        ``tags``: one dict per config, recorded in its config.json (``train.prepare``).
+        A run that ends in a state other than "finished" drops the rest of the queue unless
+        that state is in ``continue_on`` (a sweep passes ``("diverged",)``); Stop always ends
+        the queue. ``sweep`` is shown as is in :class:`JobState` (progress "point 7/28")."""
         from hotdog.runs import RunStore, mark_active
         from hotdog.train import prepare
 
         configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
         if not configs:
             raise ValueError("nothing to train")
+        tags = list(tags) if tags is not None else [{}] * len(configs)
+        if len(tags) != len(configs):
+            raise ValueError("give one tags dict per config")
         if self.is_running():
             raise self._busy_error()
-        first = prepare(configs[0])  # slow (reads every photo header): outside the lock
+        first = prepare(configs[0], tags=tags[0])  # slow (reads every photo header): outside the lock
         store = RunStore(runs_dir if runs_dir is not None else self.runs_dir)
         with self._lock:
             if self._future is not None and not self._future.done():
@@ -97,12 +110,14 @@ class TrainingJob:
             run_id, run_dir = store.create(first.record())
             self._stop = threading.Event()
             self._state = JobState(state="running", run_id=run_id, run_dir=str(run_dir), config=first.config,
-                                   started=time.time(), pending=len(configs) - 1, run_ids=[run_id], owner=owner)
+                                   started=time.time(), pending=len(configs) - 1, run_ids=[run_id], owner=owner,
+                                   sweep=sweep, job_started=time.time())
             try:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
                         max_workers=1, thread_name_prefix="hotdog-train")
-                self._future = self._executor.submit(self._work, first, configs[1:], store, run_id, self._stop)
+                self._future = self._executor.submit(self._work, first, list(zip(configs[1:], tags[1:])), store,
+                                                     run_id, self._stop, tuple(continue_on))
             except RuntimeError as err:  # cannot start a thread: the run must not look alive
                 mark_active(run_id, False)
                 store.write_status(run_id, "failed", f"could not start the training thread: {err}")
@@ -115,7 +130,8 @@ class TrainingJob:
             for k, v in changes.items():
                 setattr(self._state, k, v)
 
-    def _work(self, prepared, rest: Sequence, store, run_id: str, stop_event: threading.Event) -> None:
+    def _work(self, prepared, rest: Sequence, store, run_id: str, stop_event: threading.Event,
+              continue_on: tuple = ()) -> None:
         from hotdog.train import prepare
 
         def on_batch(p):
@@ -138,12 +154,13 @@ class TrainingJob:
                 s.result, s.epochs, s.state = result, list(result.epochs), result.status
                 s.error = result.message if result.status in ("diverged", "failed") else None
                 s.ended = time.time()
-                if result.status != "finished" or not queue:  # stopped, diverged or failed: the rest is moot
+                go_on = result.status == "finished" or (result.status in continue_on and not stop_event.is_set())
+                if not go_on or not queue:  # stopped, diverged or failed: the rest is moot
                     s.pending = 0
                     return
-            config = queue.pop(0)
+            config, tags = queue.pop(0)
             try:
-                prepared = prepare(config)
+                prepared = prepare(config, tags=tags)
                 run_id, run_dir = store.create(prepared.record())
             except HotdogError as err:
                 self._update(state="failed", error=str(err), pending=0)

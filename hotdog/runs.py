@@ -255,7 +255,15 @@ def check_config(raw: Any) -> dict:
     _field(f, d, "freeze", lambda v: isinstance(v, bool), "true or false")
     _field(f, d, "bn_mode", lambda v: v in BN_MODE_NAMES, f"one of {', '.join(BN_MODE_NAMES)}")
     _field(f, d, "input_size", lambda v: v is None or _is_int(v, 32, 1024), "a size in pixels (32 to 1024)")
+    _field(f, d, "tags", _is_tags, "an object of short names to strings or whole numbers")
     return d
+
+
+def _is_tags(v: Any) -> bool:
+    """config.json's optional ``tags`` (train.prepare(tags=...)): labels such as a sweep's id."""
+    return isinstance(v, dict) and len(v) <= 32 and all(
+        isinstance(k, str) and 0 < len(k) <= 64
+        and ((isinstance(x, str) and len(x) <= 256) or _is_int(x, -2**31, 2**31)) for k, x in v.items())
 
 
 def check_metrics_row(raw: Any) -> dict:
@@ -402,6 +410,7 @@ class RunSummary:
     data_root: str | None = None
     run_dir: str = ""
     warning: str = ""
+    tags: dict = dataclasses.field(default_factory=dict)  # config.json's "tags" (e.g. sweep_id)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -663,5 +672,5 @@ def _summarize(d: Path) -> RunSummary:
         lr=cfg.get("lr"),  # as recorded: configs are resolved before they are written
         lr_mult=cfg.get("lr_mult"), bn_mode=cfg.get("bn_mode"), data_root=cfg.get("data_root"),
         data=Path(cfg["data_root"]).name if cfg.get("data_root") else None, run_dir=str(d),
-        warning=_metrics_warning(files.bad_lines),
+        warning=_metrics_warning(files.bad_lines), tags=dict(cfg.get("tags") or {}),
     )

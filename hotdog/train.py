@@ -65,22 +65,29 @@ class Prepared:
     splits: Any
     data_fingerprint: str = ""
     memory: Any = None  # hotdog.memory.MemoryPlan: the estimate and the decision
+    # Labels that are not settings (a sweep's id and point number): recorded in config.json
+    # under "tags", never read back as knobs (TrainConfig.from_dict ignores the key).
+    tags: dict = dataclasses.field(default_factory=dict)
 
     def record(self) -> dict:
-        """What config.json holds: every resolved knob and the data set's content fingerprint."""
-        return {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
+        """What config.json holds: every resolved knob, the data set's content fingerprint
+        and, when given, the run's ``tags``."""
+        out = {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
+        if self.tags:
+            out["tags"] = dict(self.tags)
+        return out
 
     def __reduce__(self):
         # Sent to the training worker process: device contexts and preprocessing are rebuilt
         # there from the resolved config (no MXNet objects cross the pipe; no rescan of the data).
-        return (_rebuild_prepared, (self.config, self.splits, self.data_fingerprint, self.memory))
+        return (_rebuild_prepared, (self.config, self.splits, self.data_fingerprint, self.memory, self.tags))
 
 
-def _rebuild_prepared(config: TrainConfig, splits, fingerprint: str, plan) -> Prepared:
+def _rebuild_prepared(config: TrainConfig, splits, fingerprint: str, plan, tags: dict) -> Prepared:
     from hotdog.devices import resolve_devices
 
     return Prepared(config, resolve_devices(config.devices), resolve_preprocess(config.source, config.input_size),
-                    splits, fingerprint, plan)
+                    splits, fingerprint, plan, tags)
 
 
 def resolve_preprocess(source: str, input_size: int | None):
@@ -102,9 +109,10 @@ def _default_workers(config: TrainConfig, ctxs) -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def prepare(config: TrainConfig, check_memory: bool = True) -> Prepared:
+def prepare(config: TrainConfig, check_memory: bool = True, tags: dict | None = None) -> Prepared:
     """Check devices and source, scan the data set, and resolve every runtime value into the
-    config, so config.json says exactly what the run used.
+    config, so config.json says exactly what the run used. ``tags`` (short str/int labels,
+    e.g. ``{"sweep_id": ..., "sweep_point": 3}``) are recorded beside the knobs.
 
     With ``check_memory`` the run's peak memory is estimated (:func:`hotdog.memory.plan`): a
     run that cannot fit raises MemoryRefusedError before anything starts, ``micro_batch``
@@ -129,7 +137,7 @@ def prepare(config: TrainConfig, check_memory: bool = True) -> Prepared:
             log.warning("%s", plan.message)
     if resolved.micro_batch is None:
         resolved.micro_batch = plan.micro_batch if plan is not None else resolved.batch_size
-    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits), plan)
+    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits), plan, dict(tags or {}))
 
 
 def data_drift(run_config: dict) -> str | None:
@@ -274,6 +282,51 @@ def _preload(ds, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Frozen features shared by the points of one sweep
+# ---------------------------------------------------------------------------------------
+
+# Documented process-wide cache: the frozen backbone's features of the points of ONE sweep
+# (runs tagged with the same ``sweep_id``), so a frozen lr sweep extracts features once.
+# Keyed by everything the features depend on: source, preprocessing, data fingerprint,
+# augmented views (and, with views, the seed that draws them) and devices; the head's
+# settings (lr, lr_mult, wd, epochs, init) do not enter. A run outside a sweep never reads
+# or fills it, and a new sweep drops the previous sweep's entries.
+_SWEEP_FEATURES: dict[tuple, tuple] = {}
+_SWEEP_FEATURES_LOCK = threading.Lock()
+
+
+def _sweep_features_key(prepared: Prepared) -> tuple | None:
+    sweep_id = prepared.tags.get("sweep_id")
+    cfg = prepared.config
+    if not sweep_id or not prepared.data_fingerprint:
+        return None
+    import json
+
+    return (sweep_id, cfg.source, json.dumps(prepared.pre.to_dict(), sort_keys=True), prepared.data_fingerprint,
+            int(cfg.augment_views), cfg.seed if cfg.augment_views else None, tuple(cfg.devices or ()))
+
+
+def _sweep_features_get(key):
+    with _SWEEP_FEATURES_LOCK:
+        return _SWEEP_FEATURES.get(key) if key is not None else None
+
+
+def _sweep_features_put(key, value) -> None:
+    if key is None:
+        return
+    with _SWEEP_FEATURES_LOCK:
+        for old in [k for k in _SWEEP_FEATURES if k[0] != key[0]]:
+            del _SWEEP_FEATURES[old]
+        _SWEEP_FEATURES[key] = value
+
+
+def forget_sweep_features() -> None:
+    """Drop the cached frozen features (tests; a new sweep does it by itself)."""
+    with _SWEEP_FEATURES_LOCK:
+        _SWEEP_FEATURES.clear()
+
+
+# ---------------------------------------------------------------------------------------
 # The fit: one train() call's state, its loops and events
 # ---------------------------------------------------------------------------------------
 
@@ -282,6 +335,8 @@ class _Fit:
     def __init__(self, prepared: Prepared, emit: Dispatcher):
         self.config, self.ctxs = prepared.config, prepared.ctxs
         self.pre, self.splits = prepared.pre, prepared.splits
+        self.features_key = _sweep_features_key(prepared)
+        self.features_reused = False
         self.emit = emit
         self.net = None
         self.epochs: list[EpochMetrics] = []
@@ -492,20 +547,26 @@ class _Fit:
         from hotdog.data import ImageListDataset, test_transform, train_transform
 
         cfg, ctxs, pre = self.config, self.ctxs, self.pre
-        train_ds, test_ds = self.datasets(test_transform(pre))
-        n = len(train_ds)
-        features, fctxs = self.feature_extractor(train_ds)
-        views = [self.extract(features, train_ds, fctxs)]
-        if cfg.augment_views:
-            aug_ds = ImageListDataset(train_ds.items, train_transform(pre), min_side=pre.resize)
-            aug_ds._cache = train_ds._cache  # same decoded pixels, different transform
-            for _ in range(int(cfg.augment_views)):
-                views.append(self.extract(features, aug_ds, fctxs))
+        cached = _sweep_features_get(self.features_key)
+        if cached is not None:  # an earlier frozen point of this sweep extracted them
+            views, test_feats, labels, test_labels = cached
+            self.features_reused = True
+        else:
+            train_ds, test_ds = self.datasets(test_transform(pre))
+            features, fctxs = self.feature_extractor(train_ds)
+            views = [self.extract(features, train_ds, fctxs)]
+            if cfg.augment_views:
+                aug_ds = ImageListDataset(train_ds.items, train_transform(pre), min_side=pre.resize)
+                aug_ds._cache = train_ds._cache  # same decoded pixels, different transform
+                for _ in range(int(cfg.augment_views)):
+                    views.append(self.extract(features, aug_ds, fctxs))
+            test_feats = self.extract(features, test_ds, fctxs)
+            del features
+            labels = mx.nd.array([lab for _, lab in train_ds.items], ctx=ctxs[0])
+            test_labels = mx.nd.array([lab for _, lab in test_ds.items], ctx=ctxs[0])
+            _sweep_features_put(self.features_key, (views, test_feats, labels, test_labels))
+        n, n_test = labels.shape[0], test_labels.shape[0]
         feats = mx.nd.concat(*views, dim=0) if len(views) > 1 else views[0]
-        test_feats = self.extract(features, test_ds, fctxs)
-        del features
-        labels = mx.nd.array([lab for _, lab in train_ds.items], ctx=ctxs[0])
-        test_labels = mx.nd.array([lab for _, lab in test_ds.items], ctx=ctxs[0])
 
         sampler = _EpochBatches(n, cfg.batch_size, cfg.seed)
         view_rng = np.random.RandomState((cfg.seed + 1) % (2**32))
@@ -514,7 +575,7 @@ class _Fit:
         head = self.net.output
 
         def test_acc():
-            chunks = ((test_feats[i:i + 1024], test_labels[i:i + 1024]) for i in range(0, len(test_ds), 1024))
+            chunks = ((test_feats[i:i + 1024], test_labels[i:i + 1024]) for i in range(0, n_test, 1024))
             return _accuracy(head, chunks, ctxs)
 
         for epoch in range(1, (last_epoch or cfg.epochs) + 1):

@@ -175,6 +175,31 @@ b2.button("Train from scratch", icon=":material/restart_alt:", key="btn_scratch"
 b3.button("Run the chapter's comparison", icon=":material/compare_arrows:", key="btn_compare", width="stretch",
           disabled=busy or not root, on_click=start, args=(["finetune", "scratch"],),
           help="Fine-tune, then train the same network from scratch at its own learning rate.")
+
+
+def use_lr(lr: float) -> None:
+    st.session_state["lr"] = lr  # before the sidebar widget is drawn on the next run
+
+
+with st.expander("Find a learning rate", icon=":material/trending_down:"):
+    st.caption("fastai's lr_find: one short pass with the learning rate growing from 1e-6 by a constant "
+               "factor per batch, on the sidebar's settings; the loss (smoothed) is plotted against it and "
+               "the pass stops when the loss explodes. The network is thrown away afterwards.")
+    if st.button("Find a learning rate", key="btn_lr_find", icon=":material/search:", disabled=busy or not root):
+        try:
+            st.session_state["lr_find"] = ui.find_lr(make_config(knobs, "finetune", root))
+        except HotdogError as err:
+            ui.show_error(err)
+    found = st.session_state.get("lr_find")
+    if found:
+        st.altair_chart(ui.lr_find_chart(found), width="stretch")
+        if found.get("suggested_lr"):
+            lr = float(f"{found['suggested_lr']:.2g}")
+            st.caption(f"Lowest loss at lr {found['min_lr']:.2g}: suggested a tenth of it, {lr:g} (steepest "
+                       f"descent at {found['steepest_lr']:.2g}, fastai's valley at {found['valley_lr']:.2g}).")
+            st.button(f"Use lr {lr:g}", key="btn_use_lr", on_click=use_lr, args=(lr,))
+        else:
+            st.caption("The loss exploded too soon for a suggestion: try a smaller batch or the frozen features.")
 if st.session_state.get("train_error"):
     st.error(ui.md_escape(st.session_state["train_error"]), icon=":material/error:")
 elif not busy and (last := ui.last_job()) is not None:
@@ -210,12 +235,8 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
 
 @ui.fragment(run_every=1.0)
 def live() -> None:
-    snap = ui.job_snapshot()
-    was = st.session_state.get("job_was_running")
-    st.session_state["job_was_running"] = snap is not None
+    snap = ui.live_job("job_was_running")
     if snap is None:
-        if was:  # the job just ended: redraw the whole page (buttons, history)
-            st.rerun(scope="app")
         return
     with st.container(border=True):
         top_l, top_r = st.columns([5, 1], vertical_alignment="center")

@@ -385,7 +385,7 @@ def test_pages_folder_holds_only_pages_and_no_page_imports_another():
     import ast
 
     pages = sorted(p.name for p in (Path(APP).parent / "pages").iterdir() if p.suffix == ".py")
-    assert pages == ["data.py", "home.py", "predict.py", "train.py", "weights.py"]
+    assert pages == ["data.py", "experiments.py", "home.py", "predict.py", "train.py", "weights.py"]
     for name in pages:
         tree = ast.parse((Path(APP).parent / "pages" / name).read_text())
         imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
@@ -767,3 +767,54 @@ def test_weights_page_shows_what_drives_the_hotdog_score_for_a_photo(app_home):
     assert len(at.get("vega_lite_chart")) == charts + 1
     metrics = {m.label: m.value for m in at.metric}
     assert "Score" in metrics and "Bias" in metrics
+
+
+@pytest.mark.timeout(1800)
+def test_experiments_page_runs_a_custom_sweep_and_shows_its_results(app_home):
+    from hotdog import sweeps
+    from hotdog.jobs import job_manager
+
+    at = new_app()
+    at.switch_page("pages/experiments.py").run()
+    assert_clean(at)
+    shown = " ".join(m.value for m in at.markdown)
+    assert all(ex["title"] in shown for ex in sweeps.EXERCISES.values())
+    assert any("No sweeps yet" in c.value for c in at.caption)
+    at.number_input(key="exp_epochs").set_value(1)
+    at.select_slider(key="exp_input_size").set_value(32)
+    at.text_input(key="exp_grid_lr").set_value("1e-3,1e6")
+    at.run()
+    at.button(key="exp_run_custom").click().run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    if job_manager().wait(600).running:
+        pytest.fail("the sweep did not finish in time")
+    at.run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["status"]) <= {"finished", "diverged"} and "finished" in set(table["status"])
+    assert list(table["lr"])[0] in (1e-3, 1e6)  # sorted by accuracy, best first
+    assert any("2/2 points done" in m.value for m in at.markdown)
+    assert any("best test accuracy" in m.value.replace("\\", "") for m in at.markdown)  # a computed finding
+    assert len(at.get("vega_lite_chart")) >= 2  # accuracy vs lr, overlaid curves
+    # a bad grid is one sentence, nothing starts
+    at.text_input(key="exp_grid_lr").set_value("fast").run()
+    at.button(key="exp_run_custom").click().run()
+    assert_clean(at)
+    assert [e.value for e in at.error if "number" in e.value]
+    assert not job_manager().is_running()
+
+
+def test_train_page_finds_a_learning_rate_and_uses_it(app_home):
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    _tiny_knobs(at)
+    at.button(key="btn_lr_find").click().run()
+    found = at.session_state["lr_find"]  # the finder ran on the engine's thread, its curve is kept
+    assert_clean(at)
+    assert found["suggested_lr"] and len(found["lrs"]) == len(found["losses"]) >= 5
+    use = [b for b in at.button if b.key == "btn_use_lr"][0]
+    use.click().run()
+    assert_clean(at)
+    assert at.session_state["lr"] == float(f"{found['suggested_lr']:.2g}")
+    assert at.select_slider(key="lr").value == at.session_state["lr"]
