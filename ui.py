@@ -269,6 +269,40 @@ def memory_estimate(config, n_images: int) -> tuple[str, str]:
     return {"proceed": "info", "warn": "warning", "refuse": "error"}[plan.decision], text
 
 
+def job_header(snap: dict, key: str) -> None:
+    """The live panel's first line: what runs, and Stop for the browser that started it;
+    another session gets who/when and only a labelled, confirmed stop."""
+    left, right = st.columns([5, 1], vertical_alignment="center")
+    left.markdown(f"**Running:** {md_escape(snap['label'])}")
+    if snap["mine"]:
+        if right.button("Stop", icon=":material/stop:", key=key, width="stretch"):
+            stop_job()
+            st.toast("Stopping after the current batch…")
+        return
+    left.caption(f"Started by another browser session at {snap['started']}; only that session "
+                 "can stop it. You can watch it here.")
+    with right.popover("Stop…", icon=":material/stop:", width="stretch"):
+        st.warning("This ends a training someone else started. Completed epochs are kept.")
+        if st.button("Stop someone else's run", key=f"{key}_other", type="primary"):
+            stop_job(force=True)
+            st.toast("Stopping after the current batch…")
+
+
+def live_panel(was_key: str, stop_key: str, body) -> None:
+    """The auto-refreshing panel of the running job: header with its Stop, then ``body(snap)``;
+    nothing when idle (``was_key`` remembers whether a job ran, see :func:`live_job`)."""
+    @fragment(run_every=1.0)
+    def live() -> None:
+        snap = live_job(was_key)
+        if snap is None:
+            return
+        with st.container(border=True):
+            job_header(snap, key=stop_key)
+            body(snap)
+
+    live()
+
+
 def sweep_progress(state, now: float | None = None) -> dict | None:
     """For a sweep in the job: {"sweep_id", "title", "point" (1-based, of the sweep), "total",
     "text": "Point 7/28 · epoch 2/5 · ETA 3m 10s"}; the ETA spreads the time taken so far over

@@ -87,25 +87,15 @@ if st.session_state.get("exp_error"):
     st.error(ui.md_escape(st.session_state["exp_error"]), icon=":material/error:")
 
 
-@ui.fragment(run_every=1.0)
-def live() -> None:
-    snap = ui.live_job("exp_job_was_running")
-    if snap is None:
-        return
-    with st.container(border=True):
-        left, right = st.columns([5, 1], vertical_alignment="center")
-        left.markdown(f"**Running:** {ui.md_escape(snap['label'])}")
-        if snap["mine"] and right.button("Stop", icon=":material/stop:", key="exp_stop", width="stretch"):
-            ui.stop_job()
-            st.toast("Stopping after the current batch…")
-        sweep = snap.get("sweep")
-        if sweep:
-            st.progress(min(max(sweep["fraction"], 0.0), 1.0), text=sweep["text"])
-        elif snap.get("progress") is not None:
-            st.progress(ui.progress_fraction(snap["progress"]), text=ui.progress_text(snap["progress"]))
+def live_body(snap: dict) -> None:
+    sweep = snap.get("sweep")
+    if sweep:
+        st.progress(min(max(sweep["fraction"], 0.0), 1.0), text=sweep["text"])
+    elif snap.get("progress") is not None:
+        st.progress(ui.progress_fraction(snap["progress"]), text=ui.progress_text(snap["progress"]))
 
 
-live()
+ui.live_panel("exp_job_was_running", "exp_stop", live_body)
 
 # ------------------------------------------------------------------ results
 def results() -> None:

@@ -233,41 +233,23 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
     ).properties(height=height)
 
 
-@ui.fragment(run_every=1.0)
-def live() -> None:
-    snap = ui.live_job("job_was_running")
-    if snap is None:
-        return
-    with st.container(border=True):
-        top_l, top_r = st.columns([5, 1], vertical_alignment="center")
-        top_l.markdown(f"**Running:** {ui.md_escape(snap['label'])}")
-        if snap["mine"]:
-            if top_r.button("Stop", icon=":material/stop:", key="btn_stop", width="stretch"):
-                ui.stop_job()
-                st.toast("Stopping after the current batch…")
-        else:
-            top_l.caption(f"Started by another browser session at {snap['started']}; only that session "
-                          "can stop it. You can watch it here.")
-            with top_r.popover("Stop…", icon=":material/stop:", width="stretch"):
-                st.warning("This ends a training someone else started. Completed epochs are kept.")
-                if st.button("Stop someone else's run", key="btn_stop_other", type="primary"):
-                    ui.stop_job(force=True)
-                    st.toast("Stopping after the current batch…")
-        p = snap.get("progress")
-        if p is not None:
-            st.progress(ui.progress_fraction(p), text=ui.progress_text(p))
-        else:
-            st.progress(0.0, text=snap.get("message") or "Starting…")
-        if snap["pending"]:
-            st.caption(f"Then {snap['pending']} more run(s), one after the other.")
-        df = ui.curves_frame(snap.get("metrics") or [], run=snap["run_id"])
-        if df.empty:
-            st.caption("Curves appear after the first epoch.")
-        else:
-            st.altair_chart(curves_chart(df), width="stretch")
+def live_body(snap: dict) -> None:
+    p = snap.get("progress")
+    if p is not None:
+        st.progress(ui.progress_fraction(p), text=ui.progress_text(p))
+    else:
+        st.progress(0.0, text=snap.get("message") or "Starting…")
+    if snap["pending"]:
+        st.caption(f"Then {snap['pending']} more run(s), one after the other.")
+    df = ui.curves_frame(snap.get("metrics") or [], run=snap["run_id"])
+    if df.empty:
+        st.caption("Curves appear after the first epoch.")
+    else:
+        st.altair_chart(curves_chart(df), width="stretch")
 
 
-live()
+ui.live_panel("job_was_running", "btn_stop", live_body)
+
 
 def confusion_chart(classes: list[str], confusion: list[list[int]]):
     df = pd.DataFrame([{"true": t, "predicted": p, "images": int(confusion[i][j])}

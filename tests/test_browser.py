@@ -46,7 +46,8 @@ TRAINING = 600_000   # ms: a tiny training run, from the click to its end
 STARTUP = 300        # s: streamlit answering /_stcore/health
 
 # The h1 of each page, by its label in the sidebar navigation.
-HEADINGS = {"Home": "Hotdog Lab", "Data": "Data", "Train": "Train", "Predict": "Predict", "Weights": "Weights"}
+HEADINGS = {"Home": "Hotdog Lab", "Data": "Data", "Train": "Train", "Predict": "Predict", "Weights": "Weights",
+            "Experiments": "Experiments"}
 
 
 def _free_port() -> int:
@@ -398,6 +399,30 @@ def _walk_every_page(server, page):
     # ---- Weights
     goto(page, "Weights")
     shoot(page, server, "weights", "Weights", ["Nearest ImageNet classes", "After fine-tuning"])
+
+    # ---- Experiments: a two-point custom sweep (one point diverges, the sweep goes on)
+    goto(page, "Experiments")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    exp_epochs = sidebar.get_by_label("Epochs", exact=True)
+    exp_epochs.fill("1")
+    exp_epochs.press("Enter")
+    exp_size = sidebar.get_by_role("slider", name="Image size")
+    if not exp_size.is_visible():
+        sidebar.get_by_text("More settings").click()
+    exp_size.press("Home")
+    expect(exp_size).to_have_attribute("aria-valuetext", "32")
+    page.get_by_text("Custom grid").click()
+    lrs = page.get_by_label("Learning rates")
+    lrs.fill("1e-3,1e6")
+    lrs.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Run the custom grid").click()
+    expect(page.get_by_text("2/2 points done").first).to_be_visible(timeout=TRAINING)
+    wait_idle(page)
+    expect(page.get_by_text("best test accuracy").first).to_be_visible()
+    expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
+    no_exception(page)
+    shoot(page, server, "experiments_tiny", "Experiments", ["2/2 points done"])
 
     # ---- Home last, so it lists the run
     goto(page, "Home")
