@@ -162,6 +162,18 @@ def runs(server) -> list:
 
 # ---------------------------------------------------------------------------- waiting helpers
 
+def wait_for_new_run(server, n_before: int, timeout_ms: float) -> None:
+    """Until the store holds a run more than before and none is running (a condition with a
+    generous deadline: the page may still show the previous run's end message meanwhile)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        now = runs(server)
+        if len(now) > n_before and all(r.status != "running" for r in now):
+            return
+        time.sleep(0.5)  # poll interval, not a wait for something to happen
+    pytest.fail(f"no new finished run within {timeout_ms / 1000:.0f} s: {[(r.run_id, r.status) for r in runs(server)]}")
+
+
 # True once the app has been idle and unchanged for ``quietMs``: no "Running…" status widget,
 # no spinner, no stale (greyed) element from a rerun, no lazy-loading skeleton, every visible
 # chart drawn, every image in view loaded, and the same content heights as on the last poll.
@@ -411,8 +423,8 @@ def _walk_every_page(server, page):
         sidebar.get_by_text("More settings").click()
     exp_size.press("Home")
     expect(exp_size).to_have_attribute("aria-valuetext", "32")
-    page.get_by_text("Custom grid").click()
-    lrs = page.get_by_label("Learning rates")
+    page.get_by_text("Custom grid", exact=True).click()
+    lrs = page.get_by_role("textbox", name="Learning rates")
     lrs.fill("1e-3,1e6")
     lrs.press("Enter")
     wait_idle(page)
@@ -495,7 +507,9 @@ def _showcase(server, page):
     open_more_settings(page)
     expect(freeze).to_be_checked()
     expect(size).to_have_attribute("aria-valuetext", "160")
+    n_before = len(runs(server))
     finetune.click()
+    wait_for_new_run(server, n_before, TRAINING)
     expect(page.get_by_text(re.compile(r"Run finished \(fine-tune\)"))).to_be_visible(timeout=TRAINING)
     wait_idle(page)
     newest = runs(server)[0]
