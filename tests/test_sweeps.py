@@ -65,7 +65,7 @@ def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_featur
     train_mod.forget_sweep_features()
     sweep_id = sweeps.create(spec(tiny_dataset, {"lr": [1e6, 1e-3], "freeze": [False, True]}, title="t",
                                   base={"epochs": 3}))
-    job = TrainingJob()
+    job = TrainingJob(isolate=False)  # in this process, so the extraction counter sees the training
     phases = []
     real_extract = train_mod._Fit.extract
 
