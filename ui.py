@@ -599,8 +599,24 @@ def job_manager():
     return manager()
 
 
+def xsrf_token(cookie: str) -> bytes | None:
+    """The browser's XSRF token from Tornado's cookie. Version 2 ("2|mask|masked|time") is
+    re-masked with a fresh random mask on every page load, so only the unmasked token is
+    stable across reloads; older cookies are the token itself."""
+    parts = cookie.split("|")
+    if len(parts) == 4 and parts[0] == "2":
+        try:
+            mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+        except ValueError:
+            return None
+        if len(mask) != 4:
+            return None
+        return bytes(b ^ mask[i % 4] for i, b in enumerate(masked))
+    return cookie.encode() or None
+
+
 def session_owner() -> str:
-    """Who this browser is, for owning a training: a hash of its XSRF cookie, which survives
+    """Who this browser is, for owning a training: a hash of its XSRF token, which survives
     a reload and a second tab of the same browser (another browser gets another one), else
     a token kept in this session (no cookie: AppTest)."""
     import hashlib
@@ -610,8 +626,9 @@ def session_owner() -> str:
         cookie = st.context.cookies.get("_streamlit_xsrf")
     except Exception:  # noqa: BLE001 - no request context (AppTest, bare mode)
         cookie = None
-    if isinstance(cookie, str) and cookie:
-        return hashlib.sha256(cookie.encode()).hexdigest()[:16]
+    token = xsrf_token(cookie) if isinstance(cookie, str) else None
+    if token:
+        return hashlib.sha256(token).hexdigest()[:16]
     return st.session_state.setdefault("_hotdog_owner", secrets.token_hex(8))
 
 

@@ -157,3 +157,16 @@ def test_importing_ui_outside_a_script_run_has_no_side_effects():
 
     importlib.reload(ui)
     assert PagesManager.uses_pages_directory == before
+
+
+def test_xsrf_token_is_the_same_for_two_maskings_of_one_token():
+    """Tornado re-masks its XSRF cookie on every page load; the owner of a run must not change."""
+    token = bytes.fromhex("ac2937898bce487dfe03f007b3c923a1")
+
+    def cookie(mask: bytes) -> str:
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(token))
+        return f"2|{mask.hex()}|{masked.hex()}|1796180571"
+
+    a, b = cookie(bytes.fromhex("ca6090ed")), cookie(bytes.fromhex("8486d892"))
+    assert a != b and ui.xsrf_token(a) == ui.xsrf_token(b) == token
+    assert ui.xsrf_token("2|zz|00|1") is None and ui.xsrf_token("plain") == b"plain"
