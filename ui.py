@@ -355,12 +355,12 @@ def accuracy_vs_lr_chart(summary: dict):
                        for r in rows if r["mean"] is not None])
     if df.empty:
         return None
-    x = alt.X("lr:Q", title="learning rate (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g"))
+    x = alt.X("lr:Q", title=t("learning rate (log scale)"), scale=alt.Scale(type="log"), axis=alt.Axis(format="~g"))
     color = alt.Color("group:N", title=None, scale=alt.Scale(scheme="tableau10"),
                       legend=alt.Legend(orient="bottom"))
     base = alt.Chart(df)
     line = base.mark_line(point=True).encode(
-        x=x, y=alt.Y("mean:Q", title="final test accuracy", scale=alt.Scale(domain=[0, 1])), color=color,
+        x=x, y=alt.Y("mean:Q", title=t("final test accuracy"), scale=alt.Scale(domain=[0, 1])), color=color,
         tooltip=["group", alt.Tooltip("lr:Q", format="g"), alt.Tooltip("mean:Q", format=".3f"),
                  alt.Tooltip("std:Q", format=".3f"), "n", "diverged"])
     if (df["n"] > 1).any():
