@@ -295,3 +295,15 @@ def test_the_fallback_is_english_and_recorded(hotdog_home, monkeypatch):
     assert untranslated([at.caption[0].value]) == [at.caption[0].value]
     assert untranslated([at.title[0].value]) == []
 
+
+
+def test_a_preference_that_cannot_be_saved_still_switches_this_session(hotdog_home, monkeypatch):
+    from hotdog import prefs
+
+    monkeypatch.delenv("HOTDOG_DATA", raising=False)
+    prefs.prefs_path().mkdir(parents=True)  # prefs.json is a folder: every save fails
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    at.radio(key=i18n.SWITCH_KEY).set_value("vi").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "**Huấn luyện:** đang nghỉ" in [c.value for c in at.sidebar.caption]
