@@ -44,16 +44,32 @@ SESSION_KEY = "language"  # this session's language (plain state, read once from
 SWITCH_KEY = "language_select"
 LOCALES = Path(__file__).resolve().parent / "locales"
 
-# Filled while pages render (a process-wide record the test resets and reads): English keys
-# shown without a translation, and every text known to be deliberately what it is (translated
-# or an engine sentence), so the test can tell hard-coded English from both.
+# Process-wide records. MISSING: English keys shown without a translation (bounded by the keys
+# in the code; each is logged once). SHOWN: every text known to be deliberately what it is
+# (translated, or an engine sentence), so the test can tell hard-coded English from both; it
+# holds formatted texts, so it is only kept while a test records (never in a long-lived server).
 MISSING: set[str] = set()
 SHOWN: set[str] = set()
+_recording = False
 
 
 def reset_record() -> None:
+    """Start recording what pages show (tests): both records emptied."""
+    global _recording
+    _recording = True
     MISSING.clear()
     SHOWN.clear()
+
+
+def _missing(text: str) -> None:
+    if text not in MISSING:
+        MISSING.add(text)
+        log.info("no %s translation for %r", language(), text)
+
+
+def _shown(text: str) -> None:
+    if _recording:
+        SHOWN.add(text)
 
 
 _catalogs: dict[str, tuple[float, dict]] = {}
@@ -117,23 +133,23 @@ def t(text: str, /, **fmt) -> str:
     lang = language()
     found = messages(lang).get(text) if lang != DEFAULT else None
     if lang != DEFAULT and not found:
-        MISSING.add(text)
+        _missing(text)
     out = found or text
     if fmt:
         try:
             out = out.format(**fmt)
         except (KeyError, IndexError, ValueError):  # a translation that lost a placeholder
-            MISSING.add(text)
+            _missing(text)
             found, out = None, text.format(**fmt)
     if found:
-        SHOWN.add(out)
+        _shown(out)
     return out
 
 
 def engine(text) -> str:
     """An engine sentence shown as it is (English by the rule above), marked as deliberate."""
     text = str(text)
-    SHOWN.add(text)
+    _shown(text)
     return text
 
 

@@ -307,3 +307,11 @@ def test_a_preference_that_cannot_be_saved_still_switches_this_session(hotdog_ho
     at.radio(key=i18n.SWITCH_KEY).set_value("vi").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "**Huấn luyện:** đang nghỉ" in [c.value for c in at.sidebar.caption]
+
+
+def test_a_server_keeps_no_growing_record_of_shown_texts(monkeypatch):
+    monkeypatch.setattr(i18n, "_recording", False)
+    i18n.SHOWN.clear()
+    for n in range(3):
+        i18n.engine(f"point {n} finished")
+    assert not i18n.SHOWN
