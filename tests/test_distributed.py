@@ -80,6 +80,16 @@ def test_amp_is_refused_on_cpu_contexts_and_accepted_on_gpu_ones(tiny_dataset, h
     precision.check(settings.config_for(tiny_dataset, **TINY), [mx.cpu(0), mx.cpu(1)])  # amp off: no check
 
 
+def test_gpu_requirements_are_the_cpu_pins_with_the_cuda_build_of_mxnet():
+    def pins(name):
+        lines = (REPO / name).read_text().splitlines()
+        return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+    cpu, gpu = pins("requirements.txt"), pins("requirements-gpu.txt")
+    assert "mxnet==1.9.1" in cpu and "mxnet-cu117==1.9.1" in gpu
+    assert [p for p in cpu if p != "mxnet==1.9.1"] == [p for p in gpu if p != "mxnet-cu117==1.9.1"]
+
+
 def test_device_picker_lists_every_gpu_and_resolves_the_chosen_ones(monkeypatch):
     import mxnet as mx
 
@@ -93,6 +103,33 @@ def test_device_picker_lists_every_gpu_and_resolves_the_chosen_ones(monkeypatch)
         devices.resolve_devices(["gpu(2)"])
     monkeypatch.setattr(devices, "num_gpus", lambda: 0)
     assert devices.available_devices() == ["cpu(0)"]
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_train_page_picks_devices_and_offers_amp_only_with_gpus(hotdog_home, monkeypatch, gpus):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import make_dataset
+    from hotdog import devices
+
+    monkeypatch.delenv("HOTDOG_DATA", raising=False)
+    make_dataset(hotdog_home / "data" / "tiny")
+    monkeypatch.setattr(devices, "num_gpus", lambda: gpus)
+    st.cache_resource.clear()  # ui.devices() is asked once per server
+    try:
+        at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=300)
+        at.run()
+        at.switch_page("pages/train.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        picker = next(w for w in at.multiselect if w.key == "devices")
+        assert picker.options == (["gpu(0)", "gpu(1)"] if gpus else ["cpu(0)"])
+        amp = [w for w in at.checkbox if w.key == "amp"]
+        assert len(amp) == (1 if gpus else 0)
+        if gpus:
+            assert amp[0].label == settings.KNOBS["amp"].label and amp[0].value is False
+    finally:
+        st.cache_resource.clear()
 
 
 def test_dist_kvstore_outside_a_launcher_is_refused_in_one_sentence(tiny_dataset, hotdog_home, monkeypatch):
@@ -244,7 +281,10 @@ def test_launch_cli_frozen_cached_run_equals_one_process(tiny_dataset, hotdog_ho
     _assert_same_weights(_weights(doc["run_dir"]), _weights(single.run_dir))
 
 
-def test_a_worker_killed_mid_run_ends_the_run_as_failed(tiny_dataset, hotdog_home, tmp_path):
+@pytest.mark.parametrize("who", ["other", "recorder"])
+def test_a_worker_killed_mid_run_ends_the_run_as_failed(tiny_dataset, hotdog_home, tmp_path, who):
+    """Killing the other worker leaves rank 0 blocked in its next gradient exchange; killing
+    rank 0 leaves its run 'running' in the store: either way the launcher ends everything."""
     from hotdog.launch import Launcher
     from hotdog.runs import read_metrics, read_status
 
@@ -259,7 +299,7 @@ def test_a_worker_killed_mid_run_ends_the_run_as_failed(tiny_dataset, hotdog_hom
         announced = _wait_for(lambda: distributed.read_announced(launcher.run_file), 300, "rank 0's run")
         run_dir = Path(announced["run_dir"])
         _wait_for(lambda: read_metrics(run_dir)[0], 300, "the first epoch")  # mid-run: training is on
-        victim = next(w for w in launcher.workers if w.pid != announced["pid"])  # not the recorder
+        victim = next(w for w in launcher.workers if (w.pid == announced["pid"]) == (who == "recorder"))
         os.kill(victim.pid, signal.SIGKILL)
         waiter.join(timeout=120)
         assert not waiter.is_alive(), "the launcher hung after a worker was killed"
