@@ -91,6 +91,40 @@ def connect(config) -> Cluster | None:
     return Cluster(_KV, int(_KV.rank), int(_KV.num_workers))
 
 
+# A kvstore key no Trainer uses (they number their parameters from 0).
+_AGREE_KEY = 999_999
+# Knobs that may differ between workers without changing the SGD (where the data set lives,
+# which devices a machine has, how it loads data).
+_LOCAL_KEYS = ("data_root", "devices", "num_workers", "micro_batch")
+
+
+def _digest(record: dict) -> list[float]:
+    import hashlib
+
+    shared = {k: v for k, v in record.items() if k not in _LOCAL_KEYS}
+    return list(hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).digest()[:16])
+
+
+def check_same_run(cluster: Cluster | None, record: dict) -> None:
+    """ConfigError on every worker unless all of them train the same config on the same data
+    (the data set's content fingerprint included): with different flags or photos the shares
+    would not add up to one run, and workers with different step counts would wait forever.
+    Each worker adds its digest's bytes on the servers; the sum is N times each worker's own
+    digest only when all agree (small integers: exact in float32)."""
+    if cluster is None:
+        return
+    import mxnet as mx
+
+    mine = mx.nd.array(_digest(record))
+    cluster.kv.init(_AGREE_KEY, mx.nd.zeros(mine.shape))
+    cluster.kv.push(_AGREE_KEY, mine)
+    total = mx.nd.zeros(mine.shape)
+    cluster.kv.pull(_AGREE_KEY, out=total)
+    if not (total == mine * cluster.num_workers).asnumpy().all():
+        raise ConfigError(f"the {cluster.num_workers} workers were not started with the same settings and data set "
+                          "(flags, data files or labels differ): give every worker the same train command and data")
+
+
 def trainer_args(config, cluster: Cluster | None) -> dict:
     """``gluon.Trainer`` keyword arguments for the config's kvstore."""
     if cluster is None:

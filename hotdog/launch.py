@@ -94,7 +94,7 @@ class Launcher:
     ``command`` is the full worker command line (see :func:`hotdog_command`)."""
 
     def __init__(self, command: Sequence[str], workers: int = 2, servers: int = 1, timeout: float | None = None,
-                 env: dict | None = None, grace: float = GRACE_SECONDS):
+                 env: dict | None = None, grace: float = GRACE_SECONDS, logs_root: str | os.PathLike | None = None):
         if not 1 <= int(workers) <= 64:
             raise ConfigError(f"workers must be between 1 and 64, not {workers!r}")
         if not 1 <= int(servers) <= 64:
@@ -104,7 +104,7 @@ class Launcher:
         self.command, self.num_workers, self.num_servers = list(command), int(workers), int(servers)
         self.timeout, self.grace = timeout, grace
         self.base_env = dict(os.environ if env is None else env)
-        self.logs = Path(tempfile.mkdtemp(prefix="hotdog-launch-"))
+        self.logs = Path(tempfile.mkdtemp(prefix="hotdog-launch-", dir=logs_root))
         self.run_file = self.logs / "run.json"
         self.scheduler: subprocess.Popen | None = None
         self.servers: list[subprocess.Popen] = []

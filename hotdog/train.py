@@ -680,6 +680,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     if prepared is None:
         prepared = prepare(config)
     cluster = distributed.connect(prepared.config)  # None unless kvstore dist_*
+    distributed.check_same_run(cluster, prepared.record())
     store = distributed.store_for(cluster, store)  # only rank 0 records
     if run_id is None:
         run_id, _ = store.create(prepared.record())

@@ -254,7 +254,7 @@ def test_two_workers_full_finetune_equal_one_process(tiny_dataset, hotdog_home, 
     single = _single_process(tiny_dataset, runs, epochs=1)
     script = _worker_script(tmp_path)
     result = Launcher([PY, str(script), str(tiny_dataset), str(tmp_path / "dist-runs")], workers=2, servers=1,
-                      timeout=300).run()
+                      timeout=300, logs_root=tmp_path).run()
     assert (result.status, result.exit_code) == ("finished", 0), result.message
     assert [p.name for p in (tmp_path / "dist-runs").iterdir()] == [Path(result.run_dir).name]  # rank 0 only
     with open(Path(result.run_dir) / "config.json") as f:
@@ -281,6 +281,32 @@ def test_launch_cli_frozen_cached_run_equals_one_process(tiny_dataset, hotdog_ho
     _assert_same_weights(_weights(doc["run_dir"]), _weights(single.run_dir))
 
 
+def test_workers_started_with_different_settings_refuse_instead_of_hanging(tiny_dataset, hotdog_home, tmp_path):
+    from hotdog.launch import Launcher
+
+    script = tmp_path / "mismatch.py"
+    # The first worker to claim the marker file trains 1 epoch, the other 2: one would wait
+    # forever at the second epoch's first step for a push that never comes.
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        from hotdog.cli import main
+        try:
+            os.close(os.open({str(tmp_path / "claimed")!r}, os.O_CREAT | os.O_EXCL))
+            epochs = "1"
+        except FileExistsError:
+            epochs = "2"
+        sys.exit(main(["train", "--data", sys.argv[1], "--runs-dir", sys.argv[2], "--kvstore", "dist_sync",
+                       "--freeze", "--input-size", "32", "--batch-size", "5", "--epochs", epochs]))
+    """))
+    result = Launcher([PY, str(script), str(tiny_dataset), str(tmp_path / "dist-runs")], workers=2, servers=1,
+                      timeout=300, logs_root=tmp_path).run()
+    assert (result.status, result.exit_code) == ("failed", 1)
+    assert "exited with status 1" in result.message
+    logs = " ".join(p.read_text() for p in Path(result.logs).glob("worker-*.log"))
+    assert "error: the 2 workers were not started with the same settings" in logs
+    assert not (tmp_path / "dist-runs").exists() or not any((tmp_path / "dist-runs").iterdir())
+
+
 @pytest.mark.parametrize("who", ["other", "recorder"])
 def test_a_worker_killed_mid_run_ends_the_run_as_failed(tiny_dataset, hotdog_home, tmp_path, who):
     """Killing the other worker leaves rank 0 blocked in its next gradient exchange; killing
@@ -290,7 +316,7 @@ def test_a_worker_killed_mid_run_ends_the_run_as_failed(tiny_dataset, hotdog_hom
 
     script = _worker_script(tmp_path, epochs=1000)
     launcher = Launcher([PY, str(script), str(tiny_dataset), str(tmp_path / "dist-runs")], workers=2, servers=1,
-                        timeout=600, grace=5.0)
+                        timeout=600, grace=5.0, logs_root=tmp_path)
     launcher.start()
     results = []
     waiter = threading.Thread(target=lambda: results.append(launcher.wait()), daemon=True)
