@@ -115,12 +115,15 @@ def check_same_run(cluster: Cluster | None, record: dict) -> None:
         return
     import mxnet as mx
 
-    mine = mx.nd.array(_digest(record))
-    cluster.kv.init(_AGREE_KEY, mx.nd.zeros(mine.shape))
-    cluster.kv.push(_AGREE_KEY, mine)
-    total = mx.nd.zeros(mine.shape)
-    cluster.kv.pull(_AGREE_KEY, out=total)
-    if not (total == mine * cluster.num_workers).asnumpy().all():
+    import numpy as np
+
+    digest = np.array(_digest(record), dtype=np.float32)
+    cluster.kv.init(_AGREE_KEY, mx.nd.zeros(digest.shape))
+    total = mx.nd.zeros(digest.shape)
+    # pushpull, not push then pull: a separate pull may be answered before every worker pushed.
+    # (On a CPU the kvstore uses the pushed array as its receive buffer: compare with a copy.)
+    cluster.kv.pushpull(_AGREE_KEY, mx.nd.array(digest), out=total)
+    if not np.array_equal(total.asnumpy(), digest * cluster.num_workers):
         raise ConfigError(f"the {cluster.num_workers} workers were not started with the same settings and data set "
                           "(flags, data files or labels differ): give every worker the same train command and data")
 

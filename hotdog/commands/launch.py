@@ -10,7 +10,9 @@ Exit status: 0 when every worker finished, 1 when the run failed, 130 when inter
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from hotdog.commands._common import add_json_flag, emit_json
 
@@ -38,7 +40,17 @@ def cmd_launch(args) -> int:
     command = list(args.command)
     if args.json and "--json" not in command:
         command.append("--json")  # rank 0's result document goes into ours
-    result = launch(command, workers=args.workers, servers=args.servers, timeout=args.timeout)
+    # The processes run in their own sessions (so a terminal's Ctrl-C reaches only us): a
+    # SIGTERM/SIGHUP to the launcher must end them too, as Ctrl-C does.
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, _interrupt)
+    try:
+        result = launch(command, workers=args.workers, servers=args.servers, timeout=args.timeout)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     if args.json:
         emit_json({**result.to_dict(), "rank0_output": None, "train": announced_json(result)})
     else:
@@ -46,3 +58,7 @@ def cmd_launch(args) -> int:
             sys.stdout.write(result.rank0_output)
         print(f"launch: {result.status}: {result.message}", file=sys.stderr if result.exit_code else sys.stdout)
     return result.exit_code
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
