@@ -57,7 +57,7 @@ def test_kvstore_and_amp_are_knobs_recorded_in_config_json(tiny_dataset, hotdog_
 
     cfg = settings.config_for(tiny_dataset, **TINY)
     assert (cfg.kvstore, cfg.amp) == ("device", False)
-    record = prepare(settings.config_for(tiny_dataset, kvstore="local", **TINY)).record()
+    record = prepare(settings.config_for(tiny_dataset, kvstore="local", **TINY), check_memory=False).record()
     assert (record["kvstore"], record["amp"]) == ("local", False)
     assert settings.TrainConfig.from_dict(record).kvstore == "local"
     with pytest.raises(ConfigError, match="kvstore.*must be one of device, local, dist_sync"):
@@ -284,6 +284,8 @@ def test_launch_cli_frozen_cached_run_equals_one_process(tiny_dataset, hotdog_ho
            "--epochs", "2", "--bn-mode", "keep", "--runs-dir", str(tmp_path / "dist-runs")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HOTDOG_HOME": str(hotdog_home)})
+    if proc.returncode and "This run needs about" in proc.stderr:  # other jobs took the memory meanwhile
+        pytest.skip("a worker's memory check refused the run: " + proc.stderr.split("This run needs about")[1][:120])
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["status"] == "finished" and doc["train"]["status"] == "finished"
