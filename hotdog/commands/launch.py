@@ -56,7 +56,8 @@ def cmd_launch(args) -> int:
     else:
         if result.rank0_output:
             sys.stdout.write(result.rank0_output)
-        print(f"launch: {result.status}: {result.message}", file=sys.stderr if result.exit_code else sys.stdout)
+        # stdout is rank 0's own output (a `train --json` document stays parseable).
+        print(f"launch: {result.status}: {result.message}", file=sys.stderr)
     return result.exit_code
 
 
