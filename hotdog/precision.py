@@ -2,8 +2,9 @@
 
 ``mx.contrib.amp.init()`` rewrites MXNet's operator functions for the whole process (the
 float16-safe ones run in float16, the rest stay float32), so it must run before the network
-is built, and it cannot be undone: a process that trained with amp keeps it for later runs
-(each CLI training is its own process; the app's training worker is too).
+is built, and it cannot be undone: a process that trained with amp keeps it, so a later run without
+amp in the same process (the app reuses its training worker) is refused rather than run in
+float16 without loss scaling.
 The Trainer gets dynamic loss scaling (``amp.init_trainer``; a step whose gradients overflow
 is skipped and the scale halved) and every backward pass goes through ``amp.scale_loss``.
 
@@ -31,11 +32,16 @@ def check(config, ctxs: Sequence) -> None:
 
 
 def init(config) -> None:
-    """Switch the process to float16 mixed precision (before the network is built)."""
-    if config.amp:
-        from mxnet.contrib import amp
+    """Switch the process to float16 mixed precision (before the network is built). A run
+    without amp in a process that already switched would train in float16 without loss
+    scaling: refused (the app's training worker is reused between runs)."""
+    from mxnet.contrib import amp
 
+    if config.amp:
         amp.init(target_dtype="float16")
+    elif getattr(amp.amp, "_amp_initialized", False):
+        raise ConfigError("this process trained with mixed precision (amp) before, which cannot be undone: "
+                          "turn amp on for this run or restart the app / command")
 
 
 def init_trainer(config, trainer) -> None:

@@ -80,6 +80,16 @@ def test_amp_is_refused_on_cpu_contexts_and_accepted_on_gpu_ones(tiny_dataset, h
     precision.check(settings.config_for(tiny_dataset, **TINY), [mx.cpu(0), mx.cpu(1)])  # amp off: no check
 
 
+def test_a_run_without_amp_after_one_with_amp_in_the_same_process_is_refused(tiny_dataset, monkeypatch):
+    from mxnet.contrib import amp
+
+    cfg = settings.config_for(tiny_dataset, **TINY)
+    precision.init(cfg)  # amp never switched on: nothing to refuse
+    monkeypatch.setattr(amp.amp, "_amp_initialized", True)  # as after amp.init() (irreversible)
+    with pytest.raises(ConfigError, match="trained with mixed precision.*cannot be undone"):
+        precision.init(cfg)
+
+
 def test_gpu_requirements_are_the_cpu_pins_with_the_cuda_build_of_mxnet():
     def pins(name):
         lines = (REPO / name).read_text().splitlines()
