@@ -172,3 +172,32 @@ def test_run_config_records_the_threads(tiny_dataset, hotdog_home):
     saved = json.loads((Path(run_dir) / "config.json").read_text())
     assert saved["threads"]["source"] in ("user", "policy")
     assert settings.TrainConfig.from_dict(saved) == prepared.config  # the extra key is not a knob
+
+
+# ----------------------------------------------------------------------- bench threads stage
+
+@pytest.mark.timeout(600)
+def test_bench_threads_stage_reports_speedup_and_records_threads(hotdog_home):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", threads.MARKER)}
+    env["HOTDOG_HOME"] = str(hotdog_home)
+    proc = subprocess.run([sys.executable, "-m", "hotdog", "bench", "--quick", "--only", "threads", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=590)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    t = doc["details"]["threads"]
+    by = t["images_per_sec_by_threads"]
+    assert "1" in by and all(v > 0 for v in by.values()), t
+    policy = t["policy"]["omp_num_threads"]
+    assert doc["training_img_s"] == pytest.approx(by[str(policy)])
+    assert doc["threads_training_speedup"] == pytest.approx(by[str(policy)] / by["1"])
+    assert doc["machine"]["threads"] == t["policy"]
+    assert doc["pipeline_efficiency"] is None  # a stage that did not run reports null, not a figure
+
+
+def test_bench_rejects_an_unknown_stage(hotdog_home):
+    proc = subprocess.run([sys.executable, "-m", "hotdog", "bench", "--only", "warp", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "unknown bench stage 'warp'" in json.loads(proc.stdout)["error"]
