@@ -32,6 +32,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,9 +191,18 @@ class Child:
         self.info: dict = {}
         self.error: str | None = None
 
-    def wait_ready(self) -> None:
-        line = self.proc.stdout.readline()
-        msg = json.loads(line) if line.strip() else {"error": "the process ended before it was ready"}
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for the child's warm-up (torch.compile can take minutes); past ``timeout`` the
+        setting is dropped, so one slow setting cannot lose the others' figures."""
+        box: list[str] = []
+        reader = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not box:
+            self.proc.kill()
+            self.error = f"not ready within {timeout:.0f} s"
+            return
+        msg = json.loads(box[0]) if box[0].strip() else {"error": "the process ended before it was ready"}
         self.info, self.error = msg.get("ready", {}), msg.get("error")
 
     def ask(self, what: str, n: int):
@@ -202,7 +212,10 @@ class Child:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.close()
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -219,6 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--settings", default=",".join((PROJECT,) + TORCH_SETTINGS))
+    ap.add_argument("--ready-timeout", type=float, default=900, help="seconds a setting may take to warm up")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.child:
@@ -238,7 +252,7 @@ def main(argv=None) -> int:
         children.append(Child(name, python, args, env))
     try:
         for c in children:  # sequentially warmed: their start-ups must not compete either
-            c.wait_ready()
+            c.wait_ready(args.ready_timeout)
             print(f"peer_bench: {c.name} ready {c.info or c.error}", file=sys.stderr, flush=True)
         live = [c for c in children if c.error is None]
         times = {c.name: {"train": [], "infer": [], "photo": []} for c in live}

@@ -201,3 +201,14 @@ def test_bench_rejects_an_unknown_stage(hotdog_home):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "unknown bench stage 'warp'" in json.loads(proc.stdout)["error"]
+
+
+def test_peer_bench_skips_cleanly_without_torch():
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None:
+        pytest.skip("torch and timm are importable here: the skip path cannot be exercised")
+    proc = subprocess.run([sys.executable, "scripts/peer_bench.py"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("peer_bench skipped:")
