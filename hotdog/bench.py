@@ -292,6 +292,7 @@ class Bench:
         import mxnet as mx
 
         from hotdog import inference, models
+        from hotdog.hybrid import hybridize_for_training
 
         self.progress("source models: training and inference images/s")
         B, S = self.s.infer_batch, self.pre.input_size
@@ -300,7 +301,7 @@ class Bench:
         train_fns, infer_fns, exact = {}, {}, {}
         for name in models.list_sources():
             net = models.build_scratch(name, 2)
-            net.hybridize()
+            hybridize_for_training(net)  # as the product trains it
             train_fns[name] = raw_step(net, x, y, lr=0.01, wd=1e-3)
             fused = inference.fast_inference_block(net, x, atol=FUSED_ATOL)
             exact[name] = fused.fused
@@ -326,6 +327,7 @@ class Bench:
         import mxnet as mx
 
         from hotdog import models
+        from hotdog.hybrid import hybridize_for_training
 
         cfg, ctxs, classes = prepared.config, prepared.ctxs, prepared.splits.classes
         if cfg.mode == "scratch":
@@ -333,7 +335,7 @@ class Bench:
         else:
             net = models.build_finetune(cfg.source, len(classes), ctx=ctxs, lr_mult=cfg.lr_mult,
                                         freeze=cfg.freeze, bn_mode=cfg.bn_mode)
-        net.hybridize()
+        hybridize_for_training(net)  # the reference must plan memory as the product's loop does
         B, S = cfg.batch_size, prepared.pre.input_size
         X = mx.nd.random.normal(shape=(B, 3, S, S), ctx=ctxs[0])
         y = mx.nd.array(np.arange(B) % len(classes), ctx=ctxs[0])
