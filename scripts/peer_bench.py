@@ -260,8 +260,13 @@ def main(argv=None) -> int:
             print(f"peer_bench: round {r + 1}/{args.rounds}, load {os.getloadavg()[0]:.1f}", file=sys.stderr,
                   flush=True)
             for what, n in (("train", 1), ("infer", 1), ("photo", args.photos)):
-                for c in live:
-                    got = c.ask(what, n)
+                for c in list(live):
+                    try:
+                        got = c.ask(what, n)
+                    except (OSError, ValueError, TypeError):  # died (e.g. killed for memory)
+                        c.error = f"the process died (exit code {c.proc.poll()}) in round {r + 1}"
+                        live.remove(c)
+                        continue
                     if got is not None:
                         times[c.name][what].extend(got)
     finally:
