@@ -72,7 +72,12 @@ class Prepared:
     def record(self) -> dict:
         """What config.json holds: every resolved knob, the data set's content fingerprint
         and, when given, the run's ``tags``."""
+        from hotdog import threads
+
         out = {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
+        # The OpenMP threads the training process computes with (the worker inherits this
+        # process's decision, hotdog.threads), so a run's speed can be read against it.
+        out["threads"] = threads.current().to_dict()
         if self.tags:
             out["tags"] = dict(self.tags)
         return out
@@ -400,6 +405,7 @@ class _Fit:
     # -- building
     def build(self):
         from hotdog import models
+        from hotdog.hybrid import hybridize_for_training
 
         cfg = self.config
         if cfg.mode == "scratch":
@@ -417,7 +423,7 @@ class _Fit:
                 # The training split fits the bias of a 'not-<class>' row (0.94 vs 0.68 test
                 # accuracy before any training on hotdog-mini, see models.imagenet_head_init).
                 init_items=self.splits.train if cfg.init_output_from_imagenet else None)
-        net.hybridize()
+        hybridize_for_training(net)
         self.net = net
         seed_everything(cfg.seed + 1)  # augmentation and dropout draws, independent of the build
         return net
