@@ -59,6 +59,9 @@ _SOURCE_VALUES: dict[tuple, dict[str, Any]] = {
     # ResNet-18 is the chapter's own model: its 0.01 is stable there.
     ("stable", "finetune", "resnet18_v2"): {"lr": 0.01},
 }
+# The validation split's rule (knob val_fraction): off by default, suggested from this size on.
+RECOMMENDED_VAL_FRACTION = 0.1
+VAL_MIN_PER_CLASS = 100
 PRESET_KNOBS = ("lr", "lr_mult", "wd", "batch_size", "epochs", "bn_mode", "init_output_from_imagenet")
 
 
@@ -113,7 +116,19 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          "when the memory estimate says it fits, else the largest that fits)", 1, 4096),
     Knob("num_workers", int, "Data loader workers", "decoding/augmentation worker processes "
          "(default: 0 on a CPU, which keeps runs reproducible; up to 4 with GPUs)", 0, 64),
+    Knob("val_fraction", float, "Validation fraction (best epoch)",
+         "share of each class's training photos held out (seeded, stratified) to pick the best epoch, whose "
+         "weights are saved beside the last epoch's; never chosen on the test split. 0 = off (default: on a "
+         f"small set a few validation photos are noise; recommended {RECOMMENDED_VAL_FRACTION:g} from "
+         f"{VAL_MIN_PER_CLASS} training photos per class)", 0.0, 0.5, default=0.0),
 )}
+
+
+def recommended_val_fraction(train_per_class: list[int]) -> float:
+    """The validation fraction to suggest for a training split with these photos per class:
+    RECOMMENDED_VAL_FRACTION once every class has VAL_MIN_PER_CLASS photos (>= 10 validation
+    photos each), else 0 (fewer make the "best" epoch a coin toss)."""
+    return RECOMMENDED_VAL_FRACTION if train_per_class and min(train_per_class) >= VAL_MIN_PER_CLASS else 0.0
 
 
 def preset_values(preset: str = DEFAULT_PRESET, mode: str = "finetune", source: str = DEFAULT_SOURCE) -> dict:
@@ -214,6 +229,8 @@ class TrainConfig:
     # False trains on the test transform (no random crops/flips): used to check that the
     # feature-cache path agrees with the plain frozen loop.
     augment: bool = True
+    # Share of the training split held out to pick the best epoch (0: off); see KNOBS.
+    val_fraction: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.data_root, (str, bytes)) and not hasattr(self.data_root, "__fspath__"):

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from hotdog.best import callbacks as best_epoch_callbacks
 from hotdog.callbacks import (BatchProgress, CancelFit, Dispatcher, EpochMetrics, OnBatch, OnEpoch, RunRecorder,
                               StopOnEvent, TerminateOnNaN)
 from hotdog.errors import DatasetError
@@ -137,7 +138,9 @@ def prepare(config: TrainConfig, check_memory: bool = True, tags: dict | None = 
             log.warning("%s", plan.message)
     if resolved.micro_batch is None:
         resolved.micro_batch = plan.micro_batch if plan is not None else resolved.batch_size
-    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits), plan, dict(tags or {}))
+    fingerprint = data.fingerprint(splits)  # of the data set as it is on disk, before any carving
+    splits = data.carve_validation(splits, resolved.val_fraction, resolved.seed)  # best epoch: hotdog.best
+    return Prepared(resolved, ctxs, pre, splits, fingerprint, plan, dict(tags or {}))
 
 
 def data_drift(run_config: dict) -> str | None:
@@ -303,7 +306,9 @@ def _sweep_features_key(prepared: Prepared) -> tuple | None:
     import json
 
     return (sweep_id, cfg.source, json.dumps(prepared.pre.to_dict(), sort_keys=True), prepared.data_fingerprint,
-            int(cfg.augment_views), cfg.seed if cfg.augment_views else None, tuple(cfg.devices or ()))
+            int(cfg.augment_views), cfg.seed if cfg.augment_views else None, tuple(cfg.devices or ()),
+            # the validation split changes which photos are training photos
+            cfg.val_fraction, cfg.seed if cfg.val_fraction else None)
 
 
 def _sweep_features_get(key):
@@ -344,6 +349,7 @@ class _Fit:
         self.images_total = 0
         self.busy_seconds = 0.0
         self.meter: _Meter | None = None
+        self.model_extra: dict = {}  # more model.json fields from callbacks (hotdog.best: "best")
 
     # -- what callbacks read
     @property
@@ -358,7 +364,7 @@ class _Fit:
         cfg = self.config
         return {"source": cfg.source, "mode": cfg.mode, "classes": list(self.splits.classes),
                 "input_size": self.pre.input_size, "preprocess": self.pre.to_dict(),
-                "bn_mode": cfg.bn_mode, "freeze": cfg.freeze}
+                "bn_mode": cfg.bn_mode, "freeze": cfg.freeze, **self.model_extra}
 
     # -- events
     def batch_done(self, epoch, batch, batches, t_epoch, phase="train", done=None, total=None) -> None:
@@ -651,6 +657,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     cbs += [StopOnEvent(stop_event)] if stop_event is not None else []
     cbs += [OnBatch(on_batch)] if on_batch is not None else []
     cbs += [OnEpoch(on_epoch)] if on_epoch is not None else []
+    cbs += best_epoch_callbacks(prepared, run_dir)
     emit = Dispatcher([*cbs, *callbacks])
     fit = _Fit(prepared, emit)
     error: BaseException | None = None
