@@ -627,11 +627,17 @@ def _end_message(status: str, epochs: list[EpochMetrics], cancel: BaseException 
         return f"trained {n} epochs, test accuracy {epochs[-1].test_acc:.3f}"
     if status == "diverged":
         return str(cancel)
-    kept = "no epoch was completed, so no weights were saved" if n == 0 else \
-        f"the weights after epoch {n} are kept"
-    if isinstance(cancel, KeyboardInterrupt):
-        return f"interrupted after {n} completed epoch(s); {kept}"
-    return f"stopped by request after {n} completed epoch(s); {kept}"
+    return stopped_message(n, interrupted=isinstance(cancel, KeyboardInterrupt))
+
+
+def stopped_message(epochs_done: int, interrupted: bool = False) -> str:
+    """How a stopped run ends, in words that say exactly what was kept: with no completed
+    epoch nothing is saved (the partial epoch's weights are not a model anyone asked for)."""
+    how = "interrupted" if interrupted else "stopped by request"
+    if epochs_done == 0:
+        return f"{how} before the first epoch ended; no epoch was completed, so no weights were saved"
+    return (f"{how} after {epochs_done} completed epoch{'s' if epochs_done != 1 else ''}; "
+            f"the weights after epoch {epochs_done} are kept")
 
 
 def train(config: TrainConfig, *, callbacks: Sequence = (),
