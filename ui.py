@@ -332,8 +332,7 @@ STOP_KEY = "stop_requested"  # the run id this session asked to stop (session st
 def request_stop(run_id: str, force: bool = False) -> None:
     """Stop button callback: ask the job to stop and remember it in this session at once."""
     stop_job(force=force)
-    st.session_state[STOP_KEY] = run_id
-    st.toast("Stopping after the current batch…")
+    st.session_state[STOP_KEY] = run_id  # the live panel says "Stopping after this batch…" at once
 
 
 def live_panel(was_key: str, stop_key: str, body) -> None:
@@ -804,15 +803,17 @@ def run_data_root(run_id: str) -> str | None:
 
 
 def run_label(r) -> str:
-    """'<id> · fine-tune · EfficientNet-Lite0 · hotdog-mini · test acc 0.940 (best epoch 4)': the
+    """'test acc 0.940 (best epoch 4) · fine-tune · hotdog-mini · EfficientNet-Lite0 · <id>': the
     accuracy is that of the weights the run predicts with by default (hotdog.runpick)."""
     from hotdog.runpick import score
 
     acc = score(r)
-    acc = "" if acc is None else f" · test acc {acc:.3f}" + (f" (best epoch {r.best_epoch})" if r.best_epoch else "")
+    # The accuracy first: a closed picker shows only the start of a long label.
+    acc = "no test acc" if acc is None else f"test acc {acc:.3f}" + (
+        f" (best epoch {r.best_epoch})" if r.best_epoch else "")
     data = Path(r.data_root or run_data_root(r.run_id) or "").name
-    return (f"{r.run_id} · {MODE_TITLES.get(r.mode, r.mode or '?')} · {source_titles().get(r.source, r.source)}"
-            + (f" · {data}" if data else "") + acc)
+    return (f"{acc} · {MODE_TITLES.get(r.mode, r.mode or '?')}" + (f" · {data}" if data else "")
+            + f" · {source_titles().get(r.source, r.source)} · {r.run_id}")
 
 
 def weights_title(run, weights: str) -> str:

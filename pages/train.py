@@ -266,7 +266,8 @@ def curves_chart(df: pd.DataFrame, height: int = 260, runs: list[str] | None = N
 
 def run_chip_css(key: str, n: int) -> str:
     """A style that paints the picker's i-th chip with the i-th run colour of the chart."""
-    rules = [f".st-key-{key} [data-baseweb='tag']:nth-of-type({i + 1}) {{ background-color: {c}; }}"
+    # Streamlit 1.65's multiselect marks its chips with data-tag-index (0-based, in value order).
+    rules = [f".st-key-{key} [data-tag-index='{i}'] {{ background-color: {c}; color: white; }}"
              for i, c in enumerate(RUN_COLORS[:n])]
     return "<style>" + "\n".join(rules) + "</style>"
 
@@ -366,6 +367,11 @@ def inspect_run(run) -> None:
 
 
 # ------------------------------------------------------------------ history
+SHORT_COLUMNS = ("status", "mode", "freeze", "epochs", "size", "duration")
+# Pixels for the message column: "stopped by request after 1 completed epoch; the weights after
+# epoch 1 are kept" in full, beside the run's id, mode, status and accuracies, in a 1400 px window.
+MESSAGE_WIDTH = 520
+
 @ui.fragment(run_every=2.0 if busy else None)
 def runs_table() -> None:
     """Refreshes itself while a job runs, so the running row's epochs and message stay current."""
@@ -378,14 +384,15 @@ def runs_table() -> None:
         rec = ui.run_record(r.run_id)
         root = (rec.config.get("data_root") if rec else None) or ""
         rows.append({
-            "run": r.run_id, "status": r.status, "mode": r.mode, "data": Path(root).name,
-            "source": ui.source_titles().get(r.source, r.source),
-            "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
-            "size": rec.config.get("input_size") if rec else None,  # a damaged run: empty, not a word
+            # What a run gave first (its message is a sentence and needs the room), details after.
+            "run": r.run_id, "mode": r.mode, "status": r.status,
             "test acc": ui.acc_text(r.test_acc),
             "best epoch": f"{r.best_epoch}: {ui.acc_text(r.best_test_acc)}" if r.best_epoch else "—",
-            "duration": ui.format_duration(ui.run_seconds(r, rec)),
             "message": r.message,
+            "data": Path(root).name, "source": ui.source_titles().get(r.source, r.source),
+            "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
+            "size": rec.config.get("input_size") if rec else None,  # a damaged run: empty, not a word
+            "duration": ui.format_duration(ui.run_seconds(r, rec)),
         })
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={"lr": st.column_config.NumberColumn(format="%g"),
@@ -394,7 +401,8 @@ def runs_table() -> None:
                                     help="the best epoch by the validation split and its test accuracy "
                                          "(model-best.params; runs with a validation fraction)"),
                                 # Messages are sentences: room for them, the short columns shrink.
-                                "message": st.column_config.TextColumn(width="large")})
+                                **{c: st.column_config.Column(width="small") for c in SHORT_COLUMNS},
+                                "message": st.column_config.TextColumn(width=MESSAGE_WIDTH)})
 
 
 st.subheader("Runs")

@@ -249,10 +249,10 @@ def cmd_predict(args) -> int:
             emit_json({"error": str(err)})
         return EXIT_USAGE
     results = predictor.predict(args.images)
+    print(f"run {run_dir.name}, {_weights_label(run_dir, weights)}", file=sys.stderr)  # which model answers
     if args.json:
-        emit_json([{**r.to_dict(), "run_id": run_dir.name, "weights": weights} for r in results])
+        emit_json([r.to_dict() for r in results])  # keys scripts rely on; which run: stderr
     else:
-        print(f"run {run_dir.name}, {_weights_label(run_dir, weights)}", file=sys.stderr)
         for r in results:
             if r.error:
                 print(f"{r.path}: error: {r.error}")
