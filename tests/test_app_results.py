@@ -155,6 +155,10 @@ def test_predict_defaults_to_the_best_run_of_the_data_set_with_its_accuracy_and_
     T.assert_clean(at)
     assert sum(t in ("→ hotdog", "→ not-hotdog") for t in T.texts(at)) == 1, "the same photo is classified once"
     assert any(c.value.replace("\\", "").endswith("same.png is the same photo as p.png") for c in at.caption)
+    # "hotdog 71.2%": a long bar carries its number inside, so the chart's edge never cuts it
+    bars = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    texts = [layer["mark"] for layer in bars["layer"] if layer["mark"]["type"] == "text"]
+    assert {m.get("align") for m in texts} == {"left", "right"}
     top5 = at.dataframe[0].proto
     widths = {c: json.loads(top5.columns).get(c, {}).get("width") for c in ("class", "probability")}
     assert all(isinstance(w, int) for w in widths.values()), widths  # a long name cannot push it out
