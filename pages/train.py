@@ -254,7 +254,8 @@ def curves_chart(df: pd.DataFrame, height: int = 260, runs: list[str] | None = N
                                             scale=alt.Scale(domain=order,
                                                             range=list(RUN_COLORS[:len(order)]) or None),
                                             legend=alt.Legend(orient="bottom", labelLimit=400, columns=1)))
-                .properties(height=height, width=260)
+                # The facets share ~780 px (a 1400 px window): 3 metrics, or 4 with "val acc".
+                .properties(height=height, width=780 // max(df["metric"].nunique(), 3))
                 .facet(column=alt.Column("metric:N", title=None, sort=list(ui.METRIC_LABELS.values())))
                 .resolve_scale(y="independent"))
     return base.encode(
