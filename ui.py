@@ -187,7 +187,8 @@ def progress_text(p) -> str:
     return " · ".join(parts)
 
 
-METRIC_LABELS = {"train_loss": "train loss", "train_acc": "train acc", "test_acc": "test acc"}
+METRIC_LABELS = {"train_loss": "train loss", "train_acc": "train acc", "test_acc": "test acc",
+                 "val_acc": "val acc"}  # val acc: runs with a validation split (hotdog.best)
 
 
 def curves_frame(epochs: Iterable[Any], run: str = "") -> pd.DataFrame:
@@ -222,9 +223,32 @@ def probabilities_frame(probabilities: dict) -> pd.DataFrame:
 
 
 def misclassified_caption(m: dict) -> str:
+    """'photo.jpg / true hotdog → not-hotdog / p(not-hotdog) 0.58': the probability is named."""
     p = (m.get("probabilities") or {}).get(m.get("predicted"))
-    conf = f" ({p:.2f})" if isinstance(p, (int, float)) else ""
+    conf = f"\np({m.get('predicted')}) {p:.2f}" if isinstance(p, (int, float)) else ""
     return f"{Path(str(m.get('path'))).name}\ntrue {m.get('label')} → {m.get('predicted')}{conf}"
+
+
+def acc_text(acc) -> str:
+    """An accuracy as every page shows it: 3 decimals, "—" when none was recorded."""
+    return f"{acc:.3f}" if isinstance(acc, (int, float)) and math.isfinite(acc) else "—"
+
+
+def unique_photos(files: Sequence[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """(files without repeats, [(repeat's name, first one's name)]): the same bytes uploaded
+    twice (or taken again with the camera) are classified once."""
+    import hashlib
+
+    seen: dict[str, str] = {}
+    kept, repeats = [], []
+    for name, raw in files:
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest in seen:
+            repeats.append((name, seen[digest]))
+        else:
+            seen[digest] = name
+            kept.append((name, raw))
+    return kept, repeats
 
 
 def eval_split(root: str) -> str:
@@ -243,6 +267,7 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
     source = getattr(cfg, "source", "")
     stopping = state.state == "stopping"
     sweep = sweep_progress(state)
+    # Queued runs of a stopped job never start: say "stopping", not "then 1 more run".
     return {
         "run_id": state.run_id or "…",
         "mode": mode,
@@ -252,7 +277,8 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
         "sweep": sweep,
         "progress": state.progress,
         "metrics": list(state.epochs),
-        "pending": int(state.pending or 0),
+        "pending": 0 if stopping else int(state.pending or 0),
+        "stopping": stopping,
         "message": "Stopping…" if stopping else None,
         "mine": state.owned_by(owner),
         "started": time.strftime("%H:%M", time.localtime(state.started)) if state.started else "?",
@@ -274,19 +300,40 @@ def job_header(snap: dict, key: str) -> None:
     """The live panel's first line: what runs, and Stop for the browser that started it;
     another session gets who/when and only a labelled, confirmed stop."""
     left, right = st.columns([5, 1], vertical_alignment="center")
-    left.markdown(f"**Running:** {md_escape(snap['label'])}")
+    left.markdown(f"**{'Stopping' if snap['stopping'] else 'Running'}:** {md_escape(snap['label'])}")
     if snap["mine"]:
-        if right.button("Stop", icon=":material/stop:", key=key, width="stretch"):
-            stop_job()
-            st.toast("Stopping after the current batch…")
+        # on_click: the stop is requested before this panel redraws, so the very next frame
+        # already shows the stopping state (a plain `if button:` would show it a refresh late).
+        right.button("Stop", icon=":material/stop:", key=key, width="stretch", on_click=request_stop,
+                     args=(snap["run_id"],), disabled=snap["stopping"])
         return
     left.caption(f"Started by another browser session at {snap['started']}; only that session "
                  "can stop it. You can watch it here.")
-    with right.popover("Stop…", icon=":material/stop:", width="stretch"):
-        st.warning("This ends a training someone else started. Completed epochs are kept.")
-        if st.button("Stop someone else's run", key=f"{key}_other", type="primary"):
-            stop_job(force=True)
-            st.toast("Stopping after the current batch…")
+    with right.popover("Stop…", icon=":material/stop:", width="stretch", disabled=snap["stopping"]):
+        st.warning("This ends a training someone else started. " + kept_on_stop(len(snap["metrics"])))
+        st.button("Stop someone else's run", key=f"{key}_other", type="primary", on_click=request_stop,
+                  args=(snap["run_id"], True))
+
+
+def kept_on_stop(epochs_done: int) -> str:
+    """What a stop now would keep, exactly."""
+    if epochs_done == 0:
+        return "No epoch has completed yet, so nothing would be kept."
+    return f"The weights after epoch {epochs_done} (the last completed one) are kept."
+
+
+def stopping_note(snap: dict) -> str:
+    """The live panel's line while a stop is pending."""
+    return "Stopping after this batch… " + kept_on_stop(len(snap["metrics"]))
+
+
+STOP_KEY = "stop_requested"  # the run id this session asked to stop (session state)
+
+
+def request_stop(run_id: str, force: bool = False) -> None:
+    """Stop button callback: ask the job to stop and remember it in this session at once."""
+    stop_job(force=force)
+    st.session_state[STOP_KEY] = run_id  # the live panel says "Stopping after this batch…" at once
 
 
 def live_panel(was_key: str, stop_key: str, body) -> None:
@@ -299,6 +346,8 @@ def live_panel(was_key: str, stop_key: str, body) -> None:
             return
         with st.container(border=True):
             job_header(snap, key=stop_key)
+            if snap["stopping"]:
+                st.info(stopping_note(snap), icon=":material/hourglass_top:")
             body(snap)
 
     live()
@@ -395,7 +444,9 @@ def job_end_message(state) -> tuple[str, str]:
         acc = f", test accuracy {res.test_acc:.3f}" if res is not None and res.test_acc is not None else ""
         return "success", f"Run finished ({mode}): {state.run_id}{acc} ({took})"
     if state.state == "stopped":
-        why = res.message if res is not None else f"after {len(state.epochs)} epoch(s)"
+        from hotdog.train import stopped_message
+
+        why = res.message if res is not None else stopped_message(len(state.epochs))
         return "info", f"Run stopped: {state.run_id}: {why}."
     return "error", f"Run {state.state}: {state.run_id}: {state.error or ''}"
 
@@ -669,7 +720,11 @@ def stop_job(force: bool = False) -> None:
 
 def job_snapshot() -> dict | None:
     """What runs now in this server (any tab), or None when idle."""
-    return job_view(job_manager().current(), source_titles(), owner=session_owner())
+    snap = job_view(job_manager().current(), source_titles(), owner=session_owner())
+    if snap is not None and not snap["stopping"] and st.session_state.get(STOP_KEY) == snap["run_id"]:
+        snap["stopping"] = True  # this session asked: never show it "running" again
+        snap["label"] += " · stopping…"
+    return snap
 
 
 def live_job(flag: str) -> dict | None:
@@ -709,7 +764,9 @@ def _job_status(link: bool = True) -> None:
         return
     p = snap["progress"]
     where = f" · {progress_fraction(p):.0%}" if p is not None else ""
-    st.caption(t("**Training:** {mode} running{where}", mode=t(snap["mode"]), where=where))
+    mode = t(snap["mode"])
+    st.caption(t("**Training:** {mode} stopping{where}", mode=mode, where=where) if snap["stopping"]
+               else t("**Training:** {mode} running{where}", mode=mode, where=where))
     if link:
         st.page_link("pages/train.py", label=t("Watch it"), icon=":material/monitoring:")
 
@@ -749,14 +806,30 @@ def run_data_root(run_id: str) -> str | None:
 
 
 def run_label(r) -> str:
-    acc = "" if r.test_acc is None else t(", test acc {acc}", acc=f"{r.test_acc:.3f}")
-    data = Path(run_data_root(r.run_id) or "").name
-    return (f"{r.run_id} · {r.mode or '?'} · {t(source_titles().get(r.source, r.source))}"
-            + (f" · {data}" if data else "") + acc)
+    """'test acc 0.940 (best epoch 4) · fine-tune · hotdog-mini · EfficientNet-Lite0 · <id>': the
+    accuracy is that of the weights the run predicts with by default (hotdog.runpick)."""
+    from hotdog.runpick import score
+
+    acc = score(r)
+    # The accuracy first: a closed picker shows only the start of a long label.
+    acc = "no test acc" if acc is None else f"test acc {acc:.3f}" + (
+        f" (best epoch {r.best_epoch})" if r.best_epoch else "")
+    data = Path(r.data_root or run_data_root(r.run_id) or "").name
+    return (f"{acc} · {MODE_TITLES.get(r.mode, r.mode or '?')}" + (f" · {data}" if data else "")
+            + f" · {source_titles().get(r.source, r.source)} · {r.run_id}")
+
+
+def weights_title(run, weights: str) -> str:
+    """'best epoch 4 (val 0.950)' / 'last epoch (5)': which weights, in words."""
+    if weights == "best" and run.best_epoch:
+        val = f" (val {run.best_val_acc:.3f})" if isinstance(run.best_val_acc, (int, float)) else ""
+        return f"best epoch {run.best_epoch}{val}"
+    return f"last epoch ({run.epochs_done})"
 
 
 def pick_run(runs: Sequence, key: str, label: str = "Run", container=None):
-    """A picker over run summaries (newest first, labelled by :func:`run_label`); the chosen one."""
+    """A picker over run summaries (in the given order, the first preselected; labelled by
+    :func:`run_label`); the chosen one."""
     by_id = {r.run_id: r for r in runs}
     labels = {run_id: run_label(r) for run_id, r in by_id.items()}
     run_id = (container or st).selectbox(label, list(by_id), format_func=labels.get, key=key)
@@ -766,6 +839,32 @@ def pick_run(runs: Sequence, key: str, label: str = "Run", container=None):
 def run_metrics(run_id: str) -> list[dict]:
     rec = run_record(run_id)
     return rec.metrics if rec else []
+
+
+def comparison(run_ids: Sequence[str]):
+    """The :class:`hotdog.compare.Comparison` of a job's runs (the chapter's fine-tune vs
+    scratch): recorded test accuracy and time, and each run evaluated on its test split
+    (cached) to flag a model that predicts one class for every photo. None when a run is gone."""
+    from hotdog import compare
+
+    rows = []
+    for run_id in run_ids:
+        rec = run_record(run_id)
+        if rec is None:
+            return None
+        acc = rec.metrics[-1].get("test_acc") if rec.metrics else None
+        seconds = rec.status.get("seconds")
+        single = None
+        if rec.model is not None:
+            try:
+                ev = evaluation(str(rec.run_dir))
+                single = compare.one_class(ev.get("confusion"), ev.get("classes") or [])
+            except HotdogError:
+                single = None
+        rows.append(compare.ComparedRun(run_id, rec.config.get("mode"), acc,
+                                        seconds if isinstance(seconds, (int, float)) else None, single,
+                                        len(rec.metrics), rec.state))
+    return compare.summarize(rows)
 
 
 def run_seconds(summary, rec=None) -> float | None:
@@ -795,15 +894,15 @@ def _params_stamp(run_dir: str) -> float:
 
 
 @st.cache_resource(show_spinner="Loading the run's weights…", max_entries=4)
-def _predictor(run_dir: str, stamp: float):
+def _predictor(run_dir: str, stamp: float, weights: str = "last"):
     from hotdog.predict import Predictor
 
-    return Predictor.from_run(run_dir)
+    return Predictor.from_run(run_dir, weights=weights)
 
 
-def predictor(run_dir: str):
-    """A finished run's Predictor, cached until its weights change."""
-    return _predictor(str(run_dir), _params_stamp(run_dir))
+def predictor(run_dir: str, weights: str = "last"):
+    """A finished run's Predictor (its "last" or "best" weights), cached until its weights change."""
+    return _predictor(str(run_dir), _params_stamp(run_dir), weights)
 
 
 @st.cache_resource(show_spinner="Fitting the zero-shot head on the training split…", max_entries=4)
@@ -860,19 +959,19 @@ def data_drift(run_id: str) -> str | None:
 
 
 @st.cache_data(show_spinner="Evaluating on the test split…", max_entries=16)
-def _evaluation(run_dir: str, stamp: float, split: str, split_stamp: float) -> dict:
+def _evaluation(run_dir: str, stamp: float, split: str, split_stamp: float, weights: str = "last") -> dict:
     from hotdog.predict import evaluate
 
-    return evaluate(run_dir, split, predictor=_predictor(run_dir, stamp)).to_dict()
+    return evaluate(run_dir, split, predictor=_predictor(run_dir, stamp, weights)).to_dict()
 
 
-def evaluation(run_dir: str) -> dict:
-    """The run evaluated on the test split of the data set it was trained on."""
+def evaluation(run_dir: str, weights: str = "last") -> dict:
+    """The run (its "last" or "best" weights) evaluated on the test split of its data set."""
     root = run_data_root(Path(run_dir).name)
     if not root or not Path(root).is_dir():
         raise HotdogError(f"the data set this run was trained on is gone ({root})")
     split = eval_split(root)
-    return _evaluation(str(run_dir), _params_stamp(run_dir), split, _stamp(split))
+    return _evaluation(str(run_dir), _params_stamp(run_dir), split, _stamp(split), weights)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -47,9 +47,14 @@ class EpochMetrics:
     train_acc: float
     test_acc: float
     seconds: float
+    # Accuracy on the validation split carved from train (hotdog.best), None without one.
+    val_acc: float | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["val_acc"] is None:  # runs without a validation split keep their old records
+            del d["val_acc"]
+        return d
 
 
 class CancelFit(Exception):

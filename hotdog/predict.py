@@ -115,24 +115,28 @@ class Predictor:
         self.source = source
         self.ctx = ctx or mx.cpu()
         self.run_dir = Path(run_dir) if run_dir else None
+        self.weights = "last"  # which of a run's weights files (from_run)
         self._transform = test_transform(preprocess)
         self._lock = threading.Lock()
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, ctx=None) -> "Predictor":
-        return mx_call(cls._from_run, Path(run_dir), ctx)
+    def from_run(cls, run_dir: str | os.PathLike, ctx=None, weights: str = "last") -> "Predictor":
+        """A finished run's network; ``weights``: "last" (the last epoch's, the chapter's) or
+        "best" (the best epoch by validation, when the run kept one)."""
+        return mx_call(cls._from_run, Path(run_dir), ctx, weights)
 
     @classmethod
-    def _from_run(cls, run_dir: Path, ctx=None) -> "Predictor":
+    def _from_run(cls, run_dir: Path, ctx=None, weights: str = "last") -> "Predictor":
         import mxnet as mx
 
         from hotdog import models
         from hotdog.data import Preprocess
         from hotdog.errors import ModelError
-        from hotdog.runs import PARAMS_FILE
+        from hotdog.runs import params_file
         from hotdog.weights import load_params_file
 
         info = run_model_info(run_dir)
+        params = params_file(info, weights)
         classes = info["classes"]
         ctx = ctx or mx.cpu()
         try:
@@ -142,12 +146,14 @@ class Predictor:
         except (ModelError, ValueError, TypeError) as err:
             raise RunStoreError(f"cannot rebuild the model of run {run_dir.name}: {first_line(err)}") from err
         try:
-            load_params_file(net, run_dir / PARAMS_FILE, ctx=ctx)
+            load_params_file(net, run_dir / params, ctx=ctx)
         except ParamsFileError as err:
             raise RunStoreError(f"cannot load the weights of run {run_dir.name}: {err.reason}") from err
         except ModelError as err:
             raise RunStoreError(f"cannot load the weights of run {run_dir.name}: {first_line(err)}") from err
-        return cls(_fast_inference(net, pre, ctx), classes, pre, info["source"], ctx, run_dir)
+        out = cls(_fast_inference(net, pre, ctx), classes, pre, info["source"], ctx, run_dir)
+        out.weights = weights
+        return out
 
     @classmethod
     def zero_shot(cls, source: str, classes: Sequence[str], train_items=None, per_class: int = 32) -> "Predictor":
@@ -343,9 +349,10 @@ def split_items(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int
     return items
 
 
-def evaluate(run_dir: str | os.PathLike, split_dir: str | os.PathLike, predictor: Predictor | None = None) -> EvalReport:
-    """A saved run on a folder with one sub-folder per class."""
-    predictor = predictor or Predictor.from_run(run_dir)
+def evaluate(run_dir: str | os.PathLike, split_dir: str | os.PathLike, predictor: Predictor | None = None,
+             weights: str = "last") -> EvalReport:
+    """A saved run (its ``weights``: "last" or "best") on a folder with one sub-folder per class."""
+    predictor = predictor or Predictor.from_run(run_dir, weights=weights)
     classes = predictor.classes
     items = split_items(Path(split_dir), classes)
     preds = predictor.predict([p for p, _ in items])

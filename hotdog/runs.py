@@ -56,6 +56,10 @@ STATES = ("running", "finished", "stopped", "diverged", "failed")
 DAMAGED = "damaged"
 READ_STATES = STATES + (DAMAGED,)
 PARAMS_FILE = "model.params"
+# The best epoch's weights by validation accuracy (knob val_fraction; hotdog.best); model.json
+# describes them under "best". PARAMS_FILE always holds the last epoch's (the chapter's).
+BEST_PARAMS_FILE = "model-best.params"
+WEIGHTS = ("last", "best")
 
 # The names the engine writes (hotdog.settings.SOURCES / MODES / BN_MODES; a test keeps them
 # equal): repeated here because the store must not import the engine.
@@ -272,7 +276,7 @@ def check_metrics_row(raw: Any) -> dict:
     d = _object(f, raw)
     _field(f, d, "epoch", lambda v: _is_int(v, 1, 100_000), "an epoch number >= 1", required=True)
     _field(f, d, "train_loss", lambda v: v is None or _is_number(v, 0.0), "a loss >= 0")
-    for key in ("train_acc", "test_acc"):
+    for key in ("train_acc", "test_acc", "val_acc"):
         _field(f, d, key, lambda v: v is None or _is_number(v, 0.0, 1.0), "an accuracy between 0 and 1")
     _field(f, d, "seconds", lambda v: v is None or _is_number(v, 0.0), "a duration in seconds")
     return d
@@ -319,17 +323,39 @@ def check_model(raw: Any, run_dir: Path | None = None) -> dict:
             raise DamagedFile(f, f"has no 'preprocess.{key}'")
         if not ok(pre[key]):
             raise DamagedFile(f, f"has 'preprocess.{key}' {_show(pre[key])}, not {want}")
+    best = d.get("best")
+    if best is not None:
+        if not isinstance(best, dict):
+            raise DamagedFile(f, f"has 'best' {_show(best)}, not an object")
+        _field(f, best, "params", lambda v: v == BEST_PARAMS_FILE, repr(BEST_PARAMS_FILE), required=True)
+        _field(f, best, "epoch", lambda v: _is_int(v, 1, 100_000), "an epoch number >= 1", required=True)
+        for key in ("val_acc", "test_acc"):
+            _field(f, best, key, lambda v: v is None or _is_number(v, 0.0, 1.0), "an accuracy between 0 and 1")
     if run_dir is not None:
-        params = run_dir / PARAMS_FILE
-        try:
-            size_on_disk = params.stat().st_size
-        except OSError:
-            raise DamagedFile(f, f"is there but its weights file {PARAMS_FILE} is missing") from None
-        if not params.is_file():
-            raise DamagedFile(PARAMS_FILE, "is not a file")
-        if size_on_disk == 0:
-            raise DamagedFile(PARAMS_FILE, "is empty (the weights were never completely written)")
+        for name in (PARAMS_FILE,) + ((BEST_PARAMS_FILE,) if best is not None else ()):
+            params = run_dir / name
+            try:
+                size_on_disk = params.stat().st_size
+            except OSError:
+                raise DamagedFile(f, f"is there but its weights file {name} is missing") from None
+            if not params.is_file():
+                raise DamagedFile(name, "is not a file")
+            if size_on_disk == 0:
+                raise DamagedFile(name, "is empty (the weights were never completely written)")
     return d
+
+
+def params_file(model: dict, weights: str = "last") -> str:
+    """The weights file of a validated model.json: ``"last"`` (the last epoch, always there)
+    or ``"best"`` (the best epoch by validation; RunStoreError when the run kept none)."""
+    if weights not in WEIGHTS:
+        raise RunStoreError(f"weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
+    if weights == "best":
+        if not model.get("best"):
+            raise RunStoreError("this run kept no best-epoch weights (it was trained without a validation "
+                                "split: set the validation fraction above 0)")
+        return BEST_PARAMS_FILE
+    return PARAMS_FILE
 
 
 def _read_checked(path: Path, check, missing: str | None = None):
@@ -411,6 +437,11 @@ class RunSummary:
     run_dir: str = ""
     warning: str = ""
     tags: dict = dataclasses.field(default_factory=dict)  # config.json's "tags" (e.g. sweep_id)
+    # The best epoch by validation (model.json "best"), when the run kept one: its number,
+    # validation accuracy and the test accuracy recorded at that epoch.
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    best_test_acc: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -673,4 +704,11 @@ def _summarize(d: Path) -> RunSummary:
         lr_mult=cfg.get("lr_mult"), bn_mode=cfg.get("bn_mode"), data_root=cfg.get("data_root"),
         data=Path(cfg["data_root"]).name if cfg.get("data_root") else None, run_dir=str(d),
         warning=_metrics_warning(files.bad_lines), tags=dict(cfg.get("tags") or {}),
+        **_best_fields(files.model),
     )
+
+
+def _best_fields(model: dict | None) -> dict:
+    best = (model or {}).get("best") or {}
+    return {"best_epoch": best.get("epoch"), "best_val_acc": best.get("val_acc"),
+            "best_test_acc": best.get("test_acc")}

@@ -61,6 +61,9 @@ _SOURCE_VALUES: dict[tuple, dict[str, Any]] = {
     # ResNet-18 is the chapter's own model: its 0.01 is stable there.
     ("stable", "finetune", "resnet18_v2"): {"lr": 0.01},
 }
+# The validation split's rule (knob val_fraction): off by default, suggested from this size on.
+RECOMMENDED_VAL_FRACTION = 0.1
+VAL_MIN_PER_CLASS = 100
 PRESET_KNOBS = ("lr", "lr_mult", "wd", "batch_size", "epochs", "bn_mode", "init_output_from_imagenet")
 
 
@@ -123,7 +126,19 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          "device: sum gradients on the devices of this machine; local: on the CPU; dist_sync: MXNet's "
          "parameter server across processes/machines (start with `python -m hotdog launch`)",
          choices=KVSTORES, default="device"),
+    Knob("val_fraction", float, "Validation fraction (best epoch)",
+         "share of each class's training photos held out (seeded, stratified) to pick the best epoch, whose "
+         "weights are saved beside the last epoch's; never chosen on the test split. 0 = off (default: on a "
+         f"small set a few validation photos are noise; recommended {RECOMMENDED_VAL_FRACTION:g} from "
+         f"{VAL_MIN_PER_CLASS} training photos per class)", 0.0, 0.5, default=0.0),
 )}
+
+
+def recommended_val_fraction(train_per_class: list[int]) -> float:
+    """The validation fraction to suggest for a training split with these photos per class:
+    RECOMMENDED_VAL_FRACTION once every class has VAL_MIN_PER_CLASS photos (>= 10 validation
+    photos each), else 0 (fewer make the "best" epoch a coin toss)."""
+    return RECOMMENDED_VAL_FRACTION if train_per_class and min(train_per_class) >= VAL_MIN_PER_CLASS else 0.0
 
 
 def preset_values(preset: str = DEFAULT_PRESET, mode: str = "finetune", source: str = DEFAULT_SOURCE) -> dict:
@@ -226,6 +241,8 @@ class TrainConfig:
     augment: bool = True
     amp: bool = False  # float16 mixed precision, GPU only (hotdog.precision)
     kvstore: str = "device"  # gluon.Trainer's kvstore; dist_sync: hotdog.distributed
+    # Share of the training split held out to pick the best epoch (0: off); see KNOBS.
+    val_fraction: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.data_root, (str, bytes)) and not hasattr(self.data_root, "__fspath__"):

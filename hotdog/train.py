@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from hotdog.best import callbacks as best_epoch_callbacks
 from hotdog.callbacks import (BatchProgress, CancelFit, Dispatcher, EpochMetrics, OnBatch, OnEpoch, RunRecorder,
                               StopOnEvent, TerminateOnNaN)
 from hotdog.errors import DatasetError
@@ -143,7 +144,9 @@ def prepare(config: TrainConfig, check_memory: bool = True, tags: dict | None = 
             log.warning("%s", plan.message)
     if resolved.micro_batch is None:
         resolved.micro_batch = plan.micro_batch if plan is not None else resolved.batch_size
-    return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits), plan, dict(tags or {}))
+    fingerprint = data.fingerprint(splits)  # of the data set as it is on disk, before any carving
+    splits = data.carve_validation(splits, resolved.val_fraction, resolved.seed)  # best epoch: hotdog.best
+    return Prepared(resolved, ctxs, pre, splits, fingerprint, plan, dict(tags or {}))
 
 
 def _check_gpu_and_dist(config: TrainConfig, ctxs) -> None:
@@ -316,7 +319,9 @@ def _sweep_features_key(prepared: Prepared) -> tuple | None:
     import json
 
     return (sweep_id, cfg.source, json.dumps(prepared.pre.to_dict(), sort_keys=True), prepared.data_fingerprint,
-            int(cfg.augment_views), cfg.seed if cfg.augment_views else None, tuple(cfg.devices or ()))
+            int(cfg.augment_views), cfg.seed if cfg.augment_views else None, tuple(cfg.devices or ()),
+            # the validation split changes which photos are training photos
+            cfg.val_fraction, cfg.seed if cfg.val_fraction else None)
 
 
 def _sweep_features_get(key):
@@ -360,6 +365,7 @@ class _Fit:
         self.images_total = 0
         self.busy_seconds = 0.0
         self.meter: _Meter | None = None
+        self.model_extra: dict = {}  # more model.json fields from callbacks (hotdog.best: "best")
 
     # -- what callbacks read
     @property
@@ -374,7 +380,7 @@ class _Fit:
         cfg = self.config
         return {"source": cfg.source, "mode": cfg.mode, "classes": list(self.splits.classes),
                 "input_size": self.pre.input_size, "preprocess": self.pre.to_dict(),
-                "bn_mode": cfg.bn_mode, "freeze": cfg.freeze}
+                "bn_mode": cfg.bn_mode, "freeze": cfg.freeze, **self.model_extra}
 
     # -- events
     def batch_done(self, epoch, batch, batches, t_epoch, phase="train", done=None, total=None) -> None:
@@ -660,11 +666,17 @@ def _end_message(status: str, epochs: list[EpochMetrics], cancel: BaseException 
         return f"trained {n} epochs, test accuracy {epochs[-1].test_acc:.3f}"
     if status == "diverged":
         return str(cancel)
-    kept = "no epoch was completed, so no weights were saved" if n == 0 else \
-        f"the weights after epoch {n} are kept"
-    if isinstance(cancel, KeyboardInterrupt):
-        return f"interrupted after {n} completed epoch(s); {kept}"
-    return f"stopped by request after {n} completed epoch(s); {kept}"
+    return stopped_message(n, interrupted=isinstance(cancel, KeyboardInterrupt))
+
+
+def stopped_message(epochs_done: int, interrupted: bool = False) -> str:
+    """How a stopped run ends, in words that say exactly what was kept: with no completed
+    epoch nothing is saved (the partial epoch's weights are not a model anyone asked for)."""
+    how = "interrupted" if interrupted else "stopped by request"
+    if epochs_done == 0:
+        return f"{how} before the first epoch ended; no epoch was completed, so no weights were saved"
+    return (f"{how} after {epochs_done} completed epoch{'s' if epochs_done != 1 else ''}; "
+            f"the weights after epoch {epochs_done} are kept")
 
 
 def train(config: TrainConfig, *, callbacks: Sequence = (),
@@ -696,6 +708,7 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     cbs += [StopOnEvent(stop_event)] if stop_event is not None else []
     cbs += [OnBatch(on_batch)] if on_batch is not None else []
     cbs += [OnEpoch(on_epoch)] if on_epoch is not None else []
+    cbs += best_epoch_callbacks(prepared, run_dir)
     emit = Dispatcher([*cbs, *callbacks])
     fit = _Fit(prepared, emit, cluster)
     error: BaseException | None = None

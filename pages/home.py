@@ -59,6 +59,6 @@ with st.container(border=True):
     else:
         st.dataframe(
             [{"run": r.run_id, "mode": r.mode, "status": r.status,
-              "test acc": None if r.test_acc is None else round(r.test_acc, 3)} for r in runs],
+              "test acc": ui.acc_text(r.test_acc)} for r in runs],  # 0.500, as Train shows it
             hide_index=True, width="stretch",
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from hotdog import models
+from hotdog import models, runpick
 import ui
 
 RUN, IMAGENET, ZERO_SHOT = "A finished training run", "Pretrained ImageNet classifier", "Zero-shot ImageNet 'hotdog' head"
@@ -23,14 +23,22 @@ kind = c_kind.radio("Model", [RUN, IMAGENET, ZERO_SHOT], key="predict_kind",
 predictor = None  # None: the ImageNet classifier itself
 source = ui.current_source()
 if kind == RUN:
-    runs = ui.finished_runs()
+    # Best first (the current data set's, by recorded test accuracy), not newest first: after
+    # the chapter's comparison the newest run is the from-scratch one.
+    runs = runpick.ranked(ui.finished_runs(), ui.current_dataset())
     if not runs:
         c_pick.info("No finished run yet: train one on the Train page, or pick another model.",
                     icon=":material/info:")
     else:
-        run = ui.pick_run(runs, key="predict_run", container=c_pick)
+        run = ui.pick_run(runs, key="predict_run", container=c_pick, label="Run (best first)")
         source = run.source or source
-        predictor = ui.or_error(ui.predictor, run.run_dir)
+        weights = "last"
+        if run.best_epoch:
+            weights = c_pick.radio("Weights", ["best", "last"], key="predict_weights", horizontal=True,
+                                   format_func=lambda w: ui.weights_title(run, w),
+                                   help="Best: the epoch with the highest validation accuracy; last: after "
+                                        "the final epoch (the chapter's).")
+        predictor = ui.or_error(ui.predictor, run.run_dir, weights)
 else:
     source = ui.source_select(c_pick)
     if kind == ZERO_SHOT:
@@ -54,6 +62,9 @@ shot = st.camera_input("Take a photo", key="camera") if use_camera else None
 files: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in (uploads or [])]
 if shot is not None:
     files.append(("camera photo", shot.getvalue()))
+files, repeats = ui.unique_photos(files)
+if repeats:
+    st.caption(ui.md_escape("Classified once: " + "; ".join(f"{a} is the same photo as {b}" for a, b in repeats)))
 
 ready = predictor is not None or kind == IMAGENET
 if files and ready:
@@ -96,8 +107,14 @@ if files and ready:
                     y=alt.Y("class:N", sort="-x", title=None, axis=alt.Axis(labelLimit=200)),
                     tooltip=["class", alt.Tooltip("probability:Q", format=".3f")],
                 )
+                # A long bar carries its number inside (white), a short one beside it: never
+                # past the right edge, where the chart would cut it.
+                inside = alt.datum.probability > 0.75
                 chart = (base.mark_bar(color="#d9480f")
-                         + base.mark_text(align="left", dx=4).encode(text=alt.Text("probability:Q", format=".1%"))
+                         + base.transform_filter(inside).mark_text(align="right", dx=-4, color="white").encode(
+                             text=alt.Text("probability:Q", format=".1%"))
+                         + base.transform_filter(~inside).mark_text(align="left", dx=4).encode(
+                             text=alt.Text("probability:Q", format=".1%"))
                          ).properties(height=36 * len(df) + 30)
                 st.altair_chart(chart, width="stretch")
             if c_top is None:
@@ -107,8 +124,11 @@ if files and ready:
                 st.dataframe(
                     [{"class": t["name"], "probability": round(float(t["probability"]), 3)} for t in r.top5],
                     hide_index=True, width="stretch",
-                    column_config={"probability": st.column_config.ProgressColumn(
-                        "probability", min_value=0.0, max_value=1.0, format="%.3f")},
+                    # Fixed widths: a long class name ("American lobster, Northern lobster, ...")
+                    # must not push the probability out of the table.
+                    column_config={"class": st.column_config.TextColumn("class", width=150),
+                                   "probability": st.column_config.ProgressColumn(
+                                       "probability", min_value=0.0, max_value=1.0, format="%.3f", width=110)},
                 )
 elif files and not ready:
     st.caption("Choose a model first.")

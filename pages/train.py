@@ -23,10 +23,14 @@ CHOICES = {
     "wd": (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2),
     "batch_size": (8, 16, 32, 64, 128, 256),
     "input_size": (32, 64, 96, 128, 160, 192, 224, 256, 288),
+    "val_fraction": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
 }
+# One colour per overlaid run, in the order the runs are chosen: the chart's lines and the
+# picker's chips use the same list (see run_chip_css).
+RUN_COLORS = ("#d9480f", "#1c7ed6", "#2f9e44", "#7048e8", "#f59f00", "#868e96")
 # Sidebar knobs outside the presets (their defaults are the table's).
 OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
-               "micro_batch", "amp")
+               "micro_batch", "amp", "val_fraction")
 
 
 def _fmt(x) -> str:
@@ -121,7 +125,7 @@ def sidebar_knobs() -> dict:
         values[name] = knob_widget(name, sb)
     with sb.expander("More settings"):
         for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views",
-                     "micro_batch"):
+                     "micro_batch", "val_fraction"):
             values[name] = knob_widget(name, st)
         devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
                                  help="Empty: every GPU, else the CPU.")
@@ -153,6 +157,11 @@ else:
         n = ui.split_totals(report)
         st.text(f"Data: {Path(root).name} · {len(report['classes'])} classes · "
                 f"{n['train']} train / {n['test']} test images")
+        per_class = list((report.get("counts") or {}).get("train", {}).values())
+        if (rec := settings.recommended_val_fraction(per_class)) and not knobs["values"].get("val_fraction"):
+            st.caption(f"Best epoch: this data set has {min(per_class)}+ training photos per class, enough to "
+                       f"hold {rec:g} of them out and keep the best epoch too (More settings → validation "
+                       "fraction); off, only the last epoch's weights are kept.")
         with contextlib.suppress(HotdogError):  # a bad knob says so when a button is clicked
             kind, text = ui.memory_estimate(make_config(knobs, "finetune", root), n["train"] + n["test"])
             {"info": st.caption, "warning": st.warning, "error": st.error}[kind](ui.md_escape(text))
@@ -202,6 +211,24 @@ with st.expander("Find a learning rate", icon=":material/trending_down:"):
             st.button(f"Use lr {lr:g}", key="btn_use_lr", on_click=use_lr, args=(lr,))
         else:
             st.caption("The loss exploded too soon for a suggestion: try a smaller batch or the frozen features.")
+
+
+def comparison_card(run_ids: list[str]) -> None:
+    """The chapter's comparison in one card: each run's test accuracy and time, and a flag on
+    a model that predicts one class for every test photo."""
+    summary = ui.comparison(run_ids)
+    if summary is None:
+        return
+    with st.container(border=True, key="comparison_card"):
+        st.markdown(f"**The comparison:** {ui.md_escape(summary.headline)}")
+        for col, r in zip(st.columns(len(summary.runs)), summary.runs):
+            col.metric(f"{r.title} · test accuracy", ui.acc_text(r.test_acc),
+                       help=f"run {r.run_id}, last epoch ({r.epochs_done} trained)")
+            col.caption(f"took {ui.format_duration(r.seconds)} · run {r.run_id}")
+        for flag in summary.flags:
+            st.warning(ui.md_escape(flag[:1].upper() + flag[1:] + "."), icon=":material/flag:")
+
+
 if st.session_state.get("train_error"):
     st.error(ui.md_escape(st.session_state["train_error"]), icon=":material/error:")
 elif not busy and (last := ui.last_job()) is not None:
@@ -209,11 +236,15 @@ elif not busy and (last := ui.last_job()) is not None:
     show = {"success": (st.success, ":material/check_circle:"), "info": (st.info, ":material/stop_circle:"),
             "error": (st.error, ":material/error:")}[kind]
     show[0](ui.md_escape(message), icon=show[1])
+    if len(last.run_ids) > 1 and not getattr(last, "sweep", None):  # a sweep has its own page
+        comparison_card(list(last.run_ids))
 
 
-def curves_chart(df: pd.DataFrame, height: int = 260):
-    """The chapter's plot: train loss, train acc, test acc per epoch; one colour per run."""
+def curves_chart(df: pd.DataFrame, height: int = 260, runs: list[str] | None = None):
+    """The chapter's plot: train loss, train acc, test acc per epoch; one colour per run,
+    RUN_COLORS in the order of ``runs`` (default: as they appear in ``df``)."""
     many = df["run"].nunique() > 1
+    order = list(runs or dict.fromkeys(df["run"]))
     base = alt.Chart(df).mark_line(point=True).encode(
         x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"),
                 scale=alt.Scale(domainMin=1, nice=False)),
@@ -221,18 +252,27 @@ def curves_chart(df: pd.DataFrame, height: int = 260):
         tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".3f")],
     )
     if many:
-        return (base.encode(color=alt.Color("run:N", title="run",
-                                            scale=alt.Scale(range=["#d9480f", "#1c7ed6", "#2f9e44", "#7048e8",
-                                                                   "#f59f00", "#868e96"]),
+        return (base.encode(color=alt.Color("run:N", title="run", sort=order,
+                                            scale=alt.Scale(domain=order,
+                                                            range=list(RUN_COLORS[:len(order)]) or None),
                                             legend=alt.Legend(orient="bottom", labelLimit=400, columns=1)))
-                .properties(height=height, width=260)
+                # The facets share ~780 px (a 1400 px window): 3 metrics, or 4 with "val acc".
+                .properties(height=height, width=780 // max(df["metric"].nunique(), 3))
                 .facet(column=alt.Column("metric:N", title=None, sort=list(ui.METRIC_LABELS.values())))
                 .resolve_scale(y="independent"))
     return base.encode(
         color=alt.Color("metric:N", title=None, sort=list(ui.METRIC_LABELS.values()),
-                        scale=alt.Scale(range=["#1c7ed6", "#d9480f", "#2f9e44"])),
+                        scale=alt.Scale(range=["#1c7ed6", "#d9480f", "#2f9e44", "#7048e8"])),
         strokeDash=alt.StrokeDash("metric:N", title=None, sort=list(ui.METRIC_LABELS.values())),
     ).properties(height=height)
+
+
+def run_chip_css(key: str, n: int) -> str:
+    """A style that paints the picker's i-th chip with the i-th run colour of the chart."""
+    # Streamlit 1.65's multiselect marks its chips with data-tag-index (0-based, in value order).
+    rules = [f".st-key-{key} [data-tag-index='{i}'] {{ background-color: {c}; color: white; }}"
+             for i, c in enumerate(RUN_COLORS[:n])]
+    return "<style>" + "\n".join(rules) + "</style>"
 
 
 def live_body(snap: dict) -> None:
@@ -265,18 +305,30 @@ def confusion_chart(classes: list[str], confusion: list[list[int]]):
             ).properties(width=alt.Step(step), height=alt.Step(step))
 
 
+def weights_choice(run, key: str) -> str:
+    """"last" or "best": a choice only for a run that kept its best epoch's weights."""
+    if not run.best_epoch:
+        return "last"
+    return st.radio("Weights", ["best", "last"], key=key, horizontal=True,
+                    format_func=lambda w: ui.weights_title(run, w),
+                    help="Last: after the final epoch (the chapter keeps these). Best: the epoch with the "
+                         "highest accuracy on the validation split carved from train (never the test split).")
+
+
 def inspect_run(run) -> None:
     """Confusion matrix, misclassified photos and the weights of one finished run."""
     drift = ui.data_drift(run.run_id)
     if drift:
         st.warning(ui.md_escape(drift[0].upper() + drift[1:] + "."), icon=":material/warning:")
-    ev = ui.or_error(ui.evaluation, run.run_dir)
+    weights = weights_choice(run, key=f"inspect_weights-{run.run_id}")
+    ev = ui.or_error(ui.evaluation, run.run_dir, weights)
     if ev is None:
         return
     classes = list(ev.get("classes") or ui.run_classes(run.run_dir))
     left, right = st.columns([1, 2])
     with left:
         st.metric("Test accuracy", f"{ev['accuracy']:.3f}", help=f"{ev.get('n', '?')} test images")
+        st.caption(ui.md_escape(f"Weights: {ui.weights_title(run, weights)}"))
         if ev.get("confusion") is not None and classes:
             st.altair_chart(confusion_chart(classes, ev["confusion"]), width="content")
         params = Path(run.run_dir) / "model.params"
@@ -318,6 +370,11 @@ def inspect_run(run) -> None:
 
 
 # ------------------------------------------------------------------ history
+SHORT_COLUMNS = ("status", "mode", "freeze", "epochs", "size", "duration")
+# Pixels for the message column: "stopped by request after 1 completed epoch; the weights after
+# epoch 1 are kept" in full, beside the run's id, mode, status and accuracies, in a 1400 px window.
+MESSAGE_WIDTH = 520
+
 @ui.fragment(run_every=2.0 if busy else None)
 def runs_table() -> None:
     """Refreshes itself while a job runs, so the running row's epochs and message stay current."""
@@ -330,16 +387,25 @@ def runs_table() -> None:
         rec = ui.run_record(r.run_id)
         root = (rec.config.get("data_root") if rec else None) or ""
         rows.append({
-            "run": r.run_id, "status": r.status, "mode": r.mode, "data": Path(root).name,
-            "source": ui.source_titles().get(r.source, r.source),
+            # What a run gave first (its message is a sentence and needs the room), details after.
+            "run": r.run_id, "mode": r.mode, "status": r.status,
+            "test acc": ui.acc_text(r.test_acc),
+            "best epoch": f"{r.best_epoch}: {ui.acc_text(r.best_test_acc)}" if r.best_epoch else "—",
+            "message": r.message,
+            "data": Path(root).name, "source": ui.source_titles().get(r.source, r.source),
             "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
             "size": rec.config.get("input_size") if rec else None,  # a damaged run: empty, not a word
-            "test acc": r.test_acc, "duration": ui.format_duration(ui.run_seconds(r, rec)),
-            "message": r.message,
+            "duration": ui.format_duration(ui.run_seconds(r, rec)),
         })
     st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={"test acc": st.column_config.NumberColumn(format="%.3f"),
-                                "lr": st.column_config.NumberColumn(format="%g")})
+                 column_config={"lr": st.column_config.NumberColumn(format="%g"),
+                                "test acc": st.column_config.TextColumn(help="after the last epoch (model.params)"),
+                                "best epoch": st.column_config.TextColumn(
+                                    help="the best epoch by the validation split and its test accuracy "
+                                         "(model-best.params; runs with a validation fraction)"),
+                                # Messages are sentences: room for them, the short columns shrink.
+                                **{c: st.column_config.Column(width="small") for c in SHORT_COLUMNS},
+                                "message": st.column_config.TextColumn(width=MESSAGE_WIDTH)})
 
 
 st.subheader("Runs")
@@ -353,12 +419,15 @@ if runs:
     # A new run resets the choice to the newest two on the same data set (the chapter's
     # fine-tune vs scratch); curves of different data sets are rarely worth comparing.
     default = [r for r in with_metrics if data_of.get(r) == newest_data][:2]
+    overlay_key = f"overlay-{len(with_metrics)}"
     chosen = st.multiselect("Overlay the curves of", with_metrics, default=default,
-                            format_func=labels.get, key=f"overlay-{len(with_metrics)}")
+                            format_func=labels.get, key=overlay_key)
+    if len(chosen) > 1:
+        st.html(run_chip_css(overlay_key, len(chosen)))
     if chosen:
         frames = [ui.curves_frame(ui.run_metrics(r), run=labels[r]) for r in chosen]
         # Several runs are drawn as one small chart per metric, which cannot stretch.
-        st.altair_chart(curves_chart(pd.concat(frames, ignore_index=True)),
+        st.altair_chart(curves_chart(pd.concat(frames, ignore_index=True), runs=[labels[r] for r in chosen]),
                         width="stretch" if len(chosen) == 1 else "content")
 
     finished = [r for r in runs if r.status in ("finished", "stopped") and r.epochs_done]

@@ -114,7 +114,8 @@ def test_probabilities_frame_sorted_most_likely_first():
 def test_misclassified_caption_and_eval_split(tmp_path):
     m = {"path": "/x/test/hotdog/001.png", "label": "hotdog", "predicted": "not-hotdog",
          "probabilities": {"hotdog": 0.3, "not-hotdog": 0.7}}
-    assert ui.misclassified_caption(m) == "001.png\ntrue hotdog → not-hotdog (0.70)"
+    # the probability says what it is the probability of (#12: an unlabelled "(0.70)" before)
+    assert ui.misclassified_caption(m) == "001.png\ntrue hotdog → not-hotdog\np(not-hotdog) 0.70"
     assert ui.eval_split(str(tmp_path)) == str(tmp_path)  # a flat set: the whole folder
     (tmp_path / "test").mkdir()
     assert ui.eval_split(str(tmp_path)) == str(tmp_path / "test")
@@ -138,7 +139,13 @@ def test_job_end_message_per_end_state():
                     started=0.0, ended=75.0)
     assert ui.job_end_message(done) == ("success", "Run finished (from scratch): r1, test accuracy 0.875 (1m 15s)")
     stopped = JobState(state="stopped", run_id="r2", config=cfg, epochs=[1, 2])
-    assert ui.job_end_message(stopped)[0] == "info" and "after 2 epoch(s)" in ui.job_end_message(stopped)[1]
+    assert ui.job_end_message(stopped) == (
+        "info", "Run stopped: r2: stopped by request after 2 completed epochs; the weights after epoch 2 are kept.")
+    # 0 epochs: exactly what happened, nothing "kept" (#12: "after 0 epoch(s); completed epochs are kept")
+    nothing = JobState(state="stopped", run_id="r4", config=cfg, epochs=[])
+    text = ui.job_end_message(nothing)[1]
+    assert "nothing" in text or "no weights were saved" in text
+    assert "kept" not in text and "0 completed" not in text and "epoch(s)" not in text
     failed = JobState(state="diverged", run_id="r3", config=cfg, error="loss is nan")
     assert ui.job_end_message(failed) == ("error", "Run diverged: r3: loss is nan")
 

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from hotdog import runpick
 from hotdog.commands._common import add_json_flag, emit_json, progress_bar
 from hotdog.errors import HotdogError
 
@@ -65,16 +66,18 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy, per-class precision/recall and confusion matrix of a saved run")
-    e.add_argument("--run", required=True, help="run folder (or run id in the run store)")
+    e.add_argument("--run", required=True, help=RUN_HELP)
     e.add_argument("--data", required=True, help="split folder with one folder per class (or a root with test/)")
+    e.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
     e.add_argument("--runs-dir", default=None)
     add_json_flag(e)
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class probabilities of photos with a saved run",
                        description="Exit status: 0 all predicted, 1 some images failed, 2 usage error.")
-    p.add_argument("--run", required=True, help="run folder (or run id in the run store)")
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
     p.add_argument("--runs-dir", default=None)
     add_json_flag(p)
     p.set_defaults(func=cmd_predict)
@@ -162,10 +165,38 @@ def cmd_train(args) -> int:
 
 # ------------------------------------------------------------------------------- evaluate / predict
 
+WEIGHTS = ("last", "best")
+RUN_HELP = ("run folder, run id in the run store, 'best' (finished run with the highest recorded test "
+            "accuracy) or 'latest' (newest finished run)")
+WEIGHTS_HELP = ("last: the last epoch's weights (the chapter's); best: the best epoch by the validation split "
+                "(runs trained with --val-fraction); default: best when the run kept it, else last")
+
+
+def _weights(run_dir: Path, asked: str | None) -> str:
+    from hotdog.predict import run_model_info
+
+    return asked or runpick.default_weights(run_model_info(run_dir))
+
+
+def _weights_label(run_dir: Path, weights: str) -> str:
+    """'best-epoch weights (epoch 4 of 5, val acc 0.950)' or 'last-epoch weights (epoch 5)'."""
+    from hotdog.runs import load_run_dir
+
+    rec = load_run_dir(run_dir)
+    total = rec.config.get("epochs")
+    best = (rec.model or {}).get("best") or {}
+    if weights == "best" and best:
+        val = best.get("val_acc")
+        return (f"best-epoch weights (epoch {best['epoch']} of {total}"
+                + (f", val acc {val:.3f}" if isinstance(val, (int, float)) else "") + ")")
+    return f"last-epoch weights (epoch {len(rec.metrics)} of {total})"
+
 def _resolve_run(run: str, runs_dir) -> Path:
     from hotdog.errors import RunStoreError
     from hotdog.runs import RunStore
 
+    if run in runpick.CHOICES:
+        return Path(runpick.pick(RunStore(runs_dir).list(), run).run_dir)
     p = Path(run).expanduser()
     if p.is_dir():
         return p
@@ -181,10 +212,13 @@ def _resolve_run(run: str, runs_dir) -> Path:
 def cmd_evaluate(args) -> int:
     from hotdog.predict import evaluate
 
-    report = evaluate(_resolve_run(args.run, args.runs_dir), args.data)
+    run_dir = _resolve_run(args.run, args.runs_dir)
+    weights = _weights(run_dir, args.weights)
+    report = evaluate(run_dir, args.data, weights=weights)
     if args.json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), "run_id": run_dir.name, "weights": weights})
         return 0
+    print(f"run {run_dir.name}, {_weights_label(run_dir, weights)}")
     print(f"accuracy {report.accuracy:.4f} on {report.n} images")
     width = max(len(c) for c in report.classes)
     print(f"{'class':<{width}}  precision  recall  support")
@@ -206,15 +240,18 @@ def cmd_predict(args) -> int:
     from hotdog.predict import Predictor
 
     try:
-        predictor = Predictor.from_run(_resolve_run(args.run, args.runs_dir))
+        run_dir = _resolve_run(args.run, args.runs_dir)
+        weights = _weights(run_dir, args.weights)
+        predictor = Predictor.from_run(run_dir, weights=weights)
     except HotdogError as err:
         print(f"error: {err}", file=sys.stderr)
         if args.json:
             emit_json({"error": str(err)})
         return EXIT_USAGE
     results = predictor.predict(args.images)
+    print(f"run {run_dir.name}, {_weights_label(run_dir, weights)}", file=sys.stderr)  # which model answers
     if args.json:
-        emit_json([r.to_dict() for r in results])
+        emit_json([r.to_dict() for r in results])  # keys scripts rely on; which run: stderr
     else:
         for r in results:
             if r.error:
@@ -228,7 +265,7 @@ def cmd_predict(args) -> int:
 # ------------------------------------------------------------------------------- runs
 
 _RUN_KEYS = ("run_id", "status", "mode", "source", "data", "lr", "lr_mult", "epochs", "epochs_done",
-             "test_acc", "created", "message", "warning")
+             "test_acc", "created", "message", "warning", "best_epoch", "best_val_acc", "best_test_acc")
 
 
 def cmd_runs(args) -> int:
@@ -248,13 +285,19 @@ def cmd_runs(args) -> int:
         return 0
     import time
 
-    print(f"{'run id':<24} {'status':<9} {'mode':<9} {'data':<14} {'lr':>7} {'epochs':>6} {'test acc':>8}  created")
+    # "test acc" is the last epoch's (model.params); "best" the best epoch by validation
+    # (model-best.params, runs with --val-fraction): its epoch and the test acc recorded then.
+    print(f"{'run id':<24} {'status':<9} {'mode':<9} {'data':<14} {'lr':>7} {'epochs':>6} {'test acc':>8} "
+          f"{'best (val)':>12}  created")
     for s in runs:
         acc = f"{s.test_acc:.3f}" if isinstance(s.test_acc, (int, float)) else "-"
         lr = f"{s.lr:g}" if isinstance(s.lr, (int, float)) else "-"
         ep = f"{s.epochs_done}/{s.epochs}" if s.epochs else "-"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-"
-        print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.data)[:14]:<14} {lr:>7} {ep:>6} {acc:>8}  {when}"
+        best = f"e{s.best_epoch} {s.best_test_acc:.3f}" if s.best_epoch and isinstance(s.best_test_acc, (int, float)) \
+            else "-"
+        print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.data)[:14]:<14} {lr:>7} {ep:>6} {acc:>8} "
+              f"{best:>12}  {when}"
               + (f"  ({s.message})" if s.status in ("failed", "diverged", "damaged") and s.message else "")
               + (f"  [{s.warning}]" if s.warning else ""))
     return 0

@@ -20,6 +20,7 @@ from hotdog.data.archive import ZipLimits, install_zip, remove_stale_leftovers, 
 from hotdog.data.discovery import (
     DatasetReport,
     DatasetSplits,
+    carve_validation,
     find_dataset_root,
     fingerprint,
     installed_datasets,
@@ -60,4 +61,5 @@ __all__ = [
     "installed_datasets", "download_hotdog", "ZipLimits", "safe_extract", "install_zip",
     "dataset_name_from_file", "check_dataset_name", "display_name", "fingerprint",
     "allowed_roots", "resolve_user_folder", "remove_stale_leftovers",
+    "carve_validation",
 ]

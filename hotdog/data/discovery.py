@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from hotdog.data.access import link_bounds
@@ -38,6 +38,8 @@ class DatasetSplits:
     train: list[tuple[Path, int]]
     test: list[tuple[Path, int]]
     layout: str  # 'split' | 'flat'
+    # Carved from train for choosing the best epoch (carve_validation); empty otherwise.
+    val: list[tuple[Path, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -198,18 +200,42 @@ def _flat_layout(walk: _Walk, base: Path, test_ratio: float, seed: int, max_pixe
     _require_nonempty(walk, sc.files, base)
     files: dict[str, dict[str, list[Path]]] = {"train": {}, "test": {}}
     for cls in classes:
-        items = list(sc.files[cls])
-        # Per-class seeded shuffle: stratified, and adding a class never reshuffles another.
-        random.Random(f"{seed}:{cls}").shuffle(items)
-        n_test = int(round(len(items) * test_ratio))
-        if test_ratio > 0 and n_test == 0 and len(items) >= 2:
-            n_test = 1
-        n_test = min(n_test, len(items) - 1)
-        files["test"][cls] = sorted(items[:n_test])
-        files["train"][cls] = sorted(items[n_test:])
-        if test_ratio > 0 and n_test == 0:
-            notes.append(f"class {cls!r} has only {len(items)} image(s); none held out for test")
+        files["train"][cls], files["test"][cls] = _hold_out(sc.files[cls], test_ratio, f"{seed}:{cls}")
+        if test_ratio > 0 and not files["test"][cls]:
+            notes.append(f"class {cls!r} has only {len(sc.files[cls])} image(s); none held out for test")
     return classes, files, notes
+
+
+def _hold_out(items, ratio: float, key: str) -> tuple[list, list]:
+    """(kept, held out) of one class's items, both sorted: a seeded shuffle per class
+    (stratified, and adding a class never reshuffles another), ``ratio`` of them held out,
+    at least one when there are two or more, never all of them."""
+    items = list(items)
+    random.Random(key).shuffle(items)
+    n = int(round(len(items) * ratio))
+    if ratio > 0 and n == 0 and len(items) >= 2:
+        n = 1
+    n = min(n, len(items) - 1)
+    return sorted(items[n:]), sorted(items[:n])
+
+
+def carve_validation(splits: DatasetSplits, fraction: float, seed: int) -> DatasetSplits:
+    """``splits`` with ``fraction`` of each class of its *training* split moved to ``val``
+    (seeded, stratified, like the flat layout's test split); the test split is untouched,
+    so nothing is ever chosen on it. ``fraction`` 0 returns ``splits`` as they are. A class
+    with fewer than 2 training photos cannot give one up: DatasetError."""
+    if not fraction:
+        return splits
+    train, val = [], []
+    for label, cls in enumerate(splits.classes):
+        mine = [p for p, lab in splits.train if lab == label]
+        if len(mine) < 2:
+            raise DatasetError(f"class '{display_name(cls)}' has {len(mine)} training photo(s): too few to hold "
+                               "some out for validation (set the validation fraction to 0)")
+        kept, held = _hold_out(mine, fraction, f"val:{seed}:{cls}")
+        train += [(p, label) for p in kept]
+        val += [(p, label) for p in held]
+    return replace(splits, train=train, val=val)
 
 
 def _discover(root: str | os.PathLike, test_ratio: float, seed: int, max_pixels: int):
