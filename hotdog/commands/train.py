@@ -55,8 +55,9 @@ def register(sub) -> None:
     t.add_argument("--source", choices=settings.SOURCES, default=settings.DEFAULT_SOURCE,
                    help=f"source model (default {settings.DEFAULT_SOURCE}; see `sources`)")
     t.add_argument("--mode", choices=settings.MODES, default="finetune")
-    t.add_argument("--preset", choices=settings.PRESETS, default=settings.DEFAULT_PRESET,
-                   help=f"settings to start from (default {settings.DEFAULT_PRESET}, as the app)")
+    t.add_argument("--preset", choices=settings.PRESETS, default=None,
+                   help="settings to start from (default, as the app: quick when training on CPUs only, "
+                        "stable with a GPU)")
     _knob_args(t)
     t.add_argument("--devices", default=None,
                    help="e.g. 'cpu(0),cpu(1)' or 'gpu(0),gpu(1)' (quote it in a shell; default: all GPUs, else CPU)")
@@ -93,11 +94,13 @@ def _config_from_args(args):
     from hotdog import settings
 
     knobs = {name: getattr(args, name) for name in settings.KNOBS}
-    return settings.config_for(args.data, source=args.source, mode=args.mode, preset=args.preset,
+    preset = args.preset or settings.default_preset(args.devices)
+    return settings.config_for(args.data, source=args.source, mode=args.mode, preset=preset,
                                devices=args.devices, **knobs)
 
 
 def cmd_train(args) -> int:
+    from hotdog.callbacks import PHASES
     from hotdog.train import prepare, train
 
     config = _config_from_args(args)
@@ -114,9 +117,9 @@ def cmd_train(args) -> int:
         total = p.batches * (p.epochs if p.phase == "train" else 1)
         if bar.total != total:
             bar.reset(total=total)
-        bar.set_description("caching features" if p.phase == "cache" else f"epoch {p.epoch}/{p.epochs}")
+        bar.set_description(f"epoch {p.epoch}/{p.epochs}" if p.phase == "train" else PHASES.get(p.phase, p.phase))
         bar.n = (p.epoch - 1) * p.batches + p.batch if p.phase == "train" else p.batch
-        post = {"img/s": f"{p.images_per_sec:.1f}"}
+        post = {"img/s": f"{p.images_per_sec:.1f}"} if p.images_per_sec else {}
         if p.phase == "train":
             post.update(loss=f"{p.loss:.3f}", acc=f"{p.acc:.3f}")
         bar.set_postfix(post, refresh=False)
