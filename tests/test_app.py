@@ -599,7 +599,7 @@ def test_sidebar_labels_help_and_bounds_come_from_the_settings_table(app_home):
         assert at.checkbox(key=name).label == settings.KNOBS[name].label
     assert at.radio(key="bn_mode").options == list(settings.BN_MODES)
     assert at.select_slider(key="lr").label.startswith(settings.KNOBS["lr"].label)
-    assert "Presets: stable 0.001" in at.select_slider(key="lr").help
+    assert "Presets: quick 0.001" in at.select_slider(key="lr").help and "stable 0.001" in at.select_slider(key="lr").help
 
 
 def test_switching_source_moves_preset_knobs_left_at_the_preset(app_home):
