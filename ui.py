@@ -330,8 +330,9 @@ def cost_estimate(configs: dict, n_train: int, n_test: int, items, num_classes: 
         st.caption(":material/timer: Expected time on this machine. " + md_escape(" · ".join(known)))
     if missing:
         left, right = st.columns([4, 1], vertical_alignment="center")
-        left.caption(":material/timer: No finished run with these settings to time "
-                     + md_escape(", ".join(missing)) + " by yet: a short probe (two batches) measures this machine.")
+        left.caption(":material/timer: " + md_escape(" and ".join(missing)) + (" has" if len(missing) == 1 else " have")
+                     + " not been timed with these settings on this machine yet: a short probe (two batches) "
+                       "measures it.")
         if right.button("Measure", key="btn_probe", icon=":material/speed:", disabled=busy, width="stretch"):
             with st.spinner("Measuring two batches…"):
                 for name in missing:

@@ -31,6 +31,7 @@ from hotdog.paths import cache_root, runs_root
 log = logging.getLogger(__name__)
 
 PROBE_BATCHES = 2
+PROBE_BATCH = 8
 PROBE_DECODES = 8
 
 
@@ -225,7 +226,8 @@ def probe(cfg, items: Sequence[tuple[Any, int]] = (), num_classes: int = 2, home
     net.hybridize()
     fixed = time.perf_counter() - t0
 
-    batch = max(1, min(int(cfg.batch_size), 32))
+    # Small batches: the probe must stay short on a busy CPU (per-image speed varies little).
+    batch = max(1, min(int(cfg.batch_size), PROBE_BATCH))
     X = mx.nd.random.uniform(-1, 1, shape=(batch, 3, pre.input_size, pre.input_size), ctx=ctx)
     y = mx.nd.array([i % num_classes for i in range(batch)], ctx=ctx)
     cached = uses_cache(cfg)

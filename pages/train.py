@@ -105,9 +105,11 @@ def sidebar_knobs() -> dict:
     source = ui.source_select()
     _seed_sidebar(source)
     sb.caption("PRESETS")
-    for col, preset in zip(sb.columns(len(settings.PRESETS)), settings.PRESETS):
-        col.button(settings.PRESET_TITLES[preset], key=f"preset_{preset}", on_click=apply_preset,
-                   args=(preset, source), width="stretch", help=settings.PRESET_HELP[preset],
+    # Buttons as wide as their titles, wrapping to a second line rather than cutting "Chapter's".
+    row = sb.container(horizontal=True, gap="small")
+    for preset in settings.PRESETS:
+        row.button(settings.PRESET_TITLES[preset], key=f"preset_{preset}", on_click=apply_preset,
+                   args=(preset, source), width="content", help=settings.PRESET_HELP[preset],
                    type="primary" if st.session_state[PRESET_KEY] == preset else "secondary")
     values = {}
     sb.caption("OPTIMISER")
