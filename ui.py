@@ -187,13 +187,17 @@ def phase_text(phase: str, done, total) -> str:
     return f"{title} {done}/{total}"
 
 
+def _phase_order(phases: dict) -> list[str]:
+    from hotdog.callbacks import PHASES
+
+    return [n for n in PHASES if n in phases] + [n for n in phases if n not in PHASES]
+
+
 def startup_steps(phases: dict, current: str | None) -> list[tuple[str, str]]:
     """The live panel's start-up checklist: (state, text) per step seen so far, in the order
     they happen; state is "done" or "running" (the ``current`` phase, still below its total)."""
-    from hotdog.callbacks import PHASES
-
     out = []
-    for name in [n for n in PHASES if n in phases] + [n for n in phases if n not in PHASES]:
+    for name in _phase_order(phases):
         done, total = phases[name]
         running = name == current and done < total
         out.append(("running" if running else "done", phase_text(name, done, total)))
@@ -383,8 +387,10 @@ def startup_checklist(snap: dict) -> None:
     if p is None:
         st.progress(0.0, text="Starting the training process (loading MXNet)…")
         return
-    for state, text in startup_steps(snap.get("phases") or {}, _get(p, "phase")):
-        if state == "done":
+    current = _get(p, "phase")
+    for (state, text), name in zip(startup_steps(snap.get("phases") or {}, current),
+                                   _phase_order(snap.get("phases") or {})):
+        if name != current:  # the current step is the bar below
             st.caption(":material/check: " + md_escape(text))
     st.progress(progress_fraction(p), text=progress_text(p))
 
@@ -878,7 +884,10 @@ def _job_status(link: bool = True) -> None:
         st.caption("**Training:** idle")
         return
     p = snap["progress"]
-    where = f" · {progress_fraction(p):.0%}" if p is not None else ""
+    if p is not None and _get(p, "phase", "train") != "train":
+        where = " · starting"
+    else:
+        where = f" · {progress_fraction(p):.0%}" if p is not None else ""
     st.caption(f"**Training:** {snap['mode']} running{where}")
     if link:
         st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")

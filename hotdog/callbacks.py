@@ -42,11 +42,13 @@ class BatchProgress:
 
 
 # Start-up steps a run reports before its first training batch, in the order they happen:
-# loading the source model, converting its weights (first use only), decoding the photos
-# (n/N photos) and, for frozen features, computing them once (n/N batches).
+# loading the source model, converting its weights (first use only), fitting the ImageNet
+# start of the output layer, decoding the photos (n/N photos) and, for frozen features,
+# computing them once (n/N batches).
 PHASES = {
     "load": "Loading the source model",
     "convert": "Converting the source weights to MXNet (first use only)",
+    "head": "Starting the output layer from ImageNet's rows (one pass over the training photos)",
     "decode": "Decoding photos",
     "cache": "Computing features once (frozen network)",
 }

@@ -410,6 +410,8 @@ class _Fit:
             with on_conversion(lambda done: self.phase("convert", done, 1)):
                 models.load_source(cfg.source)
             self.phase("load", 1, 1)
+            if cfg.init_output_from_imagenet:
+                self.phase("head", 0, 1)
             seed_everything(cfg.seed)
             net = models.build_finetune(
                 cfg.source, len(self.splits.classes), ctx=self.ctxs, lr_mult=cfg.lr_mult, freeze=cfg.freeze,
@@ -418,6 +420,8 @@ class _Fit:
                 # The training split fits the bias of a 'not-<class>' row (0.94 vs 0.68 test
                 # accuracy before any training on hotdog-mini, see models.imagenet_head_init).
                 init_items=self.splits.train if cfg.init_output_from_imagenet else None)
+            if cfg.init_output_from_imagenet:
+                self.phase("head", 1, 1)
         net.hybridize()
         self.net = net
         seed_everything(cfg.seed + 1)  # augmentation and dropout draws, independent of the build
