@@ -282,3 +282,15 @@ def test_live_panel_shows_the_start_up_steps(hotdog_home, monkeypatch):
     assert any(c.value.endswith("Loading the source model") for c in at.caption), [c.value for c in at.caption]
     bars = [el for el in at.get("progress")]
     assert any("Decoding photos 7/24" in json.dumps(str(b.proto)) for b in bars), [str(b.proto) for b in bars]
+
+
+def test_cli_train_prints_the_expected_time_after_a_comparable_run(tiny_dataset, hotdog_home, capsys):
+    from hotdog.cli import main
+
+    args = ["train", "--data", str(tiny_dataset), "--preset", "quick", "--input-size", "32", "--epochs", "1",
+            "--json"]
+    assert main(args) == 0
+    assert "expected time" not in capsys.readouterr().err  # nothing timed this machine yet
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "expected time: about" in err and "from run " in err

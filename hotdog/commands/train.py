@@ -99,6 +99,20 @@ def _config_from_args(args):
                                devices=args.devices, **knobs)
 
 
+def _print_estimate(prepared, runs_dir) -> None:
+    """The expected time, when a finished run with comparable settings timed this machine (the
+    app's line under its buttons; no probe here: the run itself is about to start)."""
+    from hotdog import estimate
+    from hotdog.runs import RunStore
+
+    speed = estimate.speed_from_runs(prepared.config, RunStore(runs_dir))
+    if speed is None:
+        return
+    est = estimate.estimate(prepared.config, len(prepared.splits.train), len(prepared.splits.test), speed)
+    print(f"expected time: about {est.seconds:.0f} s (start-up {est.startup_seconds:.0f} s, "
+          f"{est.epochs} epochs of {est.epoch_seconds:.1f} s; from {speed.basis})", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     from hotdog.callbacks import PHASES
     from hotdog.train import prepare, train
@@ -108,6 +122,7 @@ def cmd_train(args) -> int:
     prepared = prepare(config)
     if prepared.memory is not None:
         print(f"memory: {prepared.memory.message}", file=sys.stderr)
+    _print_estimate(prepared, args.runs_dir)
     stop = threading.Event()
     bar = None if args.json else progress_bar(None, "training", unit="batch")
 
