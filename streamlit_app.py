@@ -26,25 +26,36 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import ui  # noqa: E402
+from i18n import t  # noqa: E402
+import i18n  # noqa: E402
+
+# (file, English title, icon); the English title names the page in code and logs.
+PAGES = (
+    ("pages/home.py", "Home", ":material/home:"),
+    ("pages/data.py", "Data", ":material/photo_library:"),
+    ("pages/train.py", "Train", ":material/model_training:"),
+    ("pages/experiments.py", "Experiments", ":material/science:"),
+    ("pages/predict.py", "Predict", ":material/image_search:"),
+    ("pages/weights.py", "Weights", ":material/grid_on:"),
+)
 
 
 def app_pages() -> list:
-    return [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
-        st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
-        st.Page("pages/weights.py", title="Weights", icon=":material/grid_on:"),
-    ]
+    return [st.Page(path, title=t(title), icon=icon, default=path == PAGES[0][0]) for path, title, icon in PAGES]
+
+
+def english_title(page) -> str:
+    """The page's English title (``page.title`` is in the reader's language)."""
+    return {Path(path).stem: title for path, title, _ in PAGES}.get(page.url_path or "home", page.title)
 
 
 st.set_page_config(page_title="Hotdog Lab", page_icon=":material/lunch_dining:", layout="wide")
 
 page = st.navigation(app_pages(), position="sidebar")
 status_box = st.sidebar.container()
-with ui.guarded(f"{page.title} page"):
+with ui.guarded(f"{english_title(page)} page"):
     page.run()
 # Drawn after the page so it reflects what the page just did (new data set, new job).
 with status_box:
-    ui.sidebar_status(page.title)
+    ui.sidebar_status(english_title(page))
+    i18n.language_switch(st)

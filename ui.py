@@ -28,6 +28,7 @@ from PIL import Image
 
 from hotdog.errors import HotdogError
 from hotdog.mxthread import mx_call
+from i18n import t
 
 ENV_DATA = "HOTDOG_DATA"
 DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
@@ -462,12 +463,12 @@ def accuracy_vs_lr_chart(summary: dict):
                        for r in rows if r["mean"] is not None])
     if df.empty:
         return None
-    x = alt.X("lr:Q", title="learning rate (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g"))
+    x = alt.X("lr:Q", title=t("learning rate (log scale)"), scale=alt.Scale(type="log"), axis=alt.Axis(format="~g"))
     color = alt.Color("group:N", title=None, scale=alt.Scale(scheme="tableau10"),
                       legend=alt.Legend(orient="bottom"))
     base = alt.Chart(df)
     line = base.mark_line(point=True).encode(
-        x=x, y=alt.Y("mean:Q", title="final test accuracy", scale=alt.Scale(domain=[0, 1])), color=color,
+        x=x, y=alt.Y("mean:Q", title=t("final test accuracy"), scale=alt.Scale(domain=[0, 1])), color=color,
         tooltip=["group", alt.Tooltip("lr:Q", format="g"), alt.Tooltip("mean:Q", format=".3f"),
                  alt.Tooltip("std:Q", format=".3f"), "n", "diverged"])
     if (df["n"] > 1).any():
@@ -746,9 +747,9 @@ def source_select(container=None, key: str = "source_select") -> str:
     # Re-seed the widget from the shared value so switching pages keeps the choice.
     if st.session_state.get(key) != current:
         st.session_state[key] = current if current in names else names[0]
-    choice = container.selectbox("Source model", names, key=key, format_func=lambda n: titles.get(n, n),
+    choice = container.selectbox(t("Source model"), names, key=key, format_func=lambda n: t(titles.get(n, n)),
                                  on_change=_sync,
-                                 help="The ImageNet-pretrained network whose features are fine-tuned.")
+                                 help=t("The ImageNet-pretrained network whose features are fine-tuned."))
     st.session_state[SOURCE_KEY] = choice
     return choice
 
@@ -867,11 +868,11 @@ def sidebar_status(page_title: str = "") -> None:
     """Data set, source model and the running job, on every page."""
     root = current_dataset()
     if page_title != "Data" and dataset_choices():  # the Data page has its own picker
-        dataset_picker(key="sidebar_data_pick", label="Data set", short=True)
+        dataset_picker(key="sidebar_data_pick", label=t("Data set"), short=True)
     else:
-        st.caption("**Data set:** " + (md_escape(Path(root).name) if root else "none yet"))
+        st.caption(t("**Data set:** {name}", name=md_escape(Path(root).name) if root else t("none yet")))
     try:
-        st.caption("**Source:** " + md_escape(source_titles().get(current_source(), current_source())))
+        st.caption(t("**Source:** {name}", name=md_escape(t(source_titles().get(current_source(), current_source())))))
     except (HotdogError, ImportError):
         pass
     # Poll only while something runs: an idle tab learns of a new job on its next rerun.
@@ -881,16 +882,16 @@ def sidebar_status(page_title: str = "") -> None:
 def _job_status(link: bool = True) -> None:
     snap = job_snapshot()
     if snap is None:
-        st.caption("**Training:** idle")
+        st.caption(t("**Training:** idle"))
         return
     p = snap["progress"]
     if p is not None and _get(p, "phase", "train") != "train":
-        where = " · starting"
+        where = " · " + t("starting")
     else:
         where = f" · {progress_fraction(p):.0%}" if p is not None else ""
-    st.caption(f"**Training:** {snap['mode']} running{where}")
+    st.caption(t("**Training:** {mode} running{where}", mode=t(snap["mode"]), where=where))
     if link:
-        st.page_link("pages/train.py", label="Watch it", icon=":material/monitoring:")
+        st.page_link("pages/train.py", label=t("Watch it"), icon=":material/monitoring:")
 
 
 _job_status_live = fragment(run_every=2.0)(_job_status)
@@ -928,9 +929,9 @@ def run_data_root(run_id: str) -> str | None:
 
 
 def run_label(r) -> str:
-    acc = "" if r.test_acc is None else f", test acc {r.test_acc:.3f}"
+    acc = "" if r.test_acc is None else t(", test acc {acc}", acc=f"{r.test_acc:.3f}")
     data = Path(run_data_root(r.run_id) or "").name
-    return (f"{r.run_id} · {r.mode or '?'} · {source_titles().get(r.source, r.source)}"
+    return (f"{r.run_id} · {r.mode or '?'} · {t(source_titles().get(r.source, r.source))}"
             + (f" · {data}" if data else "") + acc)
 
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "hotdog.commands.bench",
     "hotdog.commands.explain",
     "hotdog.commands.sweep",
+    "hotdog.commands.launch",
 )
 
 

@@ -38,6 +38,8 @@ DEFAULT_SOURCE = "efficientnet_lite0"
 SOURCES = ("efficientnet_lite0", "resnet18_v2")
 MODES = ("finetune", "scratch")
 BN_MODES = ("keep", "update")
+# dist_async is left out: its updates cannot equal a single-process run (see hotdog.distributed).
+KVSTORES = ("device", "local", "dist_sync")
 PRESETS = ("quick", "stable", "chapter")
 # TrainConfig's own default: a recipe that does not depend on the machine. What the app and
 # the CLI start from is default_preset(devices): "quick" on a CPU, "stable" with a GPU.
@@ -125,6 +127,14 @@ KNOBS: dict[str, Knob] = {k.name: k for k in (
          "when the memory estimate says it fits, else the largest that fits)", 1, 4096),
     Knob("num_workers", int, "Data loader workers", "decoding/augmentation worker processes "
          "(default: 0 on a CPU, which keeps runs reproducible; up to 4 with GPUs)", 0, 64),
+    # #17 GPU and multi-machine paths (hotdog.precision, hotdog.distributed).
+    Knob("amp", bool, "Mixed precision (float16, GPU only)",
+         "train in float16 where safe with dynamic loss scaling (MXNet's contrib.amp); needs GPU devices: "
+         "a run on the CPU is refused", default=False),
+    Knob("kvstore", str, "Gradient exchange (kvstore)",
+         "device: sum gradients on the devices of this machine; local: on the CPU; dist_sync: MXNet's "
+         "parameter server across processes/machines (start with `python -m hotdog launch`)",
+         choices=KVSTORES, default="device"),
 )}
 
 
@@ -240,6 +250,8 @@ class TrainConfig:
     # False trains on the test transform (no random crops/flips): used to check that the
     # feature-cache path agrees with the plain frozen loop.
     augment: bool = True
+    amp: bool = False  # float16 mixed precision, GPU only (hotdog.precision)
+    kvstore: str = "device"  # gluon.Trainer's kvstore; dist_sync: hotdog.distributed
 
     def __post_init__(self):
         if not isinstance(self.data_root, (str, bytes)) and not hasattr(self.data_root, "__fspath__"):

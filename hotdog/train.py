@@ -125,6 +125,7 @@ def prepare(config: TrainConfig, check_memory: bool = True, tags: dict | None = 
     from hotdog.errors import MemoryRefusedError
 
     ctxs = resolve_devices(config.devices)
+    _check_gpu_and_dist(config, ctxs)
     pre = resolve_preprocess(config.source, config.input_size)
     splits = data.load_splits(config.data_root)
     resolved = dataclasses.replace(
@@ -140,6 +141,13 @@ def prepare(config: TrainConfig, check_memory: bool = True, tags: dict | None = 
     if resolved.micro_batch is None:
         resolved.micro_batch = plan.micro_batch if plan is not None else resolved.batch_size
     return Prepared(resolved, ctxs, pre, splits, data.fingerprint(splits), plan, dict(tags or {}))
+
+
+def _check_gpu_and_dist(config: TrainConfig, ctxs) -> None:
+    from hotdog import distributed, precision
+
+    precision.check(config, ctxs)
+    distributed.check(config)
 
 
 def data_drift(run_config: dict) -> str | None:
@@ -334,7 +342,10 @@ def forget_sweep_features() -> None:
 
 
 class _Fit:
-    def __init__(self, prepared: Prepared, emit: Dispatcher):
+    def __init__(self, prepared: Prepared, emit: Dispatcher, cluster=None):
+        # cluster: hotdog.distributed.Cluster of a dist kvstore run (None: this process alone)
+        self.cluster = cluster
+        self.sharded = None
         self.config, self.ctxs = prepared.config, prepared.ctxs
         self.pre, self.splits = prepared.pre, prepared.splits
         self.features_key = _sweep_features_key(prepared)
@@ -431,6 +442,8 @@ class _Fit:
     def step(self, trainer, loss_fn, Xs, ys, n, features=None, head=None) -> None:
         from mxnet import autograd
 
+        from hotdog import precision
+
         if features is not None:
             # Frozen backbone: a fixed feature extractor, run in inference mode (pretrained
             # BatchNorm statistics, no dropout) outside autograd; only the head is recorded.
@@ -446,8 +459,8 @@ class _Fit:
             with autograd.record():
                 outs = [self.net(x) for x in Xs]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
-        autograd.backward(ls)
-        trainer.step(n)
+        precision.backward(self.config, trainer, ls)
+        trainer.step(self.step_size(trainer, n))
         self.meter.push(_sum_on([l.sum() for l in ls], self.ctxs[0]), _correct(outs, ys, self.ctxs[0]), n)
 
     def accumulated_step(self, trainer, loss_fn, Xs, ys, n: int, micro: int) -> None:
@@ -457,6 +470,8 @@ class _Fit:
         micro-batch's activations are alive at a time. A remainder is its own smaller pass."""
         import mxnet as mx
         from mxnet import autograd
+
+        from hotdog import precision
 
         params = self._accumulating_params()
         for p in params:
@@ -469,14 +484,25 @@ class _Fit:
                 with autograd.record():
                     out = self.net(xc)
                     loss = loss_fn(out, yc)
-                loss.backward()
+                precision.backward(self.config, trainer, [loss])
                 loss_sums.append(loss.sum())
                 corrects.append(_correct([out], [yc], self.ctxs[0]))
                 # MXNet's engine is asynchronous: without this the next passes are queued at
                 # once and their activations would be alive together, as in one big batch.
                 mx.nd.waitall()
-        trainer.step(n)
+        trainer.step(self.step_size(trainer, n))
         self.meter.push(_sum_on(loss_sums, self.ctxs[0]), _sum_on(corrects, self.ctxs[0]), n)
+
+    # -- distributed hooks (hotdog.distributed): this worker's part of each batch
+    def shard(self, sampler):
+        from hotdog import distributed
+
+        self.sharded = distributed.shard(sampler, self.cluster)
+        return self.sharded
+
+    def step_size(self, trainer, n: int) -> int:
+        """What the SGD step divides the summed gradients by: the whole (global) batch."""
+        return n if self.cluster is None else self.sharded.step_size(trainer, n)
 
     def _accumulating_params(self) -> list:
         """The trained parameters, switched once to gradient accumulation (``grad_req='add'``)."""
@@ -507,7 +533,7 @@ class _Fit:
 
         cfg, ctxs = self.config, self.ctxs
         train_ds, test_ds = self.datasets(train_transform(self.pre) if cfg.augment else test_transform(self.pre))
-        sampler = _EpochBatches(len(train_ds), cfg.batch_size, cfg.seed)
+        sampler = self.shard(_EpochBatches(len(train_ds), cfg.batch_size, cfg.seed))
         train_loader = _make_loader(train_ds, sampler, cfg.num_workers)
         test_loader = _make_loader(test_ds, _EpochBatches(len(test_ds), cfg.batch_size, 0, shuffle=False),
                                    cfg.num_workers)
@@ -586,7 +612,7 @@ class _Fit:
         n, n_test = labels.shape[0], test_labels.shape[0]
         feats = mx.nd.concat(*views, dim=0) if len(views) > 1 else views[0]
 
-        sampler = _EpochBatches(n, cfg.batch_size, cfg.seed)
+        sampler = self.shard(_EpochBatches(n, cfg.batch_size, cfg.seed))
         view_rng = np.random.RandomState((cfg.seed + 1) % (2**32))
         batches = len(sampler)
         self.images_total = n * cfg.epochs
@@ -615,10 +641,15 @@ class _Fit:
         """Build the network and train it per the config (all loops end here)."""
         from mxnet import gluon
 
+        from hotdog import distributed, precision
+
         cfg = self.config
+        precision.init(cfg)  # before the network exists
         net = self.build()
         params = net.output.collect_params() if cfg.uses_feature_cache else net.collect_params()
-        trainer = gluon.Trainer(params, "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd})
+        trainer = gluon.Trainer(params, "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd},
+                                **distributed.trainer_args(cfg, self.cluster))
+        precision.init_trainer(cfg, trainer)
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         log.info("%s %s, %d train / %d test images, %d classes, lr %g, devices %s", cfg.mode, cfg.source,
                  len(self.splits.train), len(self.splits.test), len(self.splits.classes), cfg.lr, self.ctxs)
@@ -627,7 +658,9 @@ class _Fit:
             return
         warmup = 0 if cfg.freeze else cfg.warmup_epochs
         if warmup:
-            head_trainer = gluon.Trainer(net.output.collect_params(), "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd})
+            head_trainer = gluon.Trainer(net.output.collect_params(), "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd},
+                                         **distributed.trainer_args(cfg, self.cluster))
+            precision.init_trainer(cfg, head_trainer)
             self.cached_loop(head_trainer, loss_fn, last_epoch=warmup)
         if warmup < cfg.epochs:
             self.plain_loop(trainer, loss_fn, first_epoch=warmup + 1)
@@ -658,19 +691,25 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     caller learns the id and store errors synchronously). Errors (bad data, unknown source,
     store failures) mark the run ``failed`` and raise.
     """
+    from hotdog import distributed
+
     t_start = time.time()
     store = RunStore(runs_dir)
     if prepared is None:
         prepared = prepare(config)
+    cluster = distributed.connect(prepared.config)  # None unless kvstore dist_*
+    distributed.check_same_run(cluster, prepared.record())
+    store = distributed.store_for(cluster, store)  # only rank 0 records
     if run_id is None:
         run_id, _ = store.create(prepared.record())
     run_dir = store.run_dir(run_id)
+    distributed.announce_run(cluster, run_id, run_dir)
     cbs = [RunRecorder(store, run_id, HEARTBEAT_EVERY), TerminateOnNaN()]
     cbs += [StopOnEvent(stop_event)] if stop_event is not None else []
     cbs += [OnBatch(on_batch)] if on_batch is not None else []
     cbs += [OnEpoch(on_epoch)] if on_epoch is not None else []
     emit = Dispatcher([*cbs, *callbacks])
-    fit = _Fit(prepared, emit)
+    fit = _Fit(prepared, emit, cluster)
     error: BaseException | None = None
     cancel: BaseException | None = None
     try:

@@ -8,29 +8,31 @@ import streamlit as st
 
 from hotdog import settings, sweeps
 from hotdog.errors import HotdogError
+from i18n import engine, t, tr
+import i18n
 import ui
 
 S = "session"
 SIZES = (32, 64, 96, 128, 160, 192, 224)
 
-st.title("Experiments")
-st.caption("The chapter ends with exercises that are experiments. Each button runs one as a sweep: a list of "
-           "ordinary training runs (one per point of the grid, in the background job, one after the other). "
-           "Stop keeps the finished points; *Resume* runs only the rest.")
+st.title(t("Experiments"))
+st.caption(t("The chapter ends with exercises that are experiments. Each button runs one as a sweep: a list of "
+             "ordinary training runs (one per point of the grid, in the background job, one after the other). "
+             "Stop keeps the finished points; *Resume* runs only the rest."))
 source = ui.source_select()
 root = ui.current_dataset()
 if not root:
-    st.info("Choose a data set on the Data page first.", icon=":material/info:")
+    st.info(t("Choose a data set on the Data page first."), icon=":material/info:")
 
 with st.sidebar:
-    st.caption("EVERY POINT")
-    preset = st.radio("Preset", settings.PRESETS, format_func=settings.PRESET_TITLES.get, horizontal=True,
-                      key="exp_preset", persist_state=S, help=" ".join(settings.PRESET_HELP.values()))
-    epochs = st.number_input("Epochs", 1, 100, 5, key="exp_epochs", persist_state=S)
-    input_size = st.select_slider("Image size", SIZES, value=224, key="exp_input_size", persist_state=S,
-                                  help="Smaller images train much faster (128 px: about 3x).")
-    seeds = st.number_input("Seeds per point", 1, sweeps.MAX_SEEDS, 1, key="exp_seeds", persist_state=S,
-                            help="Repeat every point with this many seeds: error bars show the spread.")
+    st.caption(t("EVERY POINT"))
+    preset = st.radio(t("Preset"), settings.PRESETS, format_func=i18n.preset_title, horizontal=True,
+                      key="exp_preset", persist_state=S, help=" ".join(map(i18n.preset_help, settings.PRESETS)))
+    epochs = st.number_input(i18n.knob_label("epochs"), 1, 100, 5, key="exp_epochs", persist_state=S)
+    input_size = st.select_slider(i18n.knob_label("input_size"), SIZES, value=224, key="exp_input_size",
+                                  persist_state=S, help=t("Smaller images train much faster (128 px: about 3x)."))
+    seeds = st.number_input(t("Seeds per point"), 1, sweeps.MAX_SEEDS, 1, key="exp_seeds", persist_state=S,
+                            help=t("Repeat every point with this many seeds: error bars show the spread."))
 
 
 def make_spec(grid: dict, title: str) -> sweeps.SweepSpec:
@@ -60,7 +62,7 @@ def start_custom() -> None:
     except HotdogError as err:
         st.session_state["exp_error"] = str(err)
         return
-    start(grid, "Custom grid")
+    start(grid, "Custom grid")  # a record title, kept in English like run names
 
 
 busy = ui.job_snapshot() is not None
@@ -68,20 +70,22 @@ cols = st.columns(len(sweeps.EXERCISES))
 for col, (key, ex) in zip(cols, sweeps.EXERCISES.items()):
     with col.container(border=True):
         n = len(ui.or_error(sweeps.expand, make_spec(ex["grid"], ex["title"])) or []) if root else 0
-        st.markdown(f"**{ex['title']}**")
-        st.caption(ex["question"] + f" ({n} runs)")
-        st.button("Run", key=f"exp_run_{key}", icon=":material/play_arrow:", type="primary", width="stretch",
+        st.markdown(f"**{t(ex['title'])}**")
+        st.caption(t("{question} ({n} runs)", question=t(ex["question"]), n=n))
+        st.button(t("Run"), key=f"exp_run_{key}", icon=":material/play_arrow:", type="primary", width="stretch",
                   disabled=busy or not root, on_click=start, args=(ex["grid"], ex["title"]))
 
-with st.expander("Custom grid"):
+with st.expander(t("Custom grid")):
     c1, c2 = st.columns(2)
-    c1.text_input("Learning rates", "1e-3,1e-2", key="exp_grid_lr", persist_state=S,
-                  help="Comma-separated, e.g. 1e-4,1e-3,1e-2")
-    c2.text_input("Modes", "finetune", key="exp_grid_mode", persist_state=S, help="finetune, scratch")
-    c1.text_input("Freeze the features", "", key="exp_grid_freeze", persist_state=S, help="e.g. 0,1 (empty: no)")
-    c2.text_input("Output layer lr multiplier", "", key="exp_grid_lr_mult", persist_state=S,
-                  help="e.g. 1,10 (empty: the preset's)")
-    st.button("Run the custom grid", key="exp_run_custom", icon=":material/tune:", disabled=busy or not root,
+    c1.text_input(t("Learning rates"), "1e-3,1e-2", key="exp_grid_lr", persist_state=S,
+                  help=t("Comma-separated, e.g. 1e-4,1e-3,1e-2"))
+    c2.text_input(t("Modes"), "finetune", key="exp_grid_mode", persist_state=S,
+                  help=t("finetune (fine-tuning), scratch (training from scratch)"))
+    c1.text_input(t("Freeze the features"), "", key="exp_grid_freeze", persist_state=S,
+                  help=t("e.g. 0,1 (empty: no)"))
+    c2.text_input(i18n.knob_label("lr_mult"), "", key="exp_grid_lr_mult", persist_state=S,
+                  help=t("e.g. 1,10 (empty: the preset's)"))
+    st.button(t("Run the custom grid"), key="exp_run_custom", icon=":material/tune:", disabled=busy or not root,
               on_click=start_custom)
 if st.session_state.get("exp_error"):
     st.error(ui.md_escape(st.session_state["exp_error"]), icon=":material/error:")
@@ -101,59 +105,64 @@ ui.live_panel("exp_job_was_running", "exp_stop", live_body)
 def results() -> None:
     records = sweeps.list_sweeps()
     if not records:
-        st.caption("No sweeps yet.")
+        st.caption(t("No sweeps yet."))
         return
-    st.subheader("Results")
-    labels = {r["sweep_id"]: f"{r['spec'].title or 'sweep'} · {r['sweep_id']} · {r['points']} points" for r in records}
+    st.subheader(t("Results"))
+    labels = {r["sweep_id"]: t("{title} · {sweep_id} · {n} points", title=t(r["spec"].title or "sweep"),
+                               sweep_id=r["sweep_id"], n=r["points"]) for r in records}
     ids = list(labels)
     wanted = st.session_state.get("exp_sweep")
-    chosen = st.selectbox("Sweep", ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get,
+    chosen = st.selectbox(t("Sweep"), ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get,
                           key=f"exp_pick-{ids[0]}")
     summary = ui.or_error(sweeps.summarize, chosen)
     if summary is None:
         return
     running_this = (snap := ui.job_snapshot()) is not None and (snap.get("sweep") or {}).get("sweep_id") == chosen
     head_l, head_r = st.columns([4, 1], vertical_alignment="center")
-    head_l.markdown(f"**{summary['done']}/{summary['total']} points done**"
-                    + (f" · best test accuracy {summary['best']['test_acc']:.3f} (point {summary['best']['index'] + 1})"
-                       if summary["best"] else ""))
+    head_l.markdown(t("**{done}/{total} points done**", done=summary["done"], total=summary["total"])
+                    + (t(" · best test accuracy {acc} (point {point})", acc=f"{summary['best']['test_acc']:.3f}",
+                         point=summary["best"]["index"] + 1) if summary["best"] else ""))
     elsewhere = any(p["status"] == "running" for p in summary["points"])  # e.g. `python -m hotdog sweep`
     if not summary["complete"] and not running_this:
-        head_r.button("Resume", key="exp_resume", icon=":material/resume:", disabled=busy or elsewhere,
+        head_r.button(t("Resume"), key="exp_resume", icon=":material/resume:", disabled=busy or elsewhere,
                       width="stretch", on_click=lambda: ui.resume_sweep(chosen),
-                      help="A point of this sweep is running in another process." if elsewhere
-                      else "Run only the points not finished yet.")
+                      help=t("A point of this sweep is running in another process.") if elsewhere
+                      else t("Run only the points not finished yet."))
 
     for sentence in sweeps.findings(summary):
-        st.markdown(f"- {ui.md_escape(sentence)}")
+        st.markdown(f"- {ui.md_escape(engine(sentence))}")
 
     chart = ui.accuracy_vs_lr_chart(summary)
     if chart is not None:
         st.altair_chart(chart, width="stretch")
 
-    table = ui.sweep_table(summary)
-    st.dataframe(table.sort_values("test acc", ascending=False, na_position="last"), hide_index=True, width="stretch",
-                 column_config={"test acc": st.column_config.NumberColumn(format="%.3f"),
+    table = ui.sweep_table(summary).sort_values("test acc", ascending=False, na_position="last")
+    # Headers and the status words are read; setting names (lr, mode, freeze...) stay as typed in the grid.
+    table["status"] = table["status"].map(tr)
+    table = table.rename(columns={c: t(c) for c in ("point", "status", "test acc", "seconds", "run")})
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={t("test acc"): st.column_config.NumberColumn(format="%.3f"),
                                 "lr": st.column_config.NumberColumn(format="%g"),
-                                "seconds": st.column_config.NumberColumn(format="%.0f")})
+                                t("seconds"): st.column_config.NumberColumn(format="%.0f")})
 
     with_curves = [p for p in summary["points"] if p["epochs"]]
     if with_curves:
-        names = {p["run_id"]: f"point {p['index'] + 1}: " + ", ".join(
+        names = {p["run_id"]: t("point {n}: ", n=p["index"] + 1) + ", ".join(
             f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in p["values"].items()) for p in with_curves}
         top = sorted(with_curves, key=lambda p: -(p["test_acc"] or 0))[:3]
-        picked = st.multiselect("Overlay the curves of", list(names), default=[p["run_id"] for p in top],
+        picked = st.multiselect(t("Overlay the curves of"), list(names), default=[p["run_id"] for p in top],
                                 format_func=names.get, key=f"exp_curves-{chosen}-{len(with_curves)}")
         frames = [ui.curves_frame(p["epochs"], run=names[p["run_id"]]) for p in with_curves if p["run_id"] in picked]
         if frames:
             df = pd.concat(frames, ignore_index=True)
+            df["metric"] = df["metric"].map(t)  # facet titles: train loss, train acc, test acc
             st.altair_chart(alt.Chart(df).mark_line(point=True).encode(
-                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y("value:Q", title=None),
+                x=alt.X("epoch:Q", title=t("epoch"), axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y("value:Q", title=None),
                 color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),
                 tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".3f")],
             ).properties(height=220, width=250).facet(column=alt.Column("metric:N", title=None))
                 .resolve_scale(y="independent"), width="content")
-    st.caption("Every point is an ordinary run: inspect, predict with or delete it on the Train and Predict pages.")
+    st.caption(t("Every point is an ordinary run: inspect, predict with or delete it on the Train and Predict pages."))
 
 
 results()

@@ -26,7 +26,7 @@ CHOICES = {
 }
 # Sidebar knobs outside the presets (their defaults are the table's).
 OTHER_KNOBS = ("seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
-               "micro_batch")
+               "micro_batch", "amp")
 
 
 def _fmt(x) -> str:
@@ -127,6 +127,8 @@ def sidebar_knobs() -> dict:
             values[name] = knob_widget(name, st)
         devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
                                  help="Empty: every GPU, else the CPU.")
+        if ui.num_gpus():  # float16 mixed precision exists only on GPUs (hotdog.precision)
+            values["amp"] = knob_widget("amp", st)
     return {"source": source, "preset": st.session_state[PRESET_KEY], "values": values,
             SCRATCH_LR: lr_scratch, "devices": list(devices) or None}
 
