@@ -34,6 +34,7 @@ ENV_DATA = "HOTDOG_DATA"
 DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
 SOURCE_KEY = "source_model"   # the source model, shared by Train, Predict and Weights
 FOLDERS_KEY = "typed_folders"  # local folders the user typed in this session
+# Literal keys, so the catalog test sees them: t("installed"), t("folder")
 ORIGIN_WORDS = {"env": "$" + ENV_DATA, "installed": "installed", "folder": "folder"}
 MODE_TITLES = {"finetune": "fine-tune", "scratch": "from scratch"}
 
@@ -696,15 +697,16 @@ def dataset_picker(container=None, key: str = "data_pick", label: str = "Data se
         return None
     paths = [c.path for c in choices]
     # The sidebar is narrow: names there, names and folders on the Data page.
-    labels = {c.path: (f"{Path(c.path).name} ({ORIGIN_WORDS[c.origin]})" if short else c.label) for c in choices}
+    labels = {c.path: (f"{Path(c.path).name} ({t(ORIGIN_WORDS[c.origin]) if c.origin != 'env' else ORIGIN_WORDS['env']})"
+                       if short else c.label) for c in choices}
     if current and current not in paths:
         paths.append(current)
     if st.session_state.get(key) != current and current in paths:
         st.session_state[key] = current
     container.selectbox(label, paths, key=key, format_func=lambda p: labels.get(p, p),
                         on_change=lambda: set_dataset(st.session_state[key]),
-                        help="Data sets installed in $HOTDOG_HOME/data, the one in $HOTDOG_DATA and folders "
-                             "you opened; the choice is remembered for the next visit.")
+                        help=t("Data sets installed in $HOTDOG_HOME/data, the one in $HOTDOG_DATA and folders "
+                               "you opened; the choice is remembered for the next visit."))
     return current
 
 
