@@ -25,6 +25,12 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from hotdog import threads  # noqa: E402
+
+# Before ui (and through it MXNet) is imported: MXNet reads OMP_NUM_THREADS once, at import;
+# the training worker inherits the decision (hotdog.threads).
+threads.apply("app")
+
 import ui  # noqa: E402
 from i18n import t  # noqa: E402
 import i18n  # noqa: E402

@@ -79,12 +79,17 @@ class BenchSettings:
     # peak_rss_mb: (batch, micro-batch) cases, each trained in its own fresh child process
     memory_cases: tuple = ((32, 32), (128, 128), (128, 32))
     memory_batches: int = 2  # training batches per case (then stopped)
+    # threads stage (hotdog.bench_threads): rounds in alternation, training steps per round
+    threads_rounds: int = 3
+    threads_steps: int = 2
+    only: tuple = ()  # stage names to run (empty: all); `bench --only threads` is quick
 
     @classmethod
     def for_mode(cls, data: Path | None, quick: bool) -> "BenchSettings":
         if quick:
             return cls(data=data, quick=True, input_size=32, batch_size=8, pipeline_epochs=2, memory_batches=1,
-                       raw_steps=2, infer_batch=8, predict_repeats=3, agreement_images=16)
+                       raw_steps=2, infer_batch=8, predict_repeats=3, agreement_images=16,
+                       threads_rounds=2, threads_steps=1)
         return cls(data=data)
 
 
@@ -112,7 +117,14 @@ def machine_info() -> dict[str, Any]:
         # 2-vCPU machine computes on one thread: the figures depend on this.
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "mxnet_omp_max_threads_env": os.environ.get("MXNET_OMP_MAX_THREADS"),
+        "threads": _threads_choice(),
     }
+
+
+def _threads_choice() -> dict:
+    from hotdog import threads
+
+    return threads.current().to_dict()
 
 
 def make_bench_dataset(root: Path, per_class: dict[str, int], size: tuple[int, int]) -> Path:
@@ -280,6 +292,7 @@ class Bench:
         import mxnet as mx
 
         from hotdog import inference, models
+        from hotdog.hybrid import hybridize_for_training
 
         self.progress("source models: training and inference images/s")
         B, S = self.s.infer_batch, self.pre.input_size
@@ -288,7 +301,7 @@ class Bench:
         train_fns, infer_fns, exact = {}, {}, {}
         for name in models.list_sources():
             net = models.build_scratch(name, 2)
-            net.hybridize()
+            hybridize_for_training(net)  # as the product trains it
             train_fns[name] = raw_step(net, x, y, lr=0.01, wd=1e-3)
             fused = inference.fast_inference_block(net, x, atol=FUSED_ATOL)
             exact[name] = fused.fused
@@ -314,6 +327,7 @@ class Bench:
         import mxnet as mx
 
         from hotdog import models
+        from hotdog.hybrid import hybridize_for_training
 
         cfg, ctxs, classes = prepared.config, prepared.ctxs, prepared.splits.classes
         if cfg.mode == "scratch":
@@ -321,7 +335,7 @@ class Bench:
         else:
             net = models.build_finetune(cfg.source, len(classes), ctx=ctxs, lr_mult=cfg.lr_mult,
                                         freeze=cfg.freeze, bn_mode=cfg.bn_mode)
-        net.hybridize()
+        hybridize_for_training(net)  # the reference must plan memory as the product's loop does
         B, S = cfg.batch_size, prepared.pre.input_size
         X = mx.nd.random.normal(shape=(B, 3, S, S), ctx=ctxs[0])
         y = mx.nd.array(np.arange(B) % len(classes), ctx=ctxs[0])
@@ -487,11 +501,25 @@ class Bench:
             "extraction_seconds_estimate": (t_cache1 - cache_epochs) - (t_plain - plain_epochs),
         }
 
+    # -- threads: the OpenMP policy vs 1 thread ------------------------------------------
+
+    def threads(self) -> None:
+        from hotdog import bench_threads
+
+        f = bench_threads.measure(self.source, len(self.splits.classes), self.s.batch_size, self.pre.input_size,
+                                  self.s.threads_rounds, self.s.threads_steps, self.progress)
+        self.metrics["threads_training_speedup"] = f.threads_training_speedup
+        self.metrics["training_img_s"] = f.training_img_s
+        self.details["threads"] = f.details
+
     def run(self) -> BenchResult:
         t0 = time.perf_counter()
         memory = {}
         run_dir: Path | None = None  # the fine-tuning run that predict() loads
-        for stage in ("memory", "inference_variants", "source_models", "pipeline_and_overhead", "predict", "frozen"):
+        for stage in STAGES:
+            if self.s.only and stage not in self.s.only and not (stage == "pipeline_and_overhead"
+                                                                 and "predict" in self.s.only):
+                continue
             if stage == "predict":
                 self.predict(run_dir)
             elif stage == "pipeline_and_overhead":
@@ -514,6 +542,9 @@ class Bench:
             },
             seconds=time.perf_counter() - t0,
         )
+
+
+STAGES = ("threads", "memory", "inference_variants", "source_models", "pipeline_and_overhead", "predict", "frozen")
 
 
 def _estimate(cfg, micro: int, n_images: int) -> float:
@@ -558,9 +589,9 @@ def _big_photo_bytes(size: tuple[int, int]) -> bytes:
 
 
 def run_bench(data: str | os.PathLike | None = None, quick: bool = False,
-              progress: Callable[[str], None] | None = None) -> BenchResult:
-    """Run every measurement; raises HotdogError subclasses for bad data."""
-    settings = BenchSettings.for_mode(Path(data) if data else None, quick)
+              progress: Callable[[str], None] | None = None, only: tuple = ()) -> BenchResult:
+    """Run every measurement (or the ``only`` stages); raises HotdogError subclasses for bad data."""
+    settings = dataclasses.replace(BenchSettings.for_mode(Path(data) if data else None, quick), only=tuple(only))
     bench = Bench(settings, progress)
     try:
         return bench.run()

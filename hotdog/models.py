@@ -176,6 +176,8 @@ def _cached_source(name: str, params_path) -> tuple[gluon.HybridBlock, dict[str,
     with _cache_lock:
         hit = _source_cache.get(key)
         if hit is None:
+            from hotdog.hybrid import hybridize_for_inference
+
             if name == "efficientnet_lite0":
                 from hotdog.efficientnet import efficientnet_lite0
 
@@ -184,7 +186,7 @@ def _cached_source(name: str, params_path) -> tuple[gluon.HybridBlock, dict[str,
                 net = _load_resnet18_v2(path)
             mx.nd.waitall()
             snapshot = {k: p.data(mx.cpu()).asnumpy().copy() for k, p in _structural_params(net).items()}
-            net.hybridize()
+            hybridize_for_inference(net)
             for old in [k for k in _source_cache if k[:2] == key[:2]]:
                 del _source_cache[old]  # the weights file changed on disk: drop the stale copy
             hit = _source_cache[key] = (net, snapshot)

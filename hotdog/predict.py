@@ -154,12 +154,13 @@ class Predictor:
         """The source network with a head of ImageNet rows ('hotdog' = row 934, 'not-hotdog'
         its negative fitted on up to ``per_class`` training photos per class): no training."""
         from hotdog import models
+        from hotdog.hybrid import hybridize_for_inference
 
         def build():
             net = models.build_finetune(source, len(classes), init_output_from_imagenet=True,
                                         class_names=list(classes),
                                         init_items=first_per_class(train_items or [], per_class) or None)
-            net.hybridize()
+            hybridize_for_inference(net)
             return net
 
         return cls(mx_call(build), classes, models.get_spec(source).preprocess, source)

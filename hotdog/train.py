@@ -72,7 +72,12 @@ class Prepared:
     def record(self) -> dict:
         """What config.json holds: every resolved knob, the data set's content fingerprint,
         the photo counts and, when given, the run's ``tags``."""
+        from hotdog import threads
+
         out = {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
+        # The OpenMP threads the training process computes with (the worker inherits this
+        # process's decision, hotdog.threads), so a run's speed can be read against it.
+        out["threads"] = threads.current().to_dict()
         # Photo counts: with the run's timings they give this machine's speed (hotdog.estimate).
         out["images"] = {"train": len(self.splits.train), "test": len(self.splits.test)}
         if self.tags:
@@ -407,6 +412,7 @@ class _Fit:
     # -- building
     def build(self):
         from hotdog import models
+        from hotdog.hybrid import hybridize_for_training
 
         cfg = self.config
         if cfg.mode == "scratch":
@@ -433,7 +439,7 @@ class _Fit:
                 init_items=self.splits.train if cfg.init_output_from_imagenet else None)
             if cfg.init_output_from_imagenet:
                 self.phase("head", 1, 1)
-        net.hybridize()
+        hybridize_for_training(net)
         self.net = net
         seed_everything(cfg.seed + 1)  # augmentation and dropout draws, independent of the build
         return net

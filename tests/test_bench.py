@@ -148,12 +148,12 @@ def test_generated_dataset_loads(tmp_path):
     assert len(splits.train) == 6 and len(splits.test) == 4
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # the threads stage starts two more MXNet processes
 def test_bench_quick_json_figures_are_sane(hotdog_home, tmp_path):
     env = dict(os.environ, HOTDOG_HOME=str(hotdog_home))
     proc = subprocess.run(
         [sys.executable, "-m", "hotdog", "bench", "--quick", "--json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=290,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=590,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)  # exactly one JSON document on stdout, logs on stderr
@@ -193,6 +193,8 @@ def test_bench_quick_json_figures_are_sane(hotdog_home, tmp_path):
     assert (p["preset"], p["lr"]) == ("stable", 0.001)
 
     assert doc["machine"]["nproc"] >= 1
+    assert doc["training_img_s"] > 0 and doc["threads_training_speedup"] > 0
+    assert doc["machine"]["threads"]["omp_num_threads"] >= 1
     assert set(doc["meets"]) == set(bench_report.TARGETS)
     assert all(v in (True, False) for v in doc["meets"].values()), doc["meets"]
     saved = tmp_path / "bench.json"

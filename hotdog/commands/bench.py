@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="tiny images and few steps (seconds, for tests)")
     p.add_argument("--from-json", metavar="FILE", default=None,
                    help="re-render a document saved from --json instead of measuring")
+    p.add_argument("--only", metavar="STAGES", default="",
+                   help="comma-separated stages to run (threads, memory, inference_variants, source_models, "
+                   "pipeline_and_overhead, predict, frozen); the others report null")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -46,8 +49,13 @@ def run(args) -> int:
             raise HotdogError(f"cannot read benchmark results from {args.from_json}: {err}") from None
     else:
         from hotdog import bench
+        from hotdog.errors import HotdogError
 
-        result = bench.run_bench(args.data, quick=args.quick, progress=progress)
+        only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+        unknown = [x for x in only if x not in bench.STAGES]
+        if unknown:
+            raise HotdogError(f"unknown bench stage {unknown[0]!r}; choose from {', '.join(bench.STAGES)}")
+        result = bench.run_bench(args.data, quick=args.quick, progress=progress, only=only)
     if args.json:
         emit_json(_finite(result.to_dict()))
     elif args.markdown:

@@ -1,0 +1,214 @@
+"""Speed levers keep results equal (hotdog.hybrid) and the thread policy (hotdog.threads)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hotdog import threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------- static allocation
+
+def _twin_nets():
+    import mxnet as mx
+
+    from hotdog.efficientnet import EfficientNetLite0
+
+    nets = []
+    for _ in range(2):
+        mx.random.seed(3)
+        net = EfficientNetLite0(classes=2)
+        net.initialize(mx.init.Xavier())
+        nets.append(net)
+    return nets
+
+
+def _train_and_eval(net, hybridize, batches, eval_x):
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
+    hybridize(net)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
+    losses = []
+    for x, y in batches:
+        with autograd.record():
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        trainer.step(x.shape[0])
+        losses.append(loss.asnumpy())
+    outs = [net(e).asnumpy() for e in eval_x]
+    mx.nd.waitall()
+    weights = {k.split("_", 1)[1]: p.data().asnumpy() for k, p in net.collect_params().items()}
+    return losses, outs, weights
+
+
+def test_static_alloc_training_equals_plain_hybridize():
+    """Batch, smaller last batch, batch again, then two evaluation shapes: the loss of every
+    step, the outputs and the weights equal the plain ``hybridize()`` path."""
+    import mxnet as mx
+
+    from hotdog.hybrid import hybridize_for_training
+
+    rng = np.random.RandomState(0)
+
+    def batch(n):
+        return mx.nd.array(rng.rand(n, 3, 32, 32).astype("float32")), mx.nd.array(rng.randint(0, 2, n))
+
+    batches = [batch(4), batch(3), batch(4)]
+    eval_x = [mx.nd.array(rng.rand(n, 3, 32, 32).astype("float32")) for n in (5, 2)]
+    plain, static = _twin_nets()
+    l0, o0, w0 = _train_and_eval(plain, lambda n: n.hybridize(), batches, eval_x)
+    l1, o1, w1 = _train_and_eval(static, hybridize_for_training, batches, eval_x)
+    assert np.array_equal(l0[0], l1[0])  # first step bitwise
+    for a, b in zip(l0, l1):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    for a, b in zip(o0, o1):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        np.testing.assert_allclose(w0[k], w1[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+def test_training_and_inference_paths_use_static_alloc(monkeypatch, tiny_dataset, hotdog_home):
+    """The product's training loop hybridizes through hotdog.hybrid (not a plain hybridize)."""
+    from hotdog import hybrid, settings, train
+
+    seen = []
+    real = hybrid.hybridize_for_training
+    monkeypatch.setattr(hybrid, "hybridize_for_training", lambda net: (seen.append(net), real(net)))
+    cfg = settings.config_for(str(tiny_dataset), mode="scratch", epochs=1, batch_size=4, input_size=32,
+                              num_workers=0)
+    result = train.train(cfg, runs_dir=str(hotdog_home / "runs"))
+    assert result.status == "finished"
+    assert len(seen) == 1
+    assert dict(seen[0]._flags).get("static_alloc") is True  # Gluon keeps hybridize()'s flags here
+
+
+# ----------------------------------------------------------------------- thread policy
+
+@pytest.mark.parametrize("nproc,load,want", [
+    (2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.0, 1), (2, 7.5, 1), (8, 2.2, 6), (1, 0.0, 1), (4, None, 4),
+])
+def test_policy_uses_idle_cpus(nproc, load, want):
+    assert threads.policy_threads(nproc, load) == want
+
+
+def test_user_setting_wins():
+    c = threads.decide("cli", environ={"OMP_NUM_THREADS": "3"}, nproc=2, load=0.0)
+    assert (c.omp_num_threads, c.source) == (3, "user")
+    c = threads.decide("cli", environ={"OMP_NUM_THREADS": "1"}, nproc=2, load=0.0)
+    assert (c.omp_num_threads, c.source) == (1, "user")
+
+
+@pytest.mark.parametrize("bad", ["", "zero", "0", "-2"])
+def test_unusable_user_value_falls_back_to_policy(bad):
+    c = threads.decide("cli", environ={"OMP_NUM_THREADS": bad}, nproc=2, load=1.5)
+    assert (c.omp_num_threads, c.source) == (1, "policy")
+
+
+def test_child_inherits_the_parents_decision_not_as_user():
+    parent = threads.decide("app", environ={}, nproc=2, load=0.1)
+    env = {"OMP_NUM_THREADS": str(parent.omp_num_threads), threads.MARKER: json.dumps(parent.to_dict())}
+    child = threads.decide("worker", environ=env, nproc=2, load=5.0)  # the load has changed since
+    assert child.source == "policy"
+    assert child.omp_num_threads == parent.omp_num_threads == 2
+    assert child.path == "app" and child.load_1min == 0.1
+    # The user changed OMP_NUM_THREADS after the marker was written: theirs wins.
+    env["OMP_NUM_THREADS"] = "1"
+    assert threads.decide("worker", environ=env, nproc=2).source == "user"
+
+
+def _run(code: str, env: dict) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+PROBE = ("import json, os, sys; from hotdog import threads; c = threads.apply('cli'); import mxnet;"
+         "print(json.dumps({'choice': c.to_dict(), 'env': os.environ.get('OMP_NUM_THREADS')}))")
+
+
+def test_apply_exports_before_mxnet_and_user_value_is_kept(monkeypatch):
+    import os
+
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", threads.MARKER)}
+    got = _run(PROBE, base)
+    assert got["choice"]["source"] == "policy" and not got["choice"]["late"]
+    assert got["env"] == str(got["choice"]["omp_num_threads"])
+    got = _run(PROBE, {**base, "OMP_NUM_THREADS": "1"})
+    assert got["choice"] == {**got["choice"], "omp_num_threads": 1, "source": "user"}
+    assert got["env"] == "1"
+
+
+def test_cli_entry_applies_the_policy_before_mxnet():
+    """``python -m hotdog`` decides before any command module can import MXNet."""
+    src = (ROOT / "hotdog" / "__main__.py").read_text()
+    assert src.index("threads.apply(") < src.index("from hotdog.cli import")
+    app = (ROOT / "streamlit_app.py").read_text()
+    assert app.index("threads.apply(") < app.index("import ui")
+
+
+def test_run_config_records_the_threads(tiny_dataset, hotdog_home):
+    from hotdog import settings, train
+    from hotdog.runs import RunStore
+
+    cfg = settings.config_for(str(tiny_dataset), mode="scratch", epochs=1, batch_size=4, input_size=32,
+                              num_workers=0)
+    prepared = train.prepare(cfg)
+    record = prepared.record()
+    assert record["threads"] == threads.current().to_dict()
+    assert record["threads"]["omp_num_threads"] >= 1
+    store = RunStore(hotdog_home / "runs")
+    run_id, run_dir = store.create(record)
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    assert saved["threads"]["source"] in ("user", "policy")
+    assert settings.TrainConfig.from_dict(saved) == prepared.config  # the extra key is not a knob
+
+
+# ----------------------------------------------------------------------- bench threads stage
+
+@pytest.mark.timeout(600)
+def test_bench_threads_stage_reports_speedup_and_records_threads(hotdog_home):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", threads.MARKER)}
+    env["HOTDOG_HOME"] = str(hotdog_home)
+    proc = subprocess.run([sys.executable, "-m", "hotdog", "bench", "--quick", "--only", "threads", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=590)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    t = doc["details"]["threads"]
+    by = t["images_per_sec_by_threads"]
+    assert "1" in by and all(v > 0 for v in by.values()), t
+    policy = t["policy"]["omp_num_threads"]
+    assert doc["training_img_s"] == pytest.approx(by[str(policy)])
+    assert doc["threads_training_speedup"] == pytest.approx(by[str(policy)] / by["1"])
+    assert doc["machine"]["threads"] == t["policy"]
+    assert doc["pipeline_efficiency"] is None  # a stage that did not run reports null, not a figure
+
+
+def test_bench_rejects_an_unknown_stage(hotdog_home):
+    proc = subprocess.run([sys.executable, "-m", "hotdog", "bench", "--only", "warp", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "unknown bench stage 'warp'" in json.loads(proc.stdout)["error"]
+
+
+def test_peer_bench_skips_cleanly_without_torch():
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None:
+        pytest.skip("torch and timm are importable here: the skip path cannot be exercised")
+    proc = subprocess.run([sys.executable, "scripts/peer_bench.py"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("peer_bench skipped:")
