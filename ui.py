@@ -34,6 +34,8 @@ ENV_DATA = "HOTDOG_DATA"
 DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
 SOURCE_KEY = "source_model"   # the source model, shared by Train, Predict and Weights
 FOLDERS_KEY = "typed_folders"  # local folders the user typed in this session
+# Literal keys, so the catalog test sees them: t("installed"), t("folder")
+ORIGIN_WORDS = {"env": "$" + ENV_DATA, "installed": "installed", "folder": "folder"}
 MODE_TITLES = {"finetune": "fine-tune", "scratch": "from scratch"}
 
 
@@ -60,7 +62,8 @@ def dataset_choices_from(installed: Iterable[os.PathLike | str], env: dict | Non
             out.append(DatasetChoice(key, label, origin))
 
     if env.get(ENV_DATA):
-        p = Path(env[ENV_DATA]).expanduser()
+        # Absolute, so the choice (and config.json) means the same from any working folder.
+        p = Path(os.path.abspath(Path(env[ENV_DATA]).expanduser()))
         add(p, f"{p.name} (from ${ENV_DATA}: {p})", "env")
     for p in map(Path, installed):
         add(p, f"{p.name} (installed: {p})", "installed")
@@ -161,7 +164,11 @@ def _get(obj, name, default=None):
 
 
 def progress_fraction(p) -> float:
-    """Overall progress 0..1 from a BatchProgress (epoch and batch are 1-based)."""
+    """Overall progress 0..1 from a BatchProgress (epoch and batch are 1-based); for a
+    start-up step (decoding photos, ...) the progress of that step."""
+    if _get(p, "phase", "train") != "train":
+        total = max(int(_get(p, "batches", 1) or 1), 1)
+        return min(max(int(_get(p, "batch", 0) or 0) / total, 0.0), 1.0)
     epochs = max(int(_get(p, "epochs", 1) or 1), 1)
     batches = max(int(_get(p, "batches", 1) or 1), 1)
     epoch = max(int(_get(p, "epoch", 1) or 1), 1)
@@ -169,11 +176,42 @@ def progress_fraction(p) -> float:
     return min(max(((epoch - 1) + batch / batches) / epochs, 0.0), 1.0)
 
 
+def phase_text(phase: str, done, total) -> str:
+    """"Decoding photos 120/250", "Computing features once (frozen network): batch 3/7";
+    one-step phases (loading, converting) have no count."""
+    from hotdog.callbacks import PHASES
+
+    title = PHASES.get(phase, phase)
+    if phase == "cache":
+        return f"{title}: batch {done}/{total}"
+    if int(total or 0) <= 1:
+        return title + ("" if done else "…")
+    return f"{title} {done}/{total}"
+
+
+def _phase_order(phases: dict) -> list[str]:
+    from hotdog.callbacks import PHASES
+
+    return [n for n in PHASES if n in phases] + [n for n in phases if n not in PHASES]
+
+
+def startup_steps(phases: dict, current: str | None) -> list[tuple[str, str]]:
+    """The live panel's start-up checklist: (state, text) per step seen so far, in the order
+    they happen; state is "done" or "running" (the ``current`` phase, still below its total)."""
+    out = []
+    for name in _phase_order(phases):
+        done, total = phases[name]
+        running = name == current and done < total
+        out.append(("running" if running else "done", phase_text(name, done, total)))
+    return out
+
+
 def progress_text(p) -> str:
     ips = _get(p, "images_per_sec")
-    if _get(p, "phase") == "cache":
-        return (f"Computing features once (frozen network): batch {_get(p, 'batch')}/{_get(p, 'batches')}"
-                + (f" · {ips:.1f} images/s" if ips else ""))
+    phase = _get(p, "phase", "train")
+    if phase != "train":
+        return phase_text(phase, _get(p, "batch"), _get(p, "batches")) + (
+            f" · {ips:.1f} images/s" if ips else "")
     parts = [
         f"Epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}",
         f"batch {_get(p, 'batch')}/{_get(p, 'batches')}",
@@ -276,6 +314,7 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
                  + (" · stopping…" if stopping else ""),
         "sweep": sweep,
         "progress": state.progress,
+        "phases": dict(getattr(state, "phases", None) or {}),
         "metrics": list(state.epochs),
         "pending": 0 if stopping else int(state.pending or 0),
         "stopping": stopping,
@@ -283,6 +322,58 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
         "mine": state.owned_by(owner),
         "started": time.strftime("%H:%M", time.localtime(state.started)) if state.started else "?",
     }
+
+
+def estimate_text(est, what: str = "") -> str:
+    """"Fine-tune: about 2m 10s (start-up 20s, then 5 epochs of 22s; measured by run X)"."""
+    sp = est.speed
+    rate = f", {est.images_per_sec:.1f} images/s" if sp.epoch_per_train_image > 0 and est.epoch_seconds >= 1 else ""
+    epochs = (f"{est.epochs} epoch{'s' if est.epochs != 1 else ''} of {format_duration(est.epoch_seconds)}"
+              if est.epoch_seconds >= 1 else f"{est.epochs} fast epoch{'s' if est.epochs != 1 else ''} of the output layer")
+    return (f"{what + ': ' if what else ''}about {format_duration(est.seconds)} "
+            f"(start-up {format_duration(est.startup_seconds)}, then {epochs}{rate}; from {sp.basis})")
+
+
+def run_estimates(configs: dict, n_train: int, n_test: int) -> dict:
+    """name -> hotdog.estimate.Estimate (None when nothing comparable was measured yet)."""
+    from hotdog import estimate
+
+    out = {}
+    for name, cfg in configs.items():
+        speed = estimate.best_speed(cfg, store=run_store())
+        out[name] = estimate.estimate(cfg, n_train, n_test, speed) if speed else None
+    return out
+
+
+def probe_speed(config, items, num_classes: int):
+    """A short probe of this machine for ``config`` (seconds), on the MXNet thread."""
+    from hotdog import estimate
+
+    return mx_call(estimate.probe, config, items, num_classes)
+
+
+def cost_estimate(configs: dict, n_train: int, n_test: int, items, num_classes: int, busy: bool) -> None:
+    """The Train page's "how long will this take" line, per button; a probe button when a
+    setting was never measured on this machine."""
+    ests = run_estimates(configs, n_train, n_test)
+    known = [estimate_text(e, name) for name, e in ests.items() if e is not None]
+    missing = [name for name, e in ests.items() if e is None]
+    if known:
+        st.caption(":material/timer: Expected time on this machine. " + md_escape(" · ".join(known)))
+    if missing:
+        left, right = st.columns([4, 1], vertical_alignment="center")
+        left.caption(":material/timer: " + md_escape(" and ".join(missing)) + (" has" if len(missing) == 1 else " have")
+                     + " not been timed with these settings on this machine yet: a short probe (two batches) "
+                       "measures it.")
+        if right.button("Measure", key="btn_probe", icon=":material/speed:", disabled=busy, width="stretch"):
+            with st.spinner("Measuring two batches…"):
+                for name in missing:
+                    try:
+                        probe_speed(configs[name], items, num_classes)
+                    except HotdogError as err:
+                        show_error(err)
+                        return
+            st.rerun()
 
 
 def memory_estimate(config, n_images: int) -> tuple[str, str]:
@@ -336,6 +427,23 @@ def request_stop(run_id: str, force: bool = False) -> None:
     st.session_state[STOP_KEY] = run_id  # the live panel says "Stopping after this batch…" at once
 
 
+def startup_checklist(snap: dict) -> None:
+    """Before the first training batch: the start-up steps done so far and the current one's
+    bar (the training process starting, the source model, decoding, features)."""
+    p = snap.get("progress")
+    if snap.get("message"):
+        st.caption(md_escape(snap["message"]))
+    if p is None:
+        st.progress(0.0, text="Starting the training process (loading MXNet)…")
+        return
+    current = _get(p, "phase")
+    for (state, text), name in zip(startup_steps(snap.get("phases") or {}, current),
+                                   _phase_order(snap.get("phases") or {})):
+        if name != current:  # the current step is the bar below
+            st.caption(":material/check: " + md_escape(text))
+    st.progress(progress_fraction(p), text=progress_text(p))
+
+
 def live_panel(was_key: str, stop_key: str, body) -> None:
     """The auto-refreshing panel of the running job: header with its Stop, then ``body(snap)``;
     nothing when idle (``was_key`` remembers whether a job ran, see :func:`live_job`)."""
@@ -364,13 +472,14 @@ def sweep_progress(state, now: float | None = None) -> dict | None:
     done = max(len(state.run_ids) - 1, 0)
     point = queued[min(done, len(queued) - 1)] if queued else done + 1
     p = state.progress
-    frac = progress_fraction(p) if p is not None and _get(p, "phase") != "cache" else 0.0
+    frac = progress_fraction(p) if p is not None and _get(p, "phase", "train") == "train" else 0.0
     elapsed = (time.time() if now is None else now) - (getattr(state, "job_started", None) or time.time())
     progress = done + frac
     eta = elapsed / progress * (len(queued) - progress) if progress > 0 and queued else float("nan")
     parts = [f"Point {point}/{sweep.get('total', len(queued))}"]
     if p is not None:
-        parts.append("computing features" if _get(p, "phase") == "cache" else f"epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}")
+        parts.append(f"epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}" if _get(p, "phase", "train") == "train"
+                     else phase_text(_get(p, "phase"), _get(p, "batch"), _get(p, "batches")))
     parts.append(f"ETA {format_duration(eta)}")
     return {"sweep_id": sweep.get("sweep_id"), "title": sweep.get("title") or "", "point": point,
             "total": sweep.get("total", len(queued)), "fraction": progress / len(queued) if queued else 0.0,
@@ -551,14 +660,35 @@ def image_sizes(root: str):
     return _sizes(str(root), _stamp(root))
 
 
+def remembered_dataset() -> str | None:
+    """The data set chosen last (HOTDOG_HOME/prefs.json), if it is still a folder the app may
+    open (the shared data folders can change between server starts)."""
+    from hotdog import prefs
+    from hotdog.data.access import allowed_roots, within
+
+    root = prefs.get("data_root")
+    try:
+        if root and Path(root).is_dir() and within(root, allowed_roots()):
+            return root
+    except OSError:
+        pass
+    return None
+
+
 def dataset_choices() -> list[DatasetChoice]:
+    """Every data set of the pickers: $HOTDOG_DATA, the installed ones, then folders typed
+    (the remembered choice among them, so a new session lists it too)."""
     from hotdog import data
 
     try:
         installed = list(data.installed_datasets())
     except HotdogError:
         installed = []
-    return dataset_choices_from(installed, extra=st.session_state.get(FOLDERS_KEY, []))
+    typed = list(st.session_state.get(FOLDERS_KEY, []))
+    remembered = remembered_dataset()
+    if remembered and remembered not in typed:
+        typed.append(remembered)
+    return dataset_choices_from(installed, extra=typed)
 
 
 def installed_name_exists(name: str) -> bool:
@@ -571,18 +701,64 @@ def installed_name_exists(name: str) -> bool:
 
 
 def current_dataset() -> str | None:
-    """The data set the user picked, else $HOTDOG_DATA, else an installed one."""
+    """The data set the user picked (in this session, else the one remembered on disk from
+    an earlier session), else $HOTDOG_DATA, else an installed one."""
     root = st.session_state.get(DATA_KEY)
     if root:
         return root
-    root = default_dataset(dataset_choices())
+    root = remembered_dataset() or default_dataset(dataset_choices()) or _latest_run_dataset()
     if root:
         st.session_state[DATA_KEY] = root
     return root
 
 
+def _latest_run_dataset() -> str | None:
+    """The data set of the newest run, when it is still a folder the app may open."""
+    from hotdog.data.access import allowed_roots, within
+
+    for r in all_runs()[:1]:
+        try:
+            if r.data_root and Path(r.data_root).is_dir() and within(r.data_root, allowed_roots()):
+                return r.data_root
+        except OSError:
+            pass
+    return None
+
+
 def set_dataset(root: str) -> None:
-    st.session_state[DATA_KEY] = str(root)
+    """Use ``root`` on every page of this session and remember it (absolute) for the next."""
+    from hotdog import prefs
+
+    root = os.path.abspath(str(root))
+    st.session_state[DATA_KEY] = root
+    try:
+        prefs.save("data_root", root)
+    except (OSError, HotdogError, ValueError) as err:  # a read-only HOTDOG_HOME: this session still has it
+        logging.getLogger(__name__).warning("could not remember the data set: %s", err)
+
+
+def dataset_picker(container=None, key: str = "data_pick", label: str = "Data set in use",
+                   short: bool = False) -> str | None:
+    """The one data set picker (Data page, sidebar): every data set the app can open, bound to
+    the session's choice (which another page may have changed) and remembered on disk."""
+    container = container or st
+    choices = dataset_choices()
+    current = current_dataset()
+    if not choices and not current:
+        return None
+    paths = [c.path for c in choices]
+    # The sidebar is narrow: names there, names and folders on the Data page.
+    labels = {c.path: (f"{Path(c.path).name} ({t(ORIGIN_WORDS[c.origin]) if c.origin != 'env' else ORIGIN_WORDS['env']})"
+                       if short else c.label) for c in choices}
+    if current and current not in paths:
+        paths.append(current)
+    if st.session_state.get(key) != current and current in paths:
+        st.session_state[key] = current
+    container.selectbox(label, paths, key=key, format_func=lambda p: labels.get(p, p),
+                        on_change=lambda: set_dataset(st.session_state[key]),
+                        help=t("Data sets installed in $HOTDOG_HOME/data, the one in $HOTDOG_DATA and folders "
+                               "you opened; the choice is remembered for the next visit."))
+    return current
 
 
 def remember_folder(root: str) -> None:
@@ -748,7 +924,10 @@ def last_job():
 def sidebar_status(page_title: str = "") -> None:
     """Data set, source model and the running job, on every page."""
     root = current_dataset()
-    st.caption(t("**Data set:** {name}", name=md_escape(Path(root).name) if root else t("none yet")))
+    if page_title != "Data" and dataset_choices():  # the Data page has its own picker
+        dataset_picker(key="sidebar_data_pick", label=t("Data set"), short=True)
+    else:
+        st.caption(t("**Data set:** {name}", name=md_escape(Path(root).name) if root else t("none yet")))
     try:
         st.caption(t("**Source:** {name}", name=md_escape(t(source_titles().get(current_source(), current_source())))))
     except (HotdogError, ImportError):
@@ -763,7 +942,10 @@ def _job_status(link: bool = True) -> None:
         st.caption(t("**Training:** idle"))
         return
     p = snap["progress"]
-    where = f" · {progress_fraction(p):.0%}" if p is not None else ""
+    if p is not None and _get(p, "phase", "train") != "train":
+        where = " · " + t("starting")
+    else:
+        where = f" · {progress_fraction(p):.0%}" if p is not None else ""
     mode = t(snap["mode"])
     st.caption(t("**Training:** {mode} stopping{where}", mode=mode, where=where) if snap["stopping"]
                else t("**Training:** {mode} running{where}", mode=mode, where=where))

@@ -36,8 +36,22 @@ class BatchProgress:
     acc: float
     images_per_sec: float
     eta_seconds: float
-    # "train" for training batches, "cache" while the frozen path extracts features
+    # "train" for training batches; before the first one, the start-up steps of PHASES with
+    # ``batch``/``batches`` as their n/N (``epoch`` 0, loss and accuracy NaN)
     phase: str = "train"
+
+
+# Start-up steps a run reports before its first training batch, in the order they happen:
+# loading the source model, converting its weights (first use only), fitting the ImageNet
+# start of the output layer, decoding the photos (n/N photos) and, for frozen features,
+# computing them once (n/N batches).
+PHASES = {
+    "load": "Loading the source model",
+    "convert": "Converting the source weights to MXNet (first use only)",
+    "head": "Starting the output layer from ImageNet's rows (one pass over the training photos)",
+    "decode": "Decoding photos",
+    "cache": "Computing features once (frozen network)",
+}
 
 
 @dataclass
@@ -163,7 +177,8 @@ class RunRecorder(Callback):
         if now - self.last < self.every:
             return
         self.last = now
-        what = "caching features" if progress.phase == "cache" else f"epoch {progress.epoch}/{progress.epochs}"
+        what = f"epoch {progress.epoch}/{progress.epochs}" if progress.phase == "train" else \
+            PHASES.get(progress.phase, progress.phase).lower()
         try:
             self.store.heartbeat(self.run_id, f"{what}, batch {progress.batch}/{progress.batches}")
         except StorageError as err:  # a full disk should not kill a nearly finished run

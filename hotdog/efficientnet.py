@@ -35,7 +35,7 @@ from mxnet.gluon import nn
 from hotdog.errors import ModelError, StorageError
 from hotdog.fileio import atomic_path
 from hotdog.paths import cache_root
-from hotdog.weights import load_params_file
+from hotdog.weights import load_params_file, report_conversion
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ def convert_torch_weights(src: Path, dst: Path) -> float:
     from hotdog.torchpickle import load_state_dict
 
     t0 = time.perf_counter()
+    report_conversion(0)
     state = load_state_dict(src)
     net = EfficientNetLite0()
     net.initialize(mx.init.Zero(), ctx=mx.cpu())
@@ -275,6 +276,7 @@ def convert_torch_weights(src: Path, dst: Path) -> float:
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         net.save_parameters(str(tmp))
+    report_conversion(1)
     return time.perf_counter() - t0
 
 

@@ -55,6 +55,8 @@ class JobState:
     # number (1-based) of each queued config, in order}; None for plain trainings.
     sweep: dict | None = None
     job_started: float | None = None  # when start() was called (``started`` is per run)
+    # The current run's start-up steps so far (callbacks.PHASES): name -> (done, total), in order
+    phases: dict = field(default_factory=dict)
 
     def owned_by(self, owner: str | None) -> bool:
         return self.owner is None or self.owner == owner
@@ -135,7 +137,12 @@ class TrainingJob:
         from hotdog.train import prepare
 
         def on_batch(p):
-            self._update(progress=p)
+            if p.phase == "train":
+                self._update(progress=p)
+                return
+            with self._lock:
+                self._state.progress = p
+                self._state.phases = {**self._state.phases, p.phase: (p.batch, p.batches)}
 
         def on_epoch(m):
             with self._lock:
@@ -169,7 +176,7 @@ class TrainingJob:
                 # Swapped in one step so readers never see "idle" between two runs.
                 self._state = dataclasses.replace(
                     self._state, state="running", run_id=run_id, run_dir=str(run_dir), config=prepared.config,
-                    progress=None, epochs=[], result=None, error=None, started=time.time(), ended=None,
+                    progress=None, epochs=[], result=None, error=None, started=time.time(), ended=None, phases={},
                     pending=len(queue), run_ids=self._state.run_ids + [run_id])
 
     def _train_one(self, prepared, store, run_id: str, on_batch, on_epoch, stop_event: threading.Event):

@@ -71,14 +71,16 @@ class Prepared:
     tags: dict = dataclasses.field(default_factory=dict)
 
     def record(self) -> dict:
-        """What config.json holds: every resolved knob, the data set's content fingerprint
-        and, when given, the run's ``tags``."""
+        """What config.json holds: every resolved knob, the data set's content fingerprint,
+        the photo counts and, when given, the run's ``tags``."""
         from hotdog import threads
 
         out = {**self.config.to_dict(), "data_fingerprint": self.data_fingerprint}
         # The OpenMP threads the training process computes with (the worker inherits this
         # process's decision, hotdog.threads), so a run's speed can be read against it.
         out["threads"] = threads.current().to_dict()
+        # Photo counts: with the run's timings they give this machine's speed (hotdog.estimate).
+        out["images"] = {"train": len(self.splits.train), "test": len(self.splits.test)}
         if self.tags:
             out["tags"] = dict(self.tags)
         return out
@@ -289,8 +291,8 @@ def _accuracy(fwd, batches: Iterable, ctxs) -> float:
     return float(correct.asscalar()) / n if n else float("nan")
 
 
-def _preload(ds, what: str) -> None:
-    bad = ds.preload()
+def _preload(ds, what: str, progress: Callable[[int], Any] | None = None) -> None:
+    bad = ds.preload(progress=progress)
     for b in bad:
         log.warning("skipping unreadable %s image %s: %s", what, b["path"], b["reason"])
     if len(ds) == 0:
@@ -397,6 +399,11 @@ class _Fit:
         self.emit("after_batch", self, BatchProgress(epoch, self.config.epochs, batch, batches, loss, acc,
                                                      ips, eta, phase))
 
+    def phase(self, name: str, done: int, total: int) -> None:
+        """Progress of a start-up step (callbacks.PHASES): ``done`` of ``total``."""
+        nan = float("nan")
+        self.emit("after_batch", self, BatchProgress(0, self.config.epochs, done, total, nan, nan, 0.0, nan, name))
+
     def epoch_done(self, epoch, batches, test_fn, t0) -> None:
         self.meter.flush()
         self.batch_done(epoch, batches, batches, t0)
@@ -420,7 +427,14 @@ class _Fit:
         else:
             # Warm the documented source-model cache first: its first load may draw random
             # numbers (initialise, then load), which would make the head's init depend on it.
-            models.load_source(cfg.source)
+            from hotdog.weights import on_conversion
+
+            self.phase("load", 0, 1)
+            with on_conversion(lambda done: self.phase("convert", done, 1)):
+                models.load_source(cfg.source)
+            self.phase("load", 1, 1)
+            if cfg.init_output_from_imagenet:
+                self.phase("head", 0, 1)
             seed_everything(cfg.seed)
             net = models.build_finetune(
                 cfg.source, len(self.splits.classes), ctx=self.ctxs, lr_mult=cfg.lr_mult, freeze=cfg.freeze,
@@ -429,6 +443,8 @@ class _Fit:
                 # The training split fits the bias of a 'not-<class>' row (0.94 vs 0.68 test
                 # accuracy before any training on hotdog-mini, see models.imagenet_head_init).
                 init_items=self.splits.train if cfg.init_output_from_imagenet else None)
+            if cfg.init_output_from_imagenet:
+                self.phase("head", 1, 1)
         hybridize_for_training(net)
         self.net = net
         seed_everything(cfg.seed + 1)  # augmentation and dropout draws, independent of the build
@@ -515,8 +531,10 @@ class _Fit:
         pre = self.pre
         train_ds = ImageListDataset(self.splits.train, train_tf, min_side=pre.resize)
         test_ds = ImageListDataset(self.splits.test, test_transform(pre), min_side=pre.resize)
-        _preload(train_ds, "train")
-        _preload(test_ds, "test")
+        total = len(train_ds) + len(test_ds)
+        self.phase("decode", 0, total)
+        _preload(train_ds, "train", lambda n: self.phase("decode", n, total))
+        _preload(test_ds, "test", lambda n, first=len(train_ds): self.phase("decode", first + n, total))
         return train_ds, test_ds
 
     def plain_loop(self, trainer, loss_fn, first_epoch: int = 1) -> None:

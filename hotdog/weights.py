@@ -3,13 +3,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from hotdog.errors import ModelError
+
+
+# Who hears about a weights conversion (a run reports it as its "convert" start-up phase):
+# a ContextVar, so a conversion in one thread never reports into another thread's run.
+_CONVERSION_LISTENER: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "hotdog_conversion_listener", default=None)
+
+
+@contextlib.contextmanager
+def on_conversion(listener: Callable[[int], None]):
+    """Within this block, a weights conversion calls ``listener(0)`` before and ``listener(1)``
+    after it runs (nothing is called when the converted weights are already cached)."""
+    token = _CONVERSION_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _CONVERSION_LISTENER.reset(token)
+
+
+def report_conversion(done: int) -> None:
+    listener = _CONVERSION_LISTENER.get()
+    if listener is not None:
+        listener(done)
 
 
 class ParamsFileError(ModelError):

@@ -29,31 +29,21 @@ def use_now(root: str, message: str) -> None:
     st.rerun()
 
 
-choices = ui.dataset_choices()
-current = ui.current_dataset()
-if choices:
-    paths = [c.path for c in choices]
-    labels = {c.path: c.label for c in choices}
-    if current and current not in paths:
-        paths.append(current)
-    # The widget follows the shared choice (it may have been changed on another page).
-    if st.session_state.get("data_pick") != current and current in paths:
-        st.session_state["data_pick"] = current
-    st.selectbox("Data set in use", paths, key="data_pick",
-                 format_func=lambda p: labels.get(p, p),
-                 on_change=lambda: ui.set_dataset(st.session_state["data_pick"]),
-                 help="Installed sets live in $HOTDOG_HOME/data; set $HOTDOG_DATA to "
-                      "pre-select a folder when the app starts.")
-else:
+current = ui.dataset_picker()
+if current is None:
     st.info("No data set yet: download the chapter's set, point to a folder, or upload a zip below.",
             icon=":material/info:")
 
 if st.session_state.get(FLASH):
     st.success(st.session_state.pop(FLASH), icon=":material/check_circle:")
 
-get_dl, get_folder, get_zip = st.tabs(["Download the chapter's set", "Use a local folder", "Upload a zip"])
+# A segmented control kept in session state, not st.tabs: a tab strip opens its first tab
+# again whenever the elements above it change (the success message after "Use this folder").
+GET_DL, GET_FOLDER, GET_ZIP = "Download the chapter's set", "Use a local folder", "Upload a zip"
+get = st.segmented_control("Get a data set", [GET_DL, GET_FOLDER, GET_ZIP], key="data_get", default=GET_DL,
+                           required=True, persist_state="session", label_visibility="collapsed")
 
-with get_dl:
+if get == GET_DL:
     st.write("Downloads `hotdog.zip` (about 260 MB) from the d2l.ai data server, checks its "
              "SHA-1 and unpacks it into `$HOTDOG_HOME/data/hotdog`.")
     if st.button("Download", icon=":material/download:", key="download"):
@@ -80,7 +70,7 @@ with get_dl:
             bar.progress(1.0, text="Done")
             use_now(str(root), "Downloaded and checked; now in use.")
 
-with get_folder:
+if get == GET_FOLDER:
     st.write("A folder inside the app's shared data folders: `$HOTDOG_HOME/data`, `$HOTDOG_DATA` "
              "and the folders listed in `$HOTDOG_DATA_ROOTS` (set by whoever runs the server). "
              "A name alone means a folder in `$HOTDOG_HOME/data`.")
@@ -92,7 +82,7 @@ with get_folder:
             ui.remember_folder(str(path))
             use_now(str(path), "Folder checked; now in use.")
 
-with get_zip:
+if get == GET_ZIP:
     st.write("A zip holding `train/<class>/…` and `test/<class>/…`, or just `<class>/…`. "
              "It is checked before anything is written (no paths outside the target, no links, "
              "no zip bombs). Uploads are limited to 25 MB: for a bigger set, unpack it on the "

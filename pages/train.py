@@ -29,7 +29,7 @@ CHOICES = {
 # picker's chips use the same list (see run_chip_css).
 RUN_COLORS = ("#d9480f", "#1c7ed6", "#2f9e44", "#7048e8", "#f59f00", "#868e96")
 # Sidebar knobs outside the presets (their defaults are the table's).
-OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
+OTHER_KNOBS = ("seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
                "micro_batch", "amp", "val_fraction")
 
 
@@ -53,8 +53,8 @@ def apply_preset(preset: str, source: str) -> None:
 def _seed_sidebar(source: str) -> None:
     """First visit: every knob at its default. A new source: the preset knobs still at the
     old source's preset value follow the new source's (ResNet-18's stable lr is 0.01)."""
-    if PRESET_KEY not in st.session_state:
-        apply_preset(settings.DEFAULT_PRESET, source)
+    if PRESET_KEY not in st.session_state:  # the CLI's default too: quick on a CPU, stable with a GPU
+        apply_preset(settings.default_preset(ui.devices()), source)
     old = st.session_state.get(PRESET_SOURCE_KEY)
     if old != source:
         preset = st.session_state[PRESET_KEY]
@@ -109,9 +109,11 @@ def sidebar_knobs() -> dict:
     source = ui.source_select()
     _seed_sidebar(source)
     sb.caption("PRESETS")
-    for col, preset in zip(sb.columns(len(settings.PRESETS)), settings.PRESETS):
-        col.button(settings.PRESET_TITLES[preset], key=f"preset_{preset}", on_click=apply_preset,
-                   args=(preset, source), width="stretch", help=settings.PRESET_HELP[preset],
+    # Buttons as wide as their titles, wrapping to a second line rather than cutting "Chapter's".
+    row = sb.container(horizontal=True, gap="small")
+    for preset in settings.PRESETS:
+        row.button(settings.PRESET_TITLES[preset], key=f"preset_{preset}", on_click=apply_preset,
+                   args=(preset, source), width="content", help=settings.PRESET_HELP[preset],
                    type="primary" if st.session_state[PRESET_KEY] == preset else "secondary")
     values = {}
     sb.caption("OPTIMISER")
@@ -186,6 +188,12 @@ b2.button("Train from scratch", icon=":material/restart_alt:", key="btn_scratch"
 b3.button("Run the chapter's comparison", icon=":material/compare_arrows:", key="btn_compare", width="stretch",
           disabled=busy or not root, on_click=start, args=(["finetune", "scratch"],),
           help="Fine-tune, then train the same network from scratch at its own learning rate.")
+if root and report is not None:
+    with contextlib.suppress(HotdogError):  # a bad knob says so when a button is clicked
+        splits = ui.dataset_splits(root)
+        ui.cost_estimate({"Fine-tune": make_config(knobs, "finetune", root),
+                          "From scratch": make_config(knobs, "scratch", root)},
+                         n["train"], n["test"], splits.train, len(report["classes"]), busy)
 
 
 def use_lr(lr: float) -> None:
@@ -277,10 +285,11 @@ def run_chip_css(key: str, n: int) -> str:
 
 def live_body(snap: dict) -> None:
     p = snap.get("progress")
-    if p is not None:
+    starting = p is None or getattr(p, "phase", "train") != "train"
+    if starting:  # each start-up step with its own line, the current one with its bar
+        ui.startup_checklist(snap)
+    elif p is not None:
         st.progress(ui.progress_fraction(p), text=ui.progress_text(p))
-    else:
-        st.progress(0.0, text=snap.get("message") or "Starting…")
     if snap["pending"]:
         st.caption(f"Then {snap['pending']} more run(s), one after the other.")
     df = ui.curves_frame(snap.get("metrics") or [], run=snap["run_id"])

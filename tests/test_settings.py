@@ -86,13 +86,55 @@ def test_sources_agree_with_the_model_registry():
 
 
 def test_cli_defaults_are_the_table():
-    """`python -m hotdog train --data D` with no other flag builds the stable preset."""
+    """`python -m hotdog train --data D` with no other flag builds the machine's default preset."""
     from hotdog.cli import build_parser
     from hotdog.commands.train import _config_from_args
 
     c = _config_from_args(build_parser().parse_args(["train", "--data", "D"]))
-    assert c == config_for("D")
+    assert c == config_for("D", preset=settings.default_preset())
+    c = _config_from_args(build_parser().parse_args(["train", "--data", "D", "--devices", "gpu(0)"]))
+    assert c.preset == "stable" and c.freeze is False
     c = _config_from_args(build_parser().parse_args(["train", "--data", "D", "--preset", "chapter", "--lr", "0.02"]))
     assert c == config_for("D", preset="chapter", lr=0.02)
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "stable 0.001" in help_text and "chapter 128" in help_text.replace("\n", " ").replace("  ", " ")
+
+
+def test_quick_preset_is_frozen_cached_features_with_the_imagenet_head():
+    q = config_for("d", preset="quick")
+    st = config_for("d", preset="stable")
+    assert (q.freeze, q.feature_cache, q.uses_feature_cache, q.init_output_from_imagenet) == (True, True, True, True)
+    # the stable preset's learning rates and batch, only the features frozen
+    assert (q.lr, q.lr_mult, q.wd, q.batch_size, q.epochs, q.bn_mode) == \
+        (st.lr, st.lr_mult, st.wd, st.batch_size, st.epochs, st.bn_mode)
+    assert config_for("d", preset="quick", freeze=False).freeze is False  # explicit values win
+    assert config_for("d", preset="quick", mode="scratch").freeze is False
+    assert settings.PRESET_TITLES["quick"] == "Quick" and "quick" in settings.PRESET_HELP
+    assert "quick True" in settings.describe_default("freeze")
+
+
+def test_cli_preset_quick():
+    from hotdog.cli import build_parser
+    from hotdog.commands.train import _config_from_args
+
+    c = _config_from_args(build_parser().parse_args(["train", "--data", "D", "--preset", "quick"]))
+    assert c == config_for("D", preset="quick") and c.uses_feature_cache
+    c = _config_from_args(build_parser().parse_args(["train", "--data", "D", "--preset", "quick", "--no-freeze"]))
+    assert c.freeze is False
+
+
+@pytest.mark.parametrize("devices, preset", [
+    (["cpu(0)"], "quick"), (["cpu(0)", "cpu(1)"], "quick"), ("cpu(0),cpu(1)", "quick"),
+    (["gpu(0)"], "stable"), ("gpu(0),gpu(1)", "stable"), (["cpu(0)", "gpu(0)"], "stable"),
+])
+def test_default_preset_depends_on_the_devices(devices, preset):
+    assert settings.default_preset(devices) == preset
+
+
+def test_default_preset_without_devices_asks_for_gpus(monkeypatch):
+    from hotdog import devices
+
+    monkeypatch.setattr(devices, "num_gpus", lambda: 0)
+    assert settings.default_preset() == "quick"
+    monkeypatch.setattr(devices, "num_gpus", lambda: 2)
+    assert settings.default_preset() == "stable"

@@ -56,8 +56,9 @@ def register(sub) -> None:
     t.add_argument("--source", choices=settings.SOURCES, default=settings.DEFAULT_SOURCE,
                    help=f"source model (default {settings.DEFAULT_SOURCE}; see `sources`)")
     t.add_argument("--mode", choices=settings.MODES, default="finetune")
-    t.add_argument("--preset", choices=settings.PRESETS, default=settings.DEFAULT_PRESET,
-                   help=f"settings to start from (default {settings.DEFAULT_PRESET}, as the app)")
+    t.add_argument("--preset", choices=settings.PRESETS, default=None,
+                   help="settings to start from (default, as the app: quick when training on CPUs only, "
+                        "stable with a GPU)")
     _knob_args(t)
     t.add_argument("--devices", default=None,
                    help="e.g. 'cpu(0),cpu(1)' or 'gpu(0),gpu(1)' (quote it in a shell; default: all GPUs, else CPU)")
@@ -96,11 +97,27 @@ def _config_from_args(args):
     from hotdog import settings
 
     knobs = {name: getattr(args, name) for name in settings.KNOBS}
-    return settings.config_for(args.data, source=args.source, mode=args.mode, preset=args.preset,
+    preset = args.preset or settings.default_preset(args.devices)
+    return settings.config_for(args.data, source=args.source, mode=args.mode, preset=preset,
                                devices=args.devices, **knobs)
 
 
+def _print_estimate(prepared, runs_dir) -> None:
+    """The expected time, when a finished run with comparable settings timed this machine (the
+    app's line under its buttons; no probe here: the run itself is about to start)."""
+    from hotdog import estimate
+    from hotdog.runs import RunStore
+
+    speed = estimate.speed_from_runs(prepared.config, RunStore(runs_dir))
+    if speed is None:
+        return
+    est = estimate.estimate(prepared.config, len(prepared.splits.train), len(prepared.splits.test), speed)
+    print(f"expected time: about {est.seconds:.0f} s (start-up {est.startup_seconds:.0f} s, "
+          f"{est.epochs} epochs of {est.epoch_seconds:.1f} s; from {speed.basis})", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
+    from hotdog.callbacks import PHASES
     from hotdog.train import prepare, train
 
     config = _config_from_args(args)
@@ -108,6 +125,7 @@ def cmd_train(args) -> int:
     prepared = prepare(config)
     if prepared.memory is not None:
         print(f"memory: {prepared.memory.message}", file=sys.stderr)
+    _print_estimate(prepared, args.runs_dir)
     stop = threading.Event()
     bar = None if args.json else progress_bar(None, "training", unit="batch")
 
@@ -117,9 +135,9 @@ def cmd_train(args) -> int:
         total = p.batches * (p.epochs if p.phase == "train" else 1)
         if bar.total != total:
             bar.reset(total=total)
-        bar.set_description("caching features" if p.phase == "cache" else f"epoch {p.epoch}/{p.epochs}")
+        bar.set_description(f"epoch {p.epoch}/{p.epochs}" if p.phase == "train" else PHASES.get(p.phase, p.phase))
         bar.n = (p.epoch - 1) * p.batches + p.batch if p.phase == "train" else p.batch
-        post = {"img/s": f"{p.images_per_sec:.1f}"}
+        post = {"img/s": f"{p.images_per_sec:.1f}"} if p.images_per_sec else {}
         if p.phase == "train":
             post.update(loss=f"{p.loss:.3f}", acc=f"{p.acc:.3f}")
         bar.set_postfix(post, refresh=False)

@@ -200,8 +200,10 @@ class ImageListDataset(_gluon_dataset_base()):
         """The decoded (possibly shrunk) RGB image, e.g. for showing samples."""
         return Image.fromarray(self._decoded(idx))
 
-    def preload(self, threads: int = 2) -> list[dict[str, str]]:
-        """Decode everything now; drop items that fail and return them as {path, reason}."""
+    def preload(self, threads: int = 2, progress=None) -> list[dict[str, str]]:
+        """Decode everything now; drop items that fail and return them as {path, reason}.
+        ``progress(n)`` is called on this thread with the count decoded so far, about every
+        1 % of the items and at the end."""
         from concurrent.futures import ThreadPoolExecutor
 
         failures: dict[int, str] = {}
@@ -213,7 +215,10 @@ class ImageListDataset(_gluon_dataset_base()):
                 failures[i] = str(err)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            list(pool.map(work, range(len(self.items))))
+            step = max(1, len(self.items) // 100)
+            for n, _ in enumerate(pool.map(work, range(len(self.items))), 1):
+                if progress is not None and (n % step == 0 or n == len(self.items)):
+                    progress(n)
         if failures:
             keep = [i for i in range(len(self.items)) if i not in failures]
             bad = [{"path": str(self.items[i][0]), "reason": failures[i]} for i in sorted(failures)]
