@@ -651,9 +651,10 @@ def test_predict_request_over_the_photo_budget_is_one_message(app_home):
     at = new_app()
     at.switch_page("pages/predict.py").run()
     at.radio(key="predict_kind").set_value("Pretrained ImageNet classifier").run()
-    photo = png_bytes()
+    # Distinct photos: identical uploads are classified once (ui.unique_photos).
     at.file_uploader(key="photos").set_value(
-        [(f"p{i}.png", photo, "image/png") for i in range(MAX_PHOTOS_PER_REQUEST + 1)]).run()
+        [(f"p{i}.png", png_bytes(color=(i % 256, i // 256, 40)), "image/png")
+         for i in range(MAX_PHOTOS_PER_REQUEST + 1)]).run()
     assert_clean(at)
     assert len(at.error) == 1 and str(MAX_PHOTOS_PER_REQUEST) in at.error[0].value
 
