@@ -513,7 +513,8 @@ class _Fit:
             if not backbone:  # chosen on test-transform photos: draws no augmentation randomness
                 backbone.append(self.feature_extractor(
                     ImageListDataset(ds.items[:2], test_transform(pre), min_side=pre.resize, cache=shared)))
-            return self.extract(*backbone[0], ds).asnumpy()
+            features, fctxs = backbone[0]
+            return self.extract(features, ds, fctxs).asnumpy()
 
         def compute(items, what):
             def rows(positions):
