@@ -84,7 +84,7 @@ def _pipeline_child(conn, root: str, input_size: int) -> None:
     mx.nd.waitall()
     conn.send({"images": n, "seconds": seconds, "images_per_sec": n / seconds if seconds > 0 else None,
                "peak_rss_mb": peak_rss_mb(), "peak_rss_mb_before_pass": rss_start,
-               "decoded_cache": ds._cache.stats()})
+               "decoded_cache": ds.decoded_cache.stats()})
 
 
 def _training_child(conn, root: str, input_size: int, freeze: bool, batches: int, runs_dir: str) -> None:

@@ -278,7 +278,7 @@ def test_decoded_photos_stay_under_the_cap(tmp_path):
             assert cache.nbytes <= 10 * one
     s = cache.stats()
     assert s["photos"] == 10 and s["evictions"] >= 100 and cache.nbytes == 10 * one
-    assert unbounded._cache.nbytes == 60 * one  # a set that fits is decoded once, as before
+    assert unbounded.decoded_cache.nbytes == 60 * one  # a set that fits is decoded once, as before
     # the most recently used photos are the ones kept
     assert all((str(items[i][0]), None) in cache for i in range(50, 60))
 
@@ -295,3 +295,14 @@ def test_decoded_cache_cap_from_the_environment(monkeypatch):
     c = DecodedCache()
     c.put("k", np.zeros(10, np.uint8))
     assert len(c) == 0 and c.get("k") is None
+
+
+def test_memory_estimate_counts_decoded_photos_up_to_the_cap(tmp_path, monkeypatch):
+    from hotdog import memory
+    from hotdog.data.decoded import CAP_ENV
+    from hotdog.settings import config_for
+
+    monkeypatch.setenv(CAP_ENV, "100")
+    cfg = config_for(tmp_path, freeze=True)
+    small = memory.estimate_mb(cfg, 32, 100)
+    assert memory.estimate_mb(cfg, 32, 100_000) == memory.estimate_mb(cfg, 32, 10_000_000) < small + 101

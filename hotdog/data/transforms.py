@@ -191,6 +191,11 @@ class ImageListDataset(_gluon_dataset_base()):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def decoded_cache(self) -> DecodedCache:
+        """The decoded-photo store (share it with ``cache=``; its ``stats()`` for reports)."""
+        return self._cache
+
     def _decoded(self, idx: int) -> np.ndarray:
         path = self.items[idx][0]
         key = (str(path), self.min_side)
