@@ -306,3 +306,14 @@ def test_memory_estimate_counts_decoded_photos_up_to_the_cap(tmp_path, monkeypat
     cfg = config_for(tmp_path, freeze=True)
     small = memory.estimate_mb(cfg, 32, 100)
     assert memory.estimate_mb(cfg, 32, 100_000) == memory.estimate_mb(cfg, 32, 10_000_000) < small + 101
+
+
+def test_head_init_reads_a_bounded_evenly_spread_sample():
+    from hotdog.train import HEAD_INIT_PHOTOS, _head_init_sample
+
+    small = [(f"{i}.jpg", i % 2) for i in range(HEAD_INIT_PHOTOS)]
+    assert _head_init_sample(small) is small
+    big = [(f"a{i}.jpg", 0) for i in range(15_000)] + [(f"b{i}.jpg", 1) for i in range(5_000)]
+    got = _head_init_sample(big)
+    assert len(got) == HEAD_INIT_PHOTOS and len(set(got)) == len(got)
+    assert sum(label for _, label in got) == HEAD_INIT_PHOTOS // 4  # each class keeps its share
