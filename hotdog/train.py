@@ -585,11 +585,16 @@ class _Fit:
             features, fctxs = backbone[0]
             return self.extract(features, ds, fctxs).asnumpy()
 
+        # Decoding reported over both splits (photos the cache holds count as done at once).
+        decode_total = len(self.splits.train) + len(self.splits.test)
+        decoded = [0]
+        self.phase("decode", 0, decode_total)
+
         def compute(items, what):
             def rows(positions):
                 ds = ImageListDataset([items[i] for i in positions], test_transform(pre), min_side=pre.resize,
                                       cache=shared)
-                for b in ds.preload():
+                for b in ds.preload(progress=lambda n: self.phase("decode", decoded[0] + n, decode_total)):
                     log.warning("skipping unreadable %s image %s: %s", what, b["path"], b["reason"])
                 if len(ds) == 0:
                     return np.zeros((0, 0), np.float32), []
@@ -599,6 +604,8 @@ class _Fit:
 
         def split_rows(items, what):
             got = featcache.plain_rows(store, group, [p for p, _ in items], compute(items, what))
+            decoded[0] += len(items)
+            self.phase("decode", decoded[0], decode_total)
             if not got.kept:
                 raise DatasetError(f"no readable {what} images")
             kept = [items[i] for i in got.kept]
