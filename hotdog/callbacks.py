@@ -36,7 +36,8 @@ class BatchProgress:
     acc: float
     images_per_sec: float
     eta_seconds: float
-    # "train" for training batches, "cache" while the frozen path extracts features
+    # "train" for training batches, "cache" while the frozen path extracts features,
+    # "robust" during the after-training check (hotdog.robust: batch = step of batches)
     phase: str = "train"
 
 
@@ -158,7 +159,8 @@ class RunRecorder(Callback):
         if now - self.last < self.every:
             return
         self.last = now
-        what = "caching features" if progress.phase == "cache" else f"epoch {progress.epoch}/{progress.epochs}"
+        what = {"cache": "caching features", "robust": "robustness check"}.get(
+            progress.phase, f"epoch {progress.epoch}/{progress.epochs}")
         try:
             self.store.heartbeat(self.run_id, f"{what}, batch {progress.batch}/{progress.batches}")
         except StorageError as err:  # a full disk should not kill a nearly finished run

@@ -344,6 +344,7 @@ class _Fit:
         self.images_total = 0
         self.busy_seconds = 0.0
         self.meter: _Meter | None = None
+        self.l2sp = None  # hotdog.robust.L2SP when the run decays toward the pretrained weights
 
     # -- what callbacks read
     @property
@@ -431,6 +432,8 @@ class _Fit:
                 outs = [self.net(x) for x in Xs]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
         autograd.backward(ls)
+        if features is None and self.l2sp is not None:
+            self.l2sp.add_to_grads(n)
         trainer.step(n)
         self.meter.push(_sum_on([l.sum() for l in ls], self.ctxs[0]), _correct(outs, ys, self.ctxs[0]), n)
 
@@ -459,6 +462,8 @@ class _Fit:
                 # MXNet's engine is asynchronous: without this the next passes are queued at
                 # once and their activations would be alive together, as in one big batch.
                 mx.nd.waitall()
+        if self.l2sp is not None:
+            self.l2sp.add_to_grads(n)
         trainer.step(n)
         self.meter.push(_sum_on(loss_sums, self.ctxs[0]), _sum_on(corrects, self.ctxs[0]), n)
 
@@ -597,8 +602,11 @@ class _Fit:
         """Build the network and train it per the config (all loops end here)."""
         from mxnet import gluon
 
+        from hotdog.robust import make_l2sp
+
         cfg = self.config
         net = self.build()
+        self.l2sp = make_l2sp(cfg, net, self.ctxs)
         params = net.output.collect_params() if cfg.uses_feature_cache else net.collect_params()
         trainer = gluon.Trainer(params, "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd})
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -651,6 +659,9 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     cbs += [StopOnEvent(stop_event)] if stop_event is not None else []
     cbs += [OnBatch(on_batch)] if on_batch is not None else []
     cbs += [OnEpoch(on_epoch)] if on_epoch is not None else []
+    from hotdog.robust import RobustCheck  # WiSE-FT and per-source metrics before the model is saved
+
+    cbs.append(RobustCheck(run_dir))
     emit = Dispatcher([*cbs, *callbacks])
     fit = _Fit(prepared, emit)
     error: BaseException | None = None

@@ -61,6 +61,9 @@ def register(sub) -> None:
     t.add_argument("--devices", default=None,
                    help="e.g. 'cpu(0),cpu(1)' or 'gpu(0),gpu(1)' (quote it in a shell; default: all GPUs, else CPU)")
     t.add_argument("--runs-dir", default=None, help="run store folder (default $HOTDOG_HOME/runs)")
+    t.add_argument("--also-eval", action="append", default=None, metavar="DIR", dest="also_eval",
+                   help="after training, also score the run on this folder (one sub-folder per class; "
+                        "repeatable); results per source go into the run's sources.json")
     add_json_flag(t)
     t.set_defaults(func=cmd_train)
 
@@ -94,7 +97,7 @@ def _config_from_args(args):
 
     knobs = {name: getattr(args, name) for name in settings.KNOBS}
     return settings.config_for(args.data, source=args.source, mode=args.mode, preset=args.preset,
-                               devices=args.devices, **knobs)
+                               devices=args.devices, also_eval=args.also_eval, **knobs)
 
 
 def cmd_train(args) -> int:
