@@ -173,6 +173,9 @@ def progress_text(p) -> str:
     if _get(p, "phase") == "cache":
         return (f"Computing features once (frozen network): batch {_get(p, 'batch')}/{_get(p, 'batches')}"
                 + (f" · {ips:.1f} images/s" if ips else ""))
+    if _get(p, "phase") == "robust":  # hotdog.robust after training: WiSE-FT curve, other sources
+        return (f"Checking other sources and WiSE-FT alphas: step {_get(p, 'batch')}/{_get(p, 'batches')}"
+                f" · ETA {format_duration(_get(p, 'eta_seconds'))}")
     parts = [
         f"Epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}",
         f"batch {_get(p, 'batch')}/{_get(p, 'batches')}",

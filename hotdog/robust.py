@@ -455,3 +455,21 @@ def fit_threshold_classifier(source: str, classes: Sequence[str], train_items) -
     if math.isnan(acc):
         raise HotdogError("no training photos to fit the threshold on")
     return ThresholdClassifier(source, classes, j, pos, t, acc)
+
+
+# ------------------------------------------------------------------------------- finished runs
+
+def evaluate_folder(run_dir, folder, predictor=None, record: bool = True):
+    """(EvalReport, sources.json entry) of a saved run on a folder with one sub-folder per
+    class (or a data set root with test/); with ``record`` the entry is added to the run."""
+    from hotdog.predict import evaluate
+    from hotdog.runs import read_wise, record_sources
+
+    folder = Path(folder)
+    report = evaluate(run_dir, folder, predictor)
+    wise, _ = read_wise(run_dir)
+    alpha = wise.get("chosen") if wise and "alphas" in wise else None
+    entry = report_metrics(folder.name or str(folder), "folder", report, str(folder), alpha)
+    if record:
+        record_sources(run_dir, [entry])
+    return report, entry

@@ -12,6 +12,7 @@ import streamlit as st
 from hotdog import models, settings
 from hotdog.errors import ConfigError, HotdogError
 import ui
+import ui_robust
 
 S = "session"  # knobs keep their values across page switches
 PRESET_KEY = "train_preset"  # the preset last applied (plain state, not a widget)
@@ -23,10 +24,14 @@ CHOICES = {
     "wd": (0.0, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2),
     "batch_size": (8, 16, 32, 64, 128, 256),
     "input_size": (32, 64, 96, 128, 160, 192, 224, 256, 288),
+    "wise_alpha": tuple(i / 10 for i in range(11)),
+    "l2sp": (0.0, 0.1, 1.0, 10.0, 100.0),
 }
 # Sidebar knobs outside the presets (their defaults are the table's).
 OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
-               "micro_batch")
+               "micro_batch", "wise_alpha", "l2sp", "proxy_eval")
+ROBUST_KNOBS = ("warmup_epochs", "l2sp", "wise_alpha", "proxy_eval")  # their own sidebar group
+ALSO_EVAL = "also_eval_text"  # extra test folders, one per line (not a knob: not part of the recipe)
 
 
 def _fmt(x) -> str:
@@ -120,13 +125,19 @@ def sidebar_knobs() -> dict:
     for name in ("freeze", "init_output_from_imagenet"):
         values[name] = knob_widget(name, sb)
     with sb.expander("More settings"):
-        for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views",
-                     "micro_batch"):
+        for name in ("input_size", "bn_mode", "seed", "feature_cache", "augment_views", "micro_batch"):
             values[name] = knob_widget(name, st)
         devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
                                  help="Empty: every GPU, else the CPU.")
+    with sb.expander("Robust fine-tuning"):
+        for name in ROBUST_KNOBS:
+            values[name] = knob_widget(name, st)
+        also = st.text_area("Also test on these folders", key=ALSO_EVAL, persist_state=S, height=68,
+                            placeholder="one folder per line, inside the shared data folders",
+                            help="Scored after training beside the test split (one sub-folder per class); "
+                                 "the results per source are kept with the run.")
     return {"source": source, "preset": st.session_state[PRESET_KEY], "values": values,
-            SCRATCH_LR: lr_scratch, "devices": list(devices) or None}
+            SCRATCH_LR: lr_scratch, "devices": list(devices) or None, ALSO_EVAL: also or ""}
 
 
 def make_config(k: dict, mode: str, root: str) -> settings.TrainConfig:
@@ -136,7 +147,7 @@ def make_config(k: dict, mode: str, root: str) -> settings.TrainConfig:
     if mode == "scratch":
         values["lr"] = k[SCRATCH_LR]
     return settings.config_for(root, source=k["source"], mode=mode, preset=k["preset"], devices=k["devices"],
-                               **values)
+                               also_eval=ui_robust.folder_list(k.get(ALSO_EVAL, "")), **values)
 
 
 st.title("Train")
@@ -313,6 +324,7 @@ def inspect_run(run) -> None:
                 st.text(ui.misclassified_caption(m))
         if len(wrong) > 16:
             st.caption(f"…and {len(wrong) - 16} more.")
+    ui_robust.robustness_section(run.run_dir, key=run.run_id)
 
 
 # ------------------------------------------------------------------ history

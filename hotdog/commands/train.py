@@ -71,6 +71,8 @@ def register(sub) -> None:
     e.add_argument("--run", required=True, help="run folder (or run id in the run store)")
     e.add_argument("--data", required=True, help="split folder with one folder per class (or a root with test/)")
     e.add_argument("--runs-dir", default=None)
+    e.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the result to the run's per-source metrics (sources.json; default: yes)")
     add_json_flag(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -182,9 +184,9 @@ def _resolve_run(run: str, runs_dir) -> Path:
 
 
 def cmd_evaluate(args) -> int:
-    from hotdog.predict import evaluate
+    from hotdog.robust import evaluate_folder
 
-    report = evaluate(_resolve_run(args.run, args.runs_dir), args.data)
+    report, _ = evaluate_folder(_resolve_run(args.run, args.runs_dir), args.data, record=args.record)
     if args.json:
         emit_json(report.to_dict())
         return 0
