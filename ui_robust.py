@@ -79,7 +79,7 @@ def robustness_section(run_dir: str, key: str) -> None:
     wise, wise_warn = read_wise(run_dir)
     for w in (warn, wise_warn):
         if w:
-            st.warning(ui.md_escape(w[:1].upper() + w[1:] + "."), icon=":material/warning:")
+            st.warning(ui.md_escape(w + "."), icon=":material/warning:")  # starts with a file name: no capital
     if sources:
         st.dataframe(sources_frame(sources), hide_index=True, width="stretch",
                      column_config={c: st.column_config.NumberColumn(format="%.3f")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_dataset
+from test_app import app_home  # noqa: F401 - the fixture
 
 SRC = "efficientnet_lite0"
 
@@ -226,3 +227,43 @@ def test_a_scratch_run_has_no_wise_or_l2sp():
 
     c = TrainConfig("x", mode="scratch", wise_alpha=0.5, l2sp=1.0)
     assert (c.wise_alpha, c.l2sp) == (1.0, 0.0)
+
+
+def test_train_page_shows_sources_and_the_alpha_curve_and_scores_a_shared_folder(app_home, tmp_path):
+    from test_app import assert_clean, new_app
+
+    from hotdog.runs import SOURCES_FILE, read_sources
+    from hotdog.train import train
+
+    res = train(_tiny_config(app_home / "data" / "tiny", wise_alpha=0.6))
+    run_dir = Path(res.run_dir)
+    make_dataset(app_home / "data" / "elsewhere", per_class={"test": 2})
+    outside = make_dataset(tmp_path / "outside", per_class={"test": 2})
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "kind" in d.value.columns)
+    assert list(table["source"]) == ["test split (clean)", "proxy (test split at 64 px, JPEG q15)"]
+    assert set(table["model"]) == {"WiSE-FT alpha 0.6"} and "hotdog recall" in table.columns
+    assert any("accuracy vs alpha" in m.value and "alpha 0.6" in m.value for m in at.markdown)
+    charts = [c for c in at.get("vega_lite_chart") if "alpha (0 = zero-shot" in str(c.proto.spec)]
+    assert charts  # the curve
+
+    at.text_input(key=f"eval_folder-{res.run_id}").set_value(str(outside))  # not a shared folder: refused
+    at.button[[b.label for b in at.button].index("Add this folder")].click().run()
+    assert any("only reads data sets from the data folders" in e.value for e in at.error)
+    assert len(read_sources(run_dir)[0]) == 2
+    at.text_input(key=f"eval_folder-{res.run_id}").set_value("elsewhere")
+    at.button[[b.label for b in at.button].index("Add this folder")].click().run()
+    assert_clean(at)
+    sources, _ = read_sources(run_dir)
+    assert sources[-1]["name"] == "elsewhere" and sources[-1]["n"] == 4 and sources[-1]["alpha"] == 0.6
+    table = next(d.value for d in at.dataframe if "kind" in d.value.columns)
+    assert list(table["source"])[-1] == "elsewhere"  # shown after the rerun
+
+    (run_dir / SOURCES_FILE).write_text("{not json")
+    at = new_app()
+    at.switch_page("pages/train.py").run()
+    assert_clean(at)
+    assert any("sources.json is not valid JSON" in w.value.replace("\\", "") for w in at.warning), \
+        [w.value for w in at.warning] + [e.value for e in at.error] + [c.value for c in at.caption]
