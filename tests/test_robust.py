@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 
 from conftest import make_dataset
-from test_app import app_home  # noqa: F401 - the fixture
 
 SRC = "efficientnet_lite0"
+
+
+@pytest.fixture
+def app_home(hotdog_home, monkeypatch):
+    """As in test_app: a HOTDOG_HOME holding one installed tiny data set; $HOTDOG_DATA unset."""
+    monkeypatch.delenv("HOTDOG_DATA", raising=False)
+    make_dataset(hotdog_home / "data" / "tiny")
+    return hotdog_home
 
 
 def _tiny_config(root, **kw):
