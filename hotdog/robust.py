@@ -232,24 +232,39 @@ def make_l2sp(config, net, ctxs) -> L2SP | None:
 
 # ------------------------------------------------------------------------------- evaluation
 
-def _tensors(items, pre) -> tuple[list, np.ndarray, list]:
-    """Test-transformed tensors of the readable items, their labels, and the items kept."""
+def _dataset(items, pre, keep_decoded: bool):
+    """The readable items with the test transform, and their labels. ``keep_decoded`` keeps
+    the decoded photos (compact uint8, shorter side ``pre.resize``) for the 11 passes of the
+    alpha curve; other folders (any size) are decoded chunk by chunk, once."""
     from hotdog.data import ImageListDataset, test_transform
 
-    ds = ImageListDataset(items, test_transform(pre), min_side=pre.resize)
-    for bad in ds.preload():  # dropped from ds.items
-        log.warning("skipping unreadable image %s: %s", Path(bad["path"]).name, bad["reason"])
-    return [ds[i][0] for i in range(len(ds))], np.array([lab for _, lab in ds.items], np.int64), list(ds.items)
+    ds = ImageListDataset(items, test_transform(pre), cache_decoded=keep_decoded, min_side=pre.resize)
+    if keep_decoded:
+        for bad in ds.preload():  # dropped from ds.items
+            log.warning("skipping unreadable image %s: %s", Path(bad["path"]).name, bad["reason"])
+    return ds, np.array([lab for _, lab in ds.items], np.int64)
 
 
-def _probabilities(net, tensors: list, ctx, batch: int = 32) -> np.ndarray:
+def _predicted(net, ds, ctx, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted class) of every readable photo of ``ds``, ``batch`` photos per forward."""
     import mxnet as mx
 
-    out = []
-    for s in range(0, len(tensors), batch):
-        X = mx.nd.stack(*tensors[s:s + batch]).as_in_context(ctx)
-        out.append(mx.nd.softmax(net(X), axis=1).asnumpy())
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+    from hotdog.errors import ImageDecodeError
+
+    labels, preds = [], []
+    for s in range(0, len(ds), batch):
+        xs = []
+        for i in range(s, min(s + batch, len(ds))):
+            try:
+                xs.append(ds[i][0])
+            except ImageDecodeError as err:
+                log.warning("skipping unreadable image %s: %s", ds.items[i][0].name, err)
+                continue
+            labels.append(ds.items[i][1])
+        if xs:
+            out = net(mx.nd.stack(*xs).as_in_context(ctx))
+            preds.append(out.argmax(axis=1).asnumpy().astype(np.int64))
+    return np.array(labels, np.int64), (np.concatenate(preds) if preds else np.zeros(0, np.int64))
 
 
 def source_metrics(name: str, kind: str, classes: Sequence[str], labels: np.ndarray, predicted: np.ndarray,
@@ -314,8 +329,8 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
         if isinstance(items, Exception):
             loaded.append((kind, name, folder, None, None, str(items)))
             continue
-        tensors, labels, _ = _tensors(items, pre)
-        loaded.append((kind, name, folder, tensors, labels, ""))
+        ds, labels = _dataset(items, pre, keep_decoded=kind != "folder")
+        loaded.append((kind, name, folder, ds, labels, ""))
     alphas = list(ALPHAS) if want_curve else []
     steps = len(alphas) + 1
     done = 0
@@ -334,8 +349,8 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
             recall = {"test": [], "proxy": []}
             for a in alphas:
                 interpolate(net, zs, finetuned, a)
-                for kind, _, _, tensors, labels, _ in loaded[:2]:
-                    pred = _probabilities(net, tensors, ctx).argmax(axis=1) if len(labels) else np.zeros(0, int)
+                for kind, _, _, ds, _, _ in loaded[:2]:
+                    labels, pred = _predicted(net, ds, ctx)
                     acc[kind].append(float((pred == labels).mean()) if len(labels) else float("nan"))
                     recall[kind].append([float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
                                          for c in range(len(classes))])
@@ -348,11 +363,11 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
         else:
             interpolate(net, finetuned, finetuned, 1.0)
         used = alpha if zs is not None else None
-        for kind, name, folder, tensors, labels, error in loaded:
+        for kind, name, folder, ds, _, error in loaded:
             if error:
                 report.notes.append(f"could not evaluate on {name}: {error}")
                 continue
-            pred = _probabilities(net, tensors, ctx).argmax(axis=1) if len(labels) else np.zeros(0, int)
+            labels, pred = _predicted(net, ds, ctx)
             report.sources.append(source_metrics(name, kind, classes, labels, pred, folder, used))
         tick()
     except BaseException:

@@ -46,8 +46,8 @@ def test_finetune_records_run_and_callbacks(tiny_dataset, tmp_path):
     assert [(b.epoch, b.batch, b.batches) for b in batches if b.epoch == 1][-1] == (1, 3, 3)
     assert all(b.images_per_sec >= 0 for b in batches) and batches[-1].eta_seconds == 0
     d = Path(res.run_dir)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "metrics.jsonl", "model.json", "model.params",
-                                                   "status.json"]
+    assert sorted(p.name for p in d.iterdir()) == [".sources.lock", "config.json", "metrics.jsonl", "model.json",
+                                                   "model.params", "sources.json", "status.json", "wise.json"]
     model = json.loads((d / "model.json").read_text())
     assert model["source"] == "efficientnet_lite0" and model["input_size"] == 32
     assert model["classes"] == ["hotdog", "not-hotdog"]  # the one record of the run's classes
