@@ -14,14 +14,6 @@ from conftest import make_dataset
 SRC = "efficientnet_lite0"
 
 
-@pytest.fixture
-def app_home(hotdog_home, monkeypatch):
-    """As in test_app: a HOTDOG_HOME holding one installed tiny data set; $HOTDOG_DATA unset."""
-    monkeypatch.delenv("HOTDOG_DATA", raising=False)
-    make_dataset(hotdog_home / "data" / "tiny")
-    return hotdog_home
-
-
 def _tiny_config(root, **kw):
     from hotdog.settings import config_for
 
@@ -236,11 +228,15 @@ def test_a_scratch_run_has_no_wise_or_l2sp():
     assert (c.wise_alpha, c.l2sp) == (1.0, 0.0)
 
 
-def test_train_page_shows_sources_and_the_alpha_curve_and_scores_a_shared_folder(app_home, tmp_path):
+def test_train_page_shows_sources_and_the_alpha_curve_and_scores_a_shared_folder(hotdog_home, tmp_path, monkeypatch):
     from test_app import assert_clean, new_app
 
     from hotdog.runs import SOURCES_FILE, read_sources
     from hotdog.train import train
+
+    monkeypatch.delenv("HOTDOG_DATA", raising=False)
+    app_home = hotdog_home
+    make_dataset(app_home / "data" / "tiny")
 
     res = train(_tiny_config(app_home / "data" / "tiny", wise_alpha=0.6))
     run_dir = Path(res.run_dir)
