@@ -188,6 +188,8 @@ class WiseCurve:
     # gains what the other loses.
     clean_recall: list[list[float]] = field(default_factory=list)
     proxy_recall: list[list[float]] = field(default_factory=list)
+    # Test accuracy at ``chosen`` after each epoch (RobustCheck.after_epoch; empty at alpha 1).
+    epochs_clean: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -302,7 +304,8 @@ class RobustReport:
 
 
 def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
-                 progress: Callable[[int, int], None] | None = None) -> RobustReport:
+                 progress: Callable[[int, int], None] | None = None,
+                 epochs_clean: Sequence[float] = ()) -> RobustReport:
     """After training: the alpha curve (clean and proxy) in one pass over the saved weights,
     the network left at ``config.wise_alpha``, and metrics per source (test split, proxy,
     ``config.also_eval`` folders) recorded in ``run_dir`` (when given)."""
@@ -357,7 +360,7 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
                 tick()
             report.curve = WiseCurve(alphas, acc["test"], acc["proxy"], alpha, n_clean=len(loaded[0][4]),
                                      n_proxy=len(loaded[1][4]), clean_recall=recall["test"],
-                                     proxy_recall=recall["proxy"])
+                                     proxy_recall=recall["proxy"], epochs_clean=list(epochs_clean))
         if zs is not None:
             interpolate(net, zs, finetuned, alpha)
         else:
@@ -398,6 +401,30 @@ class RobustCheck(Callback):
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
+        self.epochs_clean: list[float] = []  # test accuracy of the mixed weights after each epoch
+        self._zero_shot = None  # None: not looked for yet; False: the run has none
+        self._test = None
+
+    def after_epoch(self, fit, metrics) -> None:
+        """With ``wise_alpha`` < 1: the test accuracy the mixed model would have after this
+        epoch (mix, score, restore exactly), so the per-epoch criterion can be judged for the
+        model a user actually gets, not only for the fine-tuned weights."""
+        cfg = fit.config
+        if cfg.wise_alpha == 1.0 or cfg.mode != "finetune" or fit.net is None:
+            return
+        if self._zero_shot is None:
+            zs, _ = zero_shot_state(fit.net, cfg.source, list(fit.splits.classes), fit.splits.train)
+            self._zero_shot = zs if zs is not None else False
+            self._test = _dataset(fit.splits.test, fit.pre, keep_decoded=True)[0] if zs is not None else None
+        if self._zero_shot is False:
+            return
+        finetuned = current_state(fit.net)
+        try:
+            interpolate(fit.net, self._zero_shot, finetuned, cfg.wise_alpha)
+            labels, pred = _predicted(fit.net, self._test, fit.ctxs[0])
+            self.epochs_clean.append(float((pred == labels).mean()) if len(labels) else float("nan"))
+        finally:
+            interpolate(fit.net, finetuned, finetuned, 1.0)
 
     def after_fit(self, fit, result) -> None:
         if result.status != "finished" or fit.net is None:
@@ -415,7 +442,8 @@ class RobustCheck(Callback):
                                                        float("nan"), 0.0, eta, "robust"))
 
         try:
-            report = robust_check(fit.net, cfg, fit.splits, fit.pre, fit.ctxs, self.run_dir, progress)
+            report = robust_check(fit.net, cfg, fit.splits, fit.pre, fit.ctxs, self.run_dir, progress,
+                                  epochs_clean=self.epochs_clean)
         except CancelFit:
             result.message += "; stopped during the robustness check: the fine-tuned weights (alpha 1) are kept"
             return

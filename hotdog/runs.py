@@ -741,6 +741,8 @@ def check_wise(raw: Any) -> dict:
         _field(f, d, key, lambda v: isinstance(v, list) and len(v) in (0, len(alphas)) and all(
             isinstance(r, list) and all(x is None or _is_acc(x) for x in r) for r in v),
             "a list of per-class recalls per alpha")
+    _field(f, d, "epochs_clean", lambda v: isinstance(v, list) and len(v) <= 100_000 and all(
+        x is None or _is_acc(x) for x in v), "a list of accuracies")
     return d
 
 

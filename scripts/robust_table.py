@@ -29,7 +29,11 @@ METHODS = {
     "LP-FT (2 head-only epochs, then 3 full)": {"warmup_epochs": 2},
     "L2-SP (strength 10)": {"l2sp": 10.0},
     "frozen features (head only)": {"freeze": True},
+    # The plain recipe with the mix applied at the end: its curve's alpha 1 is the plain
+    # fine-tune's end, its metrics the plain per-epoch figures, wise.json the mixed ones.
+    "WiSE-FT (alpha 0.6)": {"wise_alpha": 0.6},
 }
+PLAIN = "plain fine-tune"
 
 
 def _run_line(method: str, seed: int, result, run_dir: str, classes: list[str]) -> dict:
@@ -100,20 +104,29 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def _at_alpha(d: dict, alpha: float, epochs=None) -> dict:
+    """A table entry read off a run's alpha curve."""
+    w, cls = d["wise"], d["classes"]
+    i = min(range(len(w["alphas"])), key=lambda k: abs(w["alphas"][k] - alpha))
+    return {"seed": d["seed"], "clean": w["clean"][i], "proxy": (w.get("proxy") or [None] * (i + 1))[i],
+            "clean_recall": dict(zip(cls, w["clean_recall"][i])) if w.get("clean_recall") else {},
+            "proxy_recall": dict(zip(cls, w["proxy_recall"][i])) if w.get("proxy_recall") else {},
+            "epochs_test_acc": epochs}
+
+
 def table(args) -> int:
     lines = [json.loads(ln) for ln in Path(args.inp).read_text().splitlines() if ln.strip()]
     rows: dict[str, list[dict]] = {}
-    for d in lines:
+    wise_row = f"WiSE-FT alpha {args.alpha:g} (the plain fine-tune's weights mixed)"
+    for d in sorted(lines, key=lambda d: (d["seed"] is not None, d["seed"] or 0)):
+        curve = d.get("wise") if d.get("wise") and "alphas" in d["wise"] else None
+        if d["method"].startswith("WiSE-FT") and curve:
+            rows.setdefault(PLAIN, []).append(_at_alpha(d, 1.0, d["epochs_test_acc"]))
+            rows.setdefault(wise_row, []).append(_at_alpha(d, args.alpha, curve.get("epochs_clean") or None))
+            continue
         rows.setdefault(d["method"], []).append(d)
-        if d["method"] == "plain fine-tune" and d.get("wise") and "alphas" in d["wise"]:
-            w = d["wise"]
-            i = min(range(len(w["alphas"])), key=lambda k: abs(w["alphas"][k] - args.alpha))
-            cls = d["classes"]
-            rows.setdefault(f"WiSE-FT of the plain fine-tune, alpha {args.alpha:g}", []).append({
-                "seed": d["seed"], "clean": w["clean"][i], "proxy": (w.get("proxy") or [None] * (i + 1))[i],
-                "clean_recall": dict(zip(cls, w["clean_recall"][i])) if w.get("clean_recall") else {},
-                "proxy_recall": dict(zip(cls, w["proxy_recall"][i])) if w.get("proxy_recall") else {},
-                "epochs_test_acc": None})
+        if d["method"] == PLAIN and curve:
+            rows.setdefault(wise_row, []).append(_at_alpha(d, args.alpha))
     classes = lines[0]["classes"]
     head = ["model", "seeds", "test acc per epoch", "test (clean)", "proxy"] + \
         [f"{c} recall (clean / proxy)" for c in classes]
@@ -121,8 +134,8 @@ def table(args) -> int:
     print("|" + "---|" * len(head))
     for method, rs in rows.items():
         seeds = ", ".join("-" if r.get("seed") is None else str(r["seed"]) for r in rs)
-        per_epoch = " / ".join(" ".join(f"{a:.2f}" for a in r["epochs_test_acc"]) for r in rs
-                               if r.get("epochs_test_acc")) or "-"
+        per_epoch = " / ".join(" ".join(f"{a:.2f}" for a in r["epochs_test_acc"]) if r.get("epochs_test_acc")
+                               else "(not recorded)" for r in rs) if any(r.get("epochs_test_acc") for r in rs) else "-"
         cells = [method, seeds, per_epoch,
                  " / ".join(_fmt(r.get("clean")) for r in rs) + (f" (mean {_fmt(_mean([r.get('clean') for r in rs]))})"
                                                                   if len(rs) > 1 else ""),
@@ -132,11 +145,11 @@ def table(args) -> int:
             cells.append(_fmt(_mean([(r.get("clean_recall") or {}).get(c) for r in rs])) + " / "
                          + _fmt(_mean([(r.get("proxy_recall") or {}).get(c) for r in rs])))
         print("| " + " | ".join(cells) + " |")
-    curve_of = [d for d in lines if d["method"] == "plain fine-tune" and d.get("wise") and "alphas" in d["wise"]]
+    curve_of = [d for d in lines if d.get("wise") and "alphas" in d["wise"]]
     if curve_of:
         d = curve_of[0]
         w = d["wise"]
-        print(f"\nWiSE-FT accuracy vs alpha, plain fine-tune seed {d['seed']} (run {d['run_id']}):\n")
+        print(f"\nWiSE-FT accuracy vs alpha, {d['method']} seed {d['seed']} (run {d['run_id']}):\n")
         print("| alpha | " + " | ".join(f"{a:g}" for a in w["alphas"]) + " |")
         print("|---|" + "---|" * len(w["alphas"]))
         print("| test (clean) | " + " | ".join(_fmt(x) for x in w["clean"]) + " |")
