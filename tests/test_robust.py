@@ -17,7 +17,7 @@ SRC = "efficientnet_lite0"
 def _tiny_config(root, **kw):
     from hotdog.settings import config_for
 
-    return config_for(root, epochs=1, batch_size=8, input_size=32, **kw)
+    return config_for(root, **{"epochs": 1, "batch_size": 8, "input_size": 32, **kw})
 
 
 def test_wise_alpha_0_is_the_zero_shot_model_and_1_the_fine_tuned_one(tiny_dataset, hotdog_home):
@@ -62,9 +62,9 @@ def test_alpha_curve_is_computed_after_training_without_retraining(tiny_dataset,
     steps = []
     real_step = train_mod._Fit.step
     monkeypatch.setattr(train_mod._Fit, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k)))
-    res = train_mod.train(_tiny_config(tiny_dataset, wise_alpha=0.3))
+    res = train_mod.train(_tiny_config(tiny_dataset, wise_alpha=0.3, epochs=2))
     assert res.status == "finished"
-    assert len(steps) == 2  # 16 training photos, batch 8, 1 epoch: the 11 alphas trained nothing
+    assert len(steps) == 4  # 16 training photos, batch 8, 2 epochs: the 11 alphas trained nothing
     wise, warning = read_wise(res.run_dir)
     assert warning == "" and wise["alphas"] == list(ALPHAS) and wise["chosen"] == 0.3
     assert len(wise["clean"]) == len(wise["proxy"]) == 11 and len(wise["clean_recall"][0]) == 2
@@ -78,6 +78,10 @@ def test_alpha_curve_is_computed_after_training_without_retraining(tiny_dataset,
     saved = evaluate(res.run_dir, tiny_dataset / "test", Predictor.from_run(res.run_dir))
     assert saved.accuracy == pytest.approx(wise["clean"][3])
     assert "WiSE-FT alpha 0.3" in res.message
+    # the mixed model was scored after each epoch and the fine-tuned weights restored exactly
+    assert len(wise["epochs_clean"]) == 2 and wise["epochs_clean"][-1] == pytest.approx(wise["clean"][3])
+    plain = train_mod.train(_tiny_config(tiny_dataset, epochs=2, proxy_eval=False))
+    assert [e.to_dict() | {"seconds": 0} for e in plain.epochs] == [e.to_dict() | {"seconds": 0} for e in res.epochs]
 
 
 def test_wise_ft_is_skipped_with_a_sentence_when_no_class_is_an_imagenet_class(tmp_path, hotdog_home):
