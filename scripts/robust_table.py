@@ -74,7 +74,8 @@ def measure(args) -> int:
             if ln.strip():
                 d = json.loads(ln)
                 done.add((d["method"], d["seed"]))
-    if ("ImageNet threshold (no training)", None) not in done:
+    baseline = not args.only or any(o in "ImageNet threshold" for o in args.only)
+    if baseline and ("ImageNet threshold (no training)", None) not in done:
         clf = robust.fit_threshold_classifier(args.source, splits.classes, splits.train)
         line = {"method": "ImageNet threshold (no training)", "seed": None, "classes": splits.classes,
                 "threshold": clf.threshold, "train_accuracy": clf.train_accuracy}
