@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 METHODS = {
     "plain fine-tune": {},
     "LP-FT (2 head-only epochs, then 3 full)": {"warmup_epochs": 2},
-    "L2-SP (strength 10)": {"l2sp": 10.0},
+    # No alpha curve (11 extra passes, slow on a loaded machine): the proxy is scored once after.
+    "L2-SP (strength 10)": {"l2sp": 10.0, "proxy_eval": False},
     "frozen features (head only)": {"freeze": True},
     # The plain recipe with the mix applied at the end: its curve's alpha 1 is the plain
     # fine-tune's end, its metrics the plain per-epoch figures, wise.json the mixed ones.
@@ -92,6 +93,13 @@ def measure(args) -> int:
                 continue
             cfg = config_for(args.data, source=args.source, epochs=args.epochs, seed=seed, **knobs)
             result = train(cfg)
+            if not cfg.proxy_eval and result.status == "finished":
+                from hotdog.predict import evaluate
+                from hotdog.runs import record_sources
+
+                proxy_dir = robust.proxy_folder(splits.test, splits.classes)
+                record_sources(result.run_dir, [robust.report_metrics(
+                    robust.PROXY_NAME, "proxy", evaluate(result.run_dir, proxy_dir), alpha=None)])
             _append(out, _run_line(method, seed, result, result.run_dir, splits.classes))
     return 0
 
