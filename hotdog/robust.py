@@ -376,10 +376,12 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
     except BaseException:
         interpolate(net, finetuned, finetuned, 1.0)  # a stop or an error keeps the fine-tuned weights
         raise
+    test = next((s for s in report.sources if s["kind"] == "test"), None)
     if zs is None and alpha != 1.0:
         report.notes.append(why)
     elif zs is not None and alpha != 1.0:
-        report.notes.append(f"saved model: WiSE-FT alpha {alpha:g}")
+        report.notes.append(f"saved model: WiSE-FT alpha {alpha:g}"
+                            + (f", test accuracy {test['accuracy']:.3f}" if test else ""))
     for s in report.sources:
         if s["kind"] != "test":
             report.notes.append(f"{s['name']} accuracy {s['accuracy']:.3f}")
@@ -450,8 +452,8 @@ class RobustCheck(Callback):
         if report.notes:
             result.message += "; " + "; ".join(report.notes)
         test = next((s for s in report.sources if s["kind"] == "test"), None)
-        if test is not None and cfg.wise_alpha != 1.0 and report.curve is not None:
-            result.test_acc = test["accuracy"]
+        if test is not None and cfg.wise_alpha != 1.0 and not report.wise_skipped:
+            result.test_acc = test["accuracy"]  # the saved (mixed) model's, not the last epoch's
 
 
 # ------------------------------------------------------------------------------- baselines
