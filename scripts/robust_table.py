@@ -54,6 +54,19 @@ def _run_line(method: str, seed: int, result, run_dir: str, classes: list[str]) 
             "load": os.getloadavg()[0]}
 
 
+def _score_after(run_dir, splits) -> None:
+    """The test split and the proxy scored once on the saved model, recorded in the run (for a
+    run trained without the out-of-source check)."""
+    from hotdog import robust
+    from hotdog.predict import evaluate
+    from hotdog.runs import record_sources
+
+    proxy_dir = robust.proxy_folder(splits.test, splits.classes)
+    test_dir = Path(splits.test[0][0]).parent.parent
+    record_sources(run_dir, [robust.report_metrics(robust.TEST_NAME, "test", evaluate(run_dir, test_dir)),
+                             robust.report_metrics(robust.PROXY_NAME, "proxy", evaluate(run_dir, proxy_dir))])
+
+
 def _append(path: Path, line: dict) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(line) + "\n")
@@ -94,12 +107,7 @@ def measure(args) -> int:
             cfg = config_for(args.data, source=args.source, epochs=args.epochs, seed=seed, **knobs)
             result = train(cfg)
             if not cfg.proxy_eval and result.status == "finished":
-                from hotdog.predict import evaluate
-                from hotdog.runs import record_sources
-
-                proxy_dir = robust.proxy_folder(splits.test, splits.classes)
-                record_sources(result.run_dir, [robust.report_metrics(
-                    robust.PROXY_NAME, "proxy", evaluate(result.run_dir, proxy_dir), alpha=None)])
+                _score_after(result.run_dir, splits)
             _append(out, _run_line(method, seed, result, result.run_dir, splits.classes))
     return 0
 
