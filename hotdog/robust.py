@@ -449,11 +449,10 @@ class RobustCheck(Callback):
         except CancelFit:
             result.message += "; stopped during the robustness check: the fine-tuned weights (alpha 1) are kept"
             return
+        # result.test_acc stays the last epoch's (metrics.jsonl, the run list); the message
+        # names the saved model's when the mix changed it.
         if report.notes:
             result.message += "; " + "; ".join(report.notes)
-        test = next((s for s in report.sources if s["kind"] == "test"), None)
-        if test is not None and cfg.wise_alpha != 1.0 and not report.wise_skipped:
-            result.test_acc = test["accuracy"]  # the saved (mixed) model's, not the last epoch's
 
 
 # ------------------------------------------------------------------------------- baselines
