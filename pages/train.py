@@ -29,7 +29,7 @@ CHOICES = {
 }
 # Sidebar knobs outside the presets (their defaults are the table's).
 OTHER_KNOBS = ("freeze", "seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
-               "micro_batch", "wise_alpha", "l2sp", "proxy_eval")
+               "micro_batch", "l2sp", "proxy_eval")
 ROBUST_KNOBS = ("warmup_epochs", "l2sp", "wise_alpha", "proxy_eval")  # their own sidebar group
 ALSO_EVAL = "also_eval_text"  # extra test folders, one per line (not a knob: not part of the recipe)
 
