@@ -169,7 +169,10 @@ def interpolate(net, zero_shot: dict, finetuned: dict, alpha: float) -> None:
 
     a = float(alpha)
     for k, p in models._structural_params(net).items():
-        mixed = (np.float32(1.0 - a) * zero_shot[k] + np.float32(a) * finetuned[k]).astype(finetuned[k].dtype)
+        # ft + (1 - a)(zs - ft) in float64: a weight both ends share (frozen features, BatchNorm
+        # statistics in keep mode) stays bit-identical, and alpha 0 and 1 give the ends exactly.
+        ft = finetuned[k].astype(np.float64)
+        mixed = (ft + (1.0 - a) * (zero_shot[k].astype(np.float64) - ft)).astype(finetuned[k].dtype)
         p.set_data(mx.nd.array(mixed, dtype=mixed.dtype))
 
 
