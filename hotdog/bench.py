@@ -194,10 +194,12 @@ class Bench:
     def config(self, **overrides):
         """The stable preset (what a user's run trains with) for this data and source, with
         the sizes of this benchmark; ``warmup_epochs=0``: every counted epoch must be the loop
-        under test, not head warm-up."""
+        under test, not head warm-up; ``proxy_eval=False``: the after-training robustness check
+        (hotdog.robust) is not the loop's overhead."""
         from hotdog.settings import config_for
 
-        sizes = dict(batch_size=self.s.batch_size, input_size=self.s.input_size, seed=0, warmup_epochs=0)
+        sizes = dict(batch_size=self.s.batch_size, input_size=self.s.input_size, seed=0, warmup_epochs=0,
+                     proxy_eval=False)
         return config_for(self.root, self.source, overrides.pop("mode", "finetune"), "stable",
                           **{**sizes, **overrides})
 

@@ -335,6 +335,7 @@ class _Fit:
         self.busy_seconds = 0.0
         self.meter: _Meter | None = None
         self.model_extra: dict = {}  # more model.json fields from callbacks (hotdog.best: "best")
+        self.l2sp = None  # hotdog.robust.L2SP when the run decays toward the pretrained weights
 
     # -- what callbacks read
     @property
@@ -439,6 +440,8 @@ class _Fit:
                 outs = [self.net(x) for x in Xs]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
         precision.backward(self.config, trainer, ls)
+        if features is None and self.l2sp is not None:
+            self.l2sp.add_to_grads(n)
         trainer.step(self.step_size(trainer, n))
         self.meter.push(_sum_on([l.sum() for l in ls], self.ctxs[0]), _correct(outs, ys, self.ctxs[0]), n)
 
@@ -469,6 +472,8 @@ class _Fit:
                 # MXNet's engine is asynchronous: without this the next passes are queued at
                 # once and their activations would be alive together, as in one big batch.
                 mx.nd.waitall()
+        if self.l2sp is not None:
+            self.l2sp.add_to_grads(n)
         trainer.step(self.step_size(trainer, n))
         self.meter.push(_sum_on(loss_sums, self.ctxs[0]), _sum_on(corrects, self.ctxs[0]), n)
 
@@ -671,10 +676,12 @@ class _Fit:
         from mxnet import gluon
 
         from hotdog import distributed, precision
+        from hotdog.robust import make_l2sp
 
         cfg = self.config
         precision.init(cfg)  # before the network exists
         net = self.build()
+        self.l2sp = make_l2sp(cfg, net, self.ctxs)
         params = net.output.collect_params() if cfg.uses_feature_cache else net.collect_params()
         trainer = gluon.Trainer(params, "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd},
                                 **distributed.trainer_args(cfg, self.cluster))
@@ -744,6 +751,9 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     cbs += [OnBatch(on_batch)] if on_batch is not None else []
     cbs += [OnEpoch(on_epoch)] if on_epoch is not None else []
     cbs += best_epoch_callbacks(prepared, run_dir)
+    from hotdog.robust import RobustCheck  # WiSE-FT and per-source metrics before the model is saved
+
+    cbs.append(RobustCheck(run_dir))
     emit = Dispatcher([*cbs, *callbacks])
     fit = _Fit(prepared, emit, cluster)
     error: BaseException | None = None
