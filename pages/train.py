@@ -92,7 +92,7 @@ def knob_widget(name: str, container, key: str | None = None, label: str | None 
     text = words[:1].upper() + words[1:] + "."
     if name in settings.PRESET_KNOBS:
         # describe_default: the presets' values, written by hotdog.settings (English by i18n's rule)
-        text += " " + t("Presets:") + " " + engine(settings.describe_default(name)) + "."
+        text += " " + t("Presets: {values}.", values=engine(settings.describe_default(name)))
     common = {"label": label or knob_label(name), "key": key, "help": " ".join(x for x in (text, help) if x),
               "persist_state": S}
     if knob.kind is bool:
@@ -125,8 +125,8 @@ def sidebar_knobs() -> dict:
                    type="primary" if st.session_state[PRESET_KEY] == preset else "secondary")
     values = {}
     sb.caption(t("OPTIMISER"))
-    values["lr"] = knob_widget("lr", sb, label=knob_label("lr") + " " + t("(fine-tuning)"))
-    lr_scratch = knob_widget("lr", sb, key=SCRATCH_LR, label=knob_label("lr") + " " + t("(from scratch)"),
+    values["lr"] = knob_widget("lr", sb, label=t("{label} (fine-tuning)", label=knob_label("lr")))
+    lr_scratch = knob_widget("lr", sb, key=SCRATCH_LR, label=t("{label} (from scratch)", label=knob_label("lr")),
                              help=t("The chapter trains the scratch model 10x faster."))
     for name in ("lr_mult", "wd", "batch_size", "epochs"):
         values[name] = knob_widget(name, sb)
@@ -231,6 +231,16 @@ with st.expander(t("Find a learning rate"), icon=":material/trending_down:"):
             st.caption(t("The loss exploded too soon for a suggestion: try a smaller batch or the frozen features."))
 
 
+def comparison_flags(runs) -> list[str]:
+    """hotdog.compare.summarize's flags, in the interface's language (t("fine-tuned"): a run's title)."""
+    flags = [t("{title} predicts '{cls}' for every test photo: its accuracy is the share of that class in the "
+               "test split, not something it learned", title=t(r.title), cls=r.one_class) for r in runs if r.one_class]
+    flags += [t("{title} did not finish ({status} after {n} epoch)" if r.epochs_done == 1 else
+                "{title} did not finish ({status} after {n} epochs)", title=t(r.title), status=t(r.status),
+                n=r.epochs_done) for r in runs if r.status != "finished"]
+    return flags
+
+
 def comparison_card(run_ids: list[str]) -> None:
     """The chapter's comparison in one card: each run's test accuracy and time, and a flag on
     a model that predicts one class for every test photo."""
@@ -238,14 +248,15 @@ def comparison_card(run_ids: list[str]) -> None:
     if summary is None:
         return
     with st.container(border=True, key="comparison_card"):
-        # headline, titles and flags are hotdog.compare's sentences (English by i18n's rule)
-        st.markdown(f"**{t('The comparison:')}** {ui.md_escape(engine(summary.headline))}")
+        # hotdog.compare's headline and flags, said again in words from their fields (same English)
+        headline = (" " + t("vs") + " ").join(f"{t(r.title)} {ui.acc_text(r.test_acc)}" for r in summary.runs)
+        st.markdown(f"**{t('The comparison:')}** {ui.md_escape(headline)}")
         for col, r in zip(st.columns(len(summary.runs)), summary.runs):
             col.metric(t("{title} · test accuracy", title=t(r.title)), ui.acc_text(r.test_acc),
                        help=t("run {run}, last epoch ({n} trained)", run=r.run_id, n=r.epochs_done))
             col.caption(t("took {time} · run {run}", time=ui.format_duration(r.seconds), run=r.run_id))
-        for flag in summary.flags:
-            st.warning(ui.md_escape(engine(flag[:1].upper() + flag[1:] + ".")), icon=":material/flag:")
+        for flag in comparison_flags(summary.runs):
+            st.warning(ui.md_escape(flag[:1].upper() + flag[1:] + "."), icon=":material/flag:")
 
 
 if st.session_state.get("train_error"):

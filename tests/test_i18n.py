@@ -21,7 +21,8 @@ CHAPTER = REPO.parent / "shared" / "seed" / "fine-tuning-chapter.md"
 
 # Pages whose every string goes through i18n.t; the render test checks each in every state.
 # Add a page here once it is wrapped (phase 2: home, data, train, predict).
-TRANSLATED_PAGES = ["pages/weights.py", "pages/experiments.py"]
+TRANSLATED_PAGES = ["pages/home.py", "pages/data.py", "pages/train.py", "pages/predict.py", "pages/weights.py",
+                    "pages/experiments.py"]
 # Source files whose literal t("...") keys must all be in the catalog (router, shared sidebar too).
 TRANSLATED_FILES = ["streamlit_app.py", "ui.py", *TRANSLATED_PAGES]
 
