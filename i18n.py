@@ -153,6 +153,11 @@ def engine(text) -> str:
     return text
 
 
+def verbatim(text) -> str:
+    """Data shown as it is (a folder path, a file name): never translated, marked like :func:`engine`."""
+    return engine(text)
+
+
 def tr(text: str) -> str:
     """``t`` for a ``format_func``/table value that may be any object: strings are translated."""
     return t(text) if isinstance(text, str) else text

@@ -28,7 +28,7 @@ from PIL import Image
 
 from hotdog.errors import HotdogError
 from hotdog.mxthread import mx_call
-from i18n import engine, t
+from i18n import engine, t, verbatim
 
 ENV_DATA = "HOTDOG_DATA"
 DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
@@ -757,7 +757,7 @@ def set_dataset(root: str) -> None:
         logging.getLogger(__name__).warning("could not remember the data set: %s", err)
 
 
-def dataset_picker(container=None, key: str = "data_pick", label: str = "Data set in use",
+def dataset_picker(container=None, key: str = "data_pick", label: str | None = None,
                    short: bool = False) -> str | None:
     """The one data set picker (Data page, sidebar): every data set the app can open, bound to
     the session's choice (which another page may have changed) and remembered on disk."""
@@ -769,16 +769,26 @@ def dataset_picker(container=None, key: str = "data_pick", label: str = "Data se
     paths = [c.path for c in choices]
     # The sidebar is narrow: names there, names and folders on the Data page.
     labels = {c.path: (f"{Path(c.path).name} ({t(ORIGIN_WORDS[c.origin]) if c.origin != 'env' else ORIGIN_WORDS['env']})"
-                       if short else c.label) for c in choices}
+                       if short else long_label(c)) for c in choices}
     if current and current not in paths:
         paths.append(current)
     if st.session_state.get(key) != current and current in paths:
         st.session_state[key] = current
-    container.selectbox(label, paths, key=key, format_func=lambda p: labels.get(p, p),
+    container.selectbox(label or t("Data set in use"), paths, key=key, format_func=lambda p: labels.get(p, p),
                         on_change=lambda: set_dataset(st.session_state[key]),
                         help=t("Data sets installed in $HOTDOG_HOME/data, the one in $HOTDOG_DATA and folders "
                                "you opened; the choice is remembered for the next visit."))
     return current
+
+
+def long_label(c: DatasetChoice) -> str:
+    """``c.label`` in the interface's language (its path is data)."""
+    name, path = Path(c.path).name, verbatim(c.path)
+    if c.origin == "env":
+        return t("{name} (from {env}: {path})", name=name, env="$" + ENV_DATA, path=path)
+    if c.origin == "installed":
+        return t("{name} (installed: {path})", name=name, path=path)
+    return t("{name} (folder: {path})", name=name, path=path)
 
 
 def remember_folder(root: str) -> None:

@@ -10,7 +10,7 @@ import streamlit as st
 from hotdog import data
 from hotdog.errors import DownloadError, HotdogError
 import ui
-from i18n import engine, t
+from i18n import engine, t, verbatim
 
 st.title(t("Data"))
 st.write(t(
@@ -118,7 +118,7 @@ if get == GET_ZIP:
 def explore(current: str) -> None:
     st.divider()
     st.subheader(t("What is in it"))
-    st.text(current)
+    st.text(verbatim(current))
     report = ui.or_error(ui.dataset_report, current)
     splits = ui.or_error(ui.dataset_splits, current) if report is not None else None
     if splits is None:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from hotdog import models
 import ui
-from i18n import t
+from i18n import t, verbatim
 
 st.title(":material/lunch_dining: Hotdog Lab")
 st.markdown(t(
@@ -29,7 +29,7 @@ with c_data.container(border=True, height="stretch"):
         st.page_link("pages/data.py", label=t("Get the data"), icon=":material/arrow_forward:")
     else:
         st.text(Path(root).name)
-        st.caption(ui.md_escape(root))
+        st.caption(ui.md_escape(verbatim(root)))
         report = ui.or_error(ui.dataset_report, root)
         if report is not None:
             counts = ui.counts_frame(report)
