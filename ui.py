@@ -210,6 +210,9 @@ def startup_steps(phases: dict, current: str | None) -> list[tuple[str, str]]:
 def progress_text(p) -> str:
     ips = _get(p, "images_per_sec")
     phase = _get(p, "phase", "train")
+    if phase == "robust":  # hotdog.robust after training: WiSE-FT curve, other sources
+        return (t("Checking other sources and WiSE-FT alphas: step {step}/{steps}", step=_get(p, 'batch'),
+                  steps=_get(p, 'batches')) + " · " + t("ETA {eta}", eta=format_duration(_get(p, 'eta_seconds'))))
     if phase != "train":
         return phase_text(phase, _get(p, "batch"), _get(p, "batches")) + (
             " · " + t("{ips} images/s", ips=f"{ips:.1f}") if ips else "")

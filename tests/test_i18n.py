@@ -24,7 +24,7 @@ CHAPTER = REPO.parent / "shared" / "seed" / "fine-tuning-chapter.md"
 TRANSLATED_PAGES = ["pages/home.py", "pages/data.py", "pages/train.py", "pages/predict.py", "pages/weights.py",
                     "pages/experiments.py"]
 # Source files whose literal t("...") keys must all be in the catalog (router, shared sidebar too).
-TRANSLATED_FILES = ["streamlit_app.py", "ui.py", *TRANSLATED_PAGES]
+TRANSLATED_FILES = ["streamlit_app.py", "ui.py", "ui_robust.py", *TRANSLATED_PAGES]
 
 # English words that never survive a translation (checked only in text that did not come from
 # i18n.t or i18n.engine, so Vietnamese words spelled alike cannot collide).
