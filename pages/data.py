@@ -143,7 +143,7 @@ def explore(current: str) -> None:
     with left:
         st.markdown(f"**{t('Images per class')}**")
         chart = (
-            alt.Chart(counts)
+            alt.Chart(counts.assign(split=counts["split"].map(t)))  # the split folders in words
             .mark_bar()
             .encode(
                 x=alt.X("images:Q", title=t("images")),

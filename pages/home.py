@@ -8,7 +8,7 @@ import streamlit as st
 
 from hotdog import models
 import ui
-from i18n import t, verbatim
+from i18n import t, tr, verbatim
 
 st.title(":material/lunch_dining: Hotdog Lab")
 st.markdown(t(
@@ -62,7 +62,7 @@ with st.container(border=True):
     else:
         st.dataframe(
             # Column names stay English words in English (tests read them): t("run"), t("mode"), t("status")
-            [{t("run"): r.run_id, t("mode"): r.mode, t("status"): r.status,
+            [{t("run"): r.run_id, t("mode"): tr(r.mode), t("status"): tr(r.status),
               t("test acc"): ui.acc_text(r.test_acc)} for r in runs],  # 0.500, as Train shows it
             hide_index=True, width="stretch",
         )

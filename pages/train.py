@@ -13,7 +13,7 @@ from hotdog import models, settings
 from hotdog.errors import ConfigError, HotdogError
 import ui
 import ui_robust
-from i18n import engine, knob_help, knob_label, preset_help, preset_title, t
+from i18n import engine, knob_help, knob_label, preset_help, preset_title, t, tr
 
 S = "session"  # knobs keep their values across page switches
 PRESET_KEY = "train_preset"  # the preset last applied (plain state, not a widget)
@@ -439,7 +439,7 @@ def runs_table() -> None:
         root = (rec.config.get("data_root") if rec else None) or ""
         rows.append({
             # What a run gave first (its message is a sentence and needs the room), details after.
-            "run": r.run_id, "mode": r.mode, "status": r.status,
+            "run": r.run_id, "mode": tr(r.mode), "status": tr(r.status),  # t("finetune"), t("scratch")
             "test acc": ui.acc_text(r.test_acc),
             "best epoch": f"{r.best_epoch}: {ui.acc_text(r.best_test_acc)}" if r.best_epoch else "—",
             "message": r.message,
@@ -468,7 +468,7 @@ st.subheader(t("Runs"))
 runs_table()
 runs = [r for r in ui.all_runs() if r.status != "running"]
 if runs:
-    labels = {r.run_id: f"{r.run_id} · {r.mode}" for r in runs}
+    labels = {r.run_id: f"{r.run_id} · {tr(r.mode)}" for r in runs}
     with_metrics = [r.run_id for r in runs if r.epochs_done]
     data_of = {r.run_id: ui.run_data_root(r.run_id) for r in runs}
     newest_data = data_of.get(with_metrics[0]) if with_metrics else None
