@@ -1048,7 +1048,10 @@ def pick_run(runs: Sequence, key: str, label: str | None = None, container=None)
     :func:`run_label`); the chosen one."""
     by_id = {r.run_id: r for r in runs}
     labels = {run_id: run_label(r) for run_id, r in by_id.items()}
-    run_id = (container or st).selectbox(label or t("Run"), list(by_id), format_func=labels.get, key=key)
+    # The noun, capitalised ("Run" alone is the Experiments page's verb in the catalog)
+    noun = t("run")
+    run_id = (container or st).selectbox(label or noun[:1].upper() + noun[1:], list(by_id), format_func=labels.get,
+                                         key=key)
     return by_id[run_id]
 
 
