@@ -506,14 +506,15 @@ def fit_threshold_classifier(source: str, classes: Sequence[str], train_items) -
 
 # ------------------------------------------------------------------------------- finished runs
 
-def evaluate_folder(run_dir, folder, predictor=None, record: bool = True):
-    """(EvalReport, sources.json entry) of a saved run on a folder with one sub-folder per
-    class (or a data set root with test/); with ``record`` the entry is added to the run."""
+def evaluate_folder(run_dir, folder, predictor=None, record: bool = True, weights: str = "last"):
+    """(EvalReport, sources.json entry) of a saved run (its ``weights``: "last" or "best")
+    on a folder with one sub-folder per class (or a data set root with test/); with
+    ``record`` the entry is added to the run."""
     from hotdog.predict import evaluate
     from hotdog.runs import read_wise, record_sources
 
     folder = Path(folder)
-    report = evaluate(run_dir, folder, predictor)
+    report = evaluate(run_dir, folder, predictor, weights=weights)
     wise, _ = read_wise(run_dir)
     alpha = wise.get("chosen") if wise and "alphas" in wise else None
     entry = report_metrics(folder.name or str(folder), "folder", report, str(folder), alpha)

@@ -236,7 +236,8 @@ def cmd_evaluate(args) -> int:
     from hotdog.robust import evaluate_folder
 
     run_dir = _resolve_run(args.run, args.runs_dir)
-    report, _ = evaluate_folder(run_dir, args.data, record=args.record, weights=_weights(run_dir, args.weights))
+    weights = _weights(run_dir, args.weights)
+    report, _ = evaluate_folder(run_dir, args.data, record=args.record, weights=weights)
     if args.json:
         emit_json({**report.to_dict(), "run_id": run_dir.name, "weights": weights})
         return 0
