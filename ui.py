@@ -1078,6 +1078,8 @@ def comparison(run_ids: Sequence[str]):
             try:
                 ev = evaluation(str(rec.run_dir))
                 single = compare.one_class(ev.get("confusion"), ev.get("classes") or [])
+                # the saved model's (a WiSE-FT mix can differ from the last epoch), as the flag
+                acc = ev.get("accuracy", acc)
             except HotdogError:
                 single = None
         rows.append(compare.ComparedRun(run_id, rec.config.get("mode"), acc,

@@ -485,8 +485,11 @@ class RobustCheck(Callback):
         except CancelFit:
             result.message += "; stopped during the robustness check: the fine-tuned weights (alpha 1) are kept"
             return
-        # result.test_acc stays the last epoch's (metrics.jsonl, the run list); the message
-        # names the saved model's when the mix changed it.
+        # result.test_acc stays the last epoch's (metrics.jsonl); model.json names the saved
+        # model's when the mix changed it, which is what the run picker and Predict rank by.
+        test = next((s for s in report.sources if s["kind"] == "test"), None)
+        if test is not None and test.get("alpha") is not None and test["alpha"] != 1.0:
+            fit.model_extra["wise"] = {"alpha": test["alpha"], "test_acc": test["accuracy"]}
         if report.notes:
             result.message += "; " + "; ".join(report.notes)
 

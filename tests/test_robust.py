@@ -78,6 +78,12 @@ def test_alpha_curve_is_computed_after_training_without_retraining(tiny_dataset,
     saved = evaluate(res.run_dir, tiny_dataset / "test", Predictor.from_run(res.run_dir))
     assert saved.accuracy == pytest.approx(wise["clean"][3])
     assert "WiSE-FT alpha 0.3" in res.message
+    # the run list ranks by the saved model's accuracy, not the last epoch's before the mix
+    from hotdog.runpick import score
+    from hotdog.runs import RunStore
+
+    summary = next(r for r in RunStore(Path(res.run_dir).parent).list() if r.run_id == res.run_id)
+    assert summary.saved_test_acc == pytest.approx(wise["clean"][3]) == score(summary)
     # the mixed model was scored after each epoch and the fine-tuned weights restored exactly
     assert len(wise["epochs_clean"]) == 2 and wise["epochs_clean"][-1] == pytest.approx(wise["clean"][3])
     plain = train_mod.train(_tiny_config(tiny_dataset, epochs=2, proxy_eval=False))
