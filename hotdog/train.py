@@ -750,10 +750,11 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     cbs += [StopOnEvent(stop_event)] if stop_event is not None else []
     cbs += [OnBatch(on_batch)] if on_batch is not None else []
     cbs += [OnEpoch(on_epoch)] if on_epoch is not None else []
-    cbs += best_epoch_callbacks(prepared, run_dir)
-    from hotdog.robust import RobustCheck  # WiSE-FT and per-source metrics before the model is saved
+    if cluster is None or cluster.records:  # they write into the run folder: rank 0's
+        cbs += best_epoch_callbacks(prepared, run_dir)
+        from hotdog.robust import RobustCheck  # WiSE-FT and per-source metrics before the model is saved
 
-    cbs.append(RobustCheck(run_dir))
+        cbs.append(RobustCheck(run_dir))
     emit = Dispatcher([*cbs, *callbacks])
     fit = _Fit(prepared, emit, cluster)
     error: BaseException | None = None

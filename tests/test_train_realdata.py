@@ -3,6 +3,7 @@ subset at 96 px, 2 epochs. The full-size figures come from scripts/experiments.p
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def test_finetuned_beats_scratch_at_equal_epochs(mini_subset, tmp_path):
         assert f.test_acc >= s.test_acc + 0.15
     assert max(e.test_acc for e in fine.epochs) >= 0.8
     # evaluate() on the test folder agrees with the loop's own test accuracy.
-    assert evaluate(fine.run_dir, mini_subset / "test").accuracy == pytest.approx(fine.test_acc)
+    # (the saved model: with the stable preset's WiSE-FT mix that is model.json's "wise" figure)
+    saved = json.loads((Path(fine.run_dir) / "model.json").read_text()).get("wise", {}).get("test_acc", fine.test_acc)
+    assert evaluate(fine.run_dir, mini_subset / "test").accuracy == pytest.approx(saved)
 
 
 def _config(result) -> dict:
