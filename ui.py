@@ -209,6 +209,9 @@ def startup_steps(phases: dict, current: str | None) -> list[tuple[str, str]]:
 def progress_text(p) -> str:
     ips = _get(p, "images_per_sec")
     phase = _get(p, "phase", "train")
+    if phase == "robust":  # hotdog.robust after training: WiSE-FT curve, other sources
+        return (f"Checking other sources and WiSE-FT alphas: step {_get(p, 'batch')}/{_get(p, 'batches')}"
+                f" · ETA {format_duration(_get(p, 'eta_seconds'))}")
     if phase != "train":
         return phase_text(phase, _get(p, "batch"), _get(p, "batches")) + (
             f" · {ips:.1f} images/s" if ips else "")

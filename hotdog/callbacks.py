@@ -37,7 +37,8 @@ class BatchProgress:
     images_per_sec: float
     eta_seconds: float
     # "train" for training batches; before the first one, the start-up steps of PHASES with
-    # ``batch``/``batches`` as their n/N (``epoch`` 0, loss and accuracy NaN)
+    # ``batch``/``batches`` as their n/N (``epoch`` 0, loss and accuracy NaN); "robust" during
+    # the after-training check (hotdog.robust: batch = step of batches)
     phase: str = "train"
 
 
@@ -178,7 +179,7 @@ class RunRecorder(Callback):
             return
         self.last = now
         what = f"epoch {progress.epoch}/{progress.epochs}" if progress.phase == "train" else \
-            PHASES.get(progress.phase, progress.phase).lower()
+            PHASES.get(progress.phase, {"robust": "robustness check"}.get(progress.phase, progress.phase)).lower()
         try:
             self.store.heartbeat(self.run_id, f"{what}, batch {progress.batch}/{progress.batches}")
         except StorageError as err:  # a full disk should not kill a nearly finished run

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from hotdog.errors import HotdogError, TrainingBusyError
+from hotdog.callbacks import PHASES
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class TrainingJob:
                 return
             with self._lock:
                 self._state.progress = p
-                self._state.phases = {**self._state.phases, p.phase: (p.batch, p.batches)}
+                if p.phase in PHASES:  # the start-up checklist; not the check after training
+                    self._state.phases = {**self._state.phases, p.phase: (p.batch, p.batches)}
 
         def on_epoch(m):
             with self._lock:

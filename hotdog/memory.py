@@ -222,8 +222,11 @@ def estimate_mb(config, images_per_pass: int, n_images: int = 0) -> float:
     scale = (size / REFERENCE_SIZE) ** 2
     if kind == "cached":
         images_per_pass = CACHE_BATCH
-    # Decoded photos are kept in memory (shorter side ~ 256/224 of the crop, 3 bytes a pixel).
-    photos = n_images * (size * 256 / 224) ** 2 * 3 * 1.33 / 2**20
+    # Decoded photos are kept in memory (shorter side ~ 256/224 of the crop, 3 bytes a pixel),
+    # up to the decoded-photo store's cap (hotdog.data.decoded): beyond it they are decoded again.
+    from hotdog.data.decoded import default_cap_bytes
+
+    photos = min(n_images * (size * 256 / 224) ** 2 * 3 * 1.33, default_cap_bytes()) / 2**20
     return base + per_image * images_per_pass * scale + photos
 
 

@@ -419,8 +419,12 @@ def items_forward(source: str, items: Sequence[tuple[Path, int]], params_path=No
     with _memo_lock:
         hit = _feature_memo.get(key)
     if hit is None:
-        images, _ = _load_items(items)
-        hit = _forward_batches(source, images, params_path)
+        # Decoded a batch at a time: full-size photos of a whole split at once grew without
+        # bound with the data (18,000 photos held ~10 GB before the first batch).
+        parts = [_forward_batches(source, _load_items(items[i:i + 32])[0], params_path)
+                 for i in range(0, len(items), 32)]
+        hit = (np.concatenate([f for f, _ in parts]), np.concatenate([z for _, z in parts])) if parts else \
+            _forward_batches(source, [], params_path)
         with _memo_lock:
             _feature_memo[key] = hit
             while len(_feature_memo) > _FEATURE_MEMO_SIZE:

@@ -712,3 +712,114 @@ def _best_fields(model: dict | None) -> dict:
     best = (model or {}).get("best") or {}
     return {"best_epoch": best.get("epoch"), "best_val_acc": best.get("val_acc"),
             "best_test_acc": best.get("test_acc")}
+
+
+# ---------------------------------------------------------------------------- robustness files
+# Written by hotdog.robust after a run (and by later evaluations on other folders). Optional
+# and separate from the run's own files: a damaged one is reported as a warning beside the
+# run, never makes the run (or a page listing runs) damaged.
+
+SOURCES_FILE = "sources.json"  # {"sources": [per-source metrics entry, ...]}
+WISE_FILE = "wise.json"  # the WiSE-FT accuracy-vs-alpha curve, or {"skipped": sentence}
+SOURCE_KINDS = ("test", "proxy", "folder")
+MAX_SOURCES = 200
+
+
+def _is_acc(v: Any) -> bool:
+    return _is_number(v, 0.0, 1.0)
+
+
+def check_source_entry(raw: Any) -> dict:
+    f = SOURCES_FILE
+    d = _object(f, raw)
+    _field(f, d, "name", lambda v: isinstance(v, str) and 0 < len(v) <= 500, "a name", required=True)
+    _field(f, d, "kind", lambda v: v in SOURCE_KINDS, f"one of {', '.join(SOURCE_KINDS)}", required=True)
+    _field(f, d, "folder", lambda v: isinstance(v, str), "a folder path")
+    _field(f, d, "accuracy", _is_acc, "an accuracy between 0 and 1", required=True)
+    _field(f, d, "n", lambda v: _is_int(v, 0, 10**9), "an image count", required=True)
+    _field(f, d, "alpha", lambda v: v is None or _is_acc(v), "an alpha between 0 and 1")
+    _field(f, d, "time", lambda v: _is_number(v, 0.0), "a time")
+    per_class = d.get("per_class")
+    if not isinstance(per_class, dict) or len(per_class) > 10_000:
+        raise DamagedFile(f, f"has 'per_class' {_show(per_class)}, not an object of classes")
+    for c, v in per_class.items():
+        if not (isinstance(v, dict) and _is_acc(v.get("precision")) and _is_acc(v.get("recall"))
+                and _is_int(v.get("support"), 0, 10**9)):
+            raise DamagedFile(f, f"has per-class figures for {_show(c)} that are not precision, recall and support")
+    _field(f, d, "confusion", lambda v: isinstance(v, list) and all(
+        isinstance(r, list) and all(_is_int(x, 0, 10**9) for x in r) for r in v), "a matrix of counts")
+    return d
+
+
+def check_sources(raw: Any) -> list[dict]:
+    d = _object(SOURCES_FILE, raw)
+    entries = d.get("sources")
+    if not isinstance(entries, list) or len(entries) > MAX_SOURCES:
+        raise DamagedFile(SOURCES_FILE, f"has 'sources' {_show(entries)}, not a list of results")
+    return [check_source_entry(e) for e in entries]
+
+
+def check_wise(raw: Any) -> dict:
+    f = WISE_FILE
+    d = _object(f, raw)
+    if "skipped" in d:
+        _field(f, d, "skipped", lambda v: isinstance(v, str), "a sentence")
+        return {"skipped": d["skipped"]}
+    alphas = d.get("alphas")
+    if not (isinstance(alphas, list) and 0 < len(alphas) <= 1001 and all(_is_acc(a) for a in alphas)):
+        raise DamagedFile(f, f"has 'alphas' {_show(alphas)}, not a list of alphas between 0 and 1")
+    for key in ("clean", "proxy"):
+        v = d.get(key)
+        if key == "proxy" and v is None:
+            continue
+        if not (isinstance(v, list) and len(v) == len(alphas) and all(x is None or _is_acc(x) for x in v)):
+            raise DamagedFile(f, f"has '{key}' {_show(v)}, not one accuracy per alpha")
+    _field(f, d, "chosen", _is_acc, "an alpha between 0 and 1", required=True)
+    for key in ("clean_recall", "proxy_recall"):
+        _field(f, d, key, lambda v: isinstance(v, list) and len(v) in (0, len(alphas)) and all(
+            isinstance(r, list) and all(x is None or _is_acc(x) for x in r) for r in v),
+            "a list of per-class recalls per alpha")
+    _field(f, d, "epochs_clean", lambda v: isinstance(v, list) and len(v) <= 100_000 and all(
+        x is None or _is_acc(x) for x in v), "a list of accuracies")
+    return d
+
+
+def _read_optional(run_dir, name: str, check) -> tuple[Any, str]:
+    """(validated content or None when absent, warning sentence when damaged)."""
+    try:
+        return _read_checked(Path(run_dir) / name, check), ""
+    except DamagedFile as err:
+        return None, f"{err}; ignored"
+
+
+def read_sources(run_dir: str | os.PathLike) -> tuple[list[dict], str]:
+    """(per-source metrics of a run, warning): [] when there are none or the file is damaged."""
+    found, warning = _read_optional(run_dir, SOURCES_FILE, check_sources)
+    return found or [], warning
+
+
+def read_wise(run_dir: str | os.PathLike) -> tuple[dict | None, str]:
+    """(the WiSE-FT curve or {"skipped": why}, warning); None when the run has none."""
+    return _read_optional(run_dir, WISE_FILE, check_wise)
+
+
+def write_wise(run_dir: str | os.PathLike, curve: dict) -> None:
+    with _store_errors(f"cannot record the WiSE-FT curve of run {Path(run_dir).name}"):
+        atomic_write_json(Path(run_dir) / WISE_FILE, check_wise(curve))
+
+
+def record_sources(run_dir: str | os.PathLike, entries: list[dict]) -> list[dict]:
+    """Add per-source metrics to a run (an entry replaces the one of the same kind and name);
+    locked, so the training worker and an evaluation in the app never lose each other's.
+    A damaged file is replaced. Returns the run's entries now."""
+    from hotdog.fileio import file_lock
+
+    run_dir = Path(run_dir)
+    new = [check_source_entry(e) for e in entries]
+    with _store_errors(f"cannot record the per-source metrics of run {run_dir.name}"):
+        with file_lock(run_dir / ".sources.lock"):
+            old, _ = read_sources(run_dir)
+            keys = {(e["kind"], e["name"], e.get("folder", "")) for e in new}
+            merged = [e for e in old if (e["kind"], e["name"], e.get("folder", "")) not in keys] + new
+            atomic_write_json(run_dir / SOURCES_FILE, {"sources": merged[-MAX_SOURCES:]})
+    return merged[-MAX_SOURCES:]

@@ -20,8 +20,9 @@ redone from scratch; a diverged point is a result, not redone).
     start_in_job(job_manager(), sweep_id, owner=...)   # the app's one background job
     summarize(sweep_id)                 # points, best point, per-lr means; findings(...)
 
-Frozen points of one sweep share one feature extraction (``hotdog.train``'s sweep feature
-cache), so a frozen lr sweep costs little more than one frozen run.
+Frozen points of one sweep share one feature extraction (the on-disk feature cache,
+:mod:`hotdog.featcache`: the first frozen point stores the features, the others read them), so
+a frozen lr sweep costs little more than one frozen run.
 """
 
 from __future__ import annotations

@@ -299,51 +299,19 @@ def _preload(ds, what: str, progress: Callable[[int], Any] | None = None) -> Non
         raise DatasetError(f"no readable {what} images")
 
 
-# ---------------------------------------------------------------------------------------
-# Frozen features shared by the points of one sweep
-# ---------------------------------------------------------------------------------------
-
-# Documented process-wide cache: the frozen backbone's features of the points of ONE sweep
-# (runs tagged with the same ``sweep_id``), so a frozen lr sweep extracts features once.
-# Keyed by everything the features depend on: source, preprocessing, data fingerprint,
-# augmented views (and, with views, the seed that draws them) and devices; the head's
-# settings (lr, lr_mult, wd, epochs, init) do not enter. A run outside a sweep never reads
-# or fills it, and a new sweep drops the previous sweep's entries.
-_SWEEP_FEATURES: dict[tuple, tuple] = {}
-_SWEEP_FEATURES_LOCK = threading.Lock()
+# At most this many training photos fit the ImageNet head's bias (models.imagenet_head_init):
+# a mean and a threshold are settled long before, and the whole split of a 20,000-photo set
+# would cost minutes of forward passes before the first batch. Smaller splits use every photo.
+HEAD_INIT_PHOTOS = 1000
 
 
-def _sweep_features_key(prepared: Prepared) -> tuple | None:
-    sweep_id = prepared.tags.get("sweep_id")
-    cfg = prepared.config
-    if not sweep_id or not prepared.data_fingerprint:
-        return None
-    import json
-
-    return (sweep_id, cfg.source, json.dumps(prepared.pre.to_dict(), sort_keys=True), prepared.data_fingerprint,
-            int(cfg.augment_views), cfg.seed if cfg.augment_views else None, tuple(cfg.devices or ()),
-            # the validation split changes which photos are training photos
-            cfg.val_fraction, cfg.seed if cfg.val_fraction else None)
-
-
-def _sweep_features_get(key):
-    with _SWEEP_FEATURES_LOCK:
-        return _SWEEP_FEATURES.get(key) if key is not None else None
-
-
-def _sweep_features_put(key, value) -> None:
-    if key is None:
-        return
-    with _SWEEP_FEATURES_LOCK:
-        for old in [k for k in _SWEEP_FEATURES if k[0] != key[0]]:
-            del _SWEEP_FEATURES[old]
-        _SWEEP_FEATURES[key] = value
-
-
-def forget_sweep_features() -> None:
-    """Drop the cached frozen features (tests; a new sweep does it by itself)."""
-    with _SWEEP_FEATURES_LOCK:
-        _SWEEP_FEATURES.clear()
+def _head_init_sample(items: list) -> list:
+    """Every photo up to HEAD_INIT_PHOTOS, else evenly spaced ones (the split is sorted by
+    class, so each class keeps its share); deterministic."""
+    if len(items) <= HEAD_INIT_PHOTOS:
+        return items
+    step = len(items) / HEAD_INIT_PHOTOS
+    return [items[int(i * step)] for i in range(HEAD_INIT_PHOTOS)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,8 +326,7 @@ class _Fit:
         self.sharded = None
         self.config, self.ctxs = prepared.config, prepared.ctxs
         self.pre, self.splits = prepared.pre, prepared.splits
-        self.features_key = _sweep_features_key(prepared)
-        self.features_reused = False
+        self.features_reused = False  # every frozen feature came from the on-disk cache
         self.emit = emit
         self.net = None
         self.epochs: list[EpochMetrics] = []
@@ -368,6 +335,7 @@ class _Fit:
         self.busy_seconds = 0.0
         self.meter: _Meter | None = None
         self.model_extra: dict = {}  # more model.json fields from callbacks (hotdog.best: "best")
+        self.l2sp = None  # hotdog.robust.L2SP when the run decays toward the pretrained weights
 
     # -- what callbacks read
     @property
@@ -442,7 +410,7 @@ class _Fit:
                 class_names=self.splits.classes,
                 # The training split fits the bias of a 'not-<class>' row (0.94 vs 0.68 test
                 # accuracy before any training on hotdog-mini, see models.imagenet_head_init).
-                init_items=self.splits.train if cfg.init_output_from_imagenet else None)
+                init_items=_head_init_sample(self.splits.train) if cfg.init_output_from_imagenet else None)
             if cfg.init_output_from_imagenet:
                 self.phase("head", 1, 1)
         hybridize_for_training(net)
@@ -472,6 +440,8 @@ class _Fit:
                 outs = [self.net(x) for x in Xs]
                 ls = [loss_fn(o, t) for o, t in zip(outs, ys)]
         precision.backward(self.config, trainer, ls)
+        if features is None and self.l2sp is not None:
+            self.l2sp.add_to_grads(n)
         trainer.step(self.step_size(trainer, n))
         self.meter.push(_sum_on([l.sum() for l in ls], self.ctxs[0]), _correct(outs, ys, self.ctxs[0]), n)
 
@@ -502,6 +472,8 @@ class _Fit:
                 # MXNet's engine is asynchronous: without this the next passes are queued at
                 # once and their activations would be alive together, as in one big batch.
                 mx.nd.waitall()
+        if self.l2sp is not None:
+            self.l2sp.add_to_grads(n)
         trainer.step(self.step_size(trainer, n))
         self.meter.push(_sum_on(loss_sums, self.ctxs[0]), _sum_on(corrects, self.ctxs[0]), n)
 
@@ -528,9 +500,12 @@ class _Fit:
     def datasets(self, train_tf):
         from hotdog.data import ImageListDataset, test_transform
 
+        from hotdog.data.decoded import DecodedCache
+
         pre = self.pre
-        train_ds = ImageListDataset(self.splits.train, train_tf, min_side=pre.resize)
-        test_ds = ImageListDataset(self.splits.test, test_transform(pre), min_side=pre.resize)
+        shared = DecodedCache()  # one byte cap for both splits' decoded photos
+        train_ds = ImageListDataset(self.splits.train, train_tf, min_side=pre.resize, cache=shared)
+        test_ds = ImageListDataset(self.splits.test, test_transform(pre), min_side=pre.resize, cache=shared)
         total = len(train_ds) + len(test_ds)
         self.phase("decode", 0, total)
         _preload(train_ds, "train", lambda n: self.phase("decode", n, total))
@@ -593,6 +568,72 @@ class _Fit:
         feats = mx.nd.concat(*out, dim=0)
         return feats.reshape((feats.shape[0], -1))
 
+    def frozen_features(self):
+        """(views, test features, train labels, test labels) on the first device, from the
+        on-disk feature cache (:mod:`hotdog.featcache`) where it holds them: only photos it
+        does not hold are decoded and go through the backbone. Unreadable photos are skipped."""
+        import mxnet as mx
+
+        from hotdog import featcache
+        from hotdog.data import ImageListDataset, test_transform, train_transform
+        from hotdog.data.decoded import DecodedCache
+
+        cfg, ctxs, pre = self.config, self.ctxs, self.pre
+        store = featcache.open_store()
+        group = featcache.FeatureGroup.of(featcache.source_weights_hash(cfg.source), pre, ctxs[0].device_type)
+        shared, backbone = DecodedCache(), []  # the backbone is built on the first miss only
+
+        def extract(ds):
+            if not backbone:  # chosen on test-transform photos: draws no augmentation randomness
+                backbone.append(self.feature_extractor(
+                    ImageListDataset(ds.items[:2], test_transform(pre), min_side=pre.resize, cache=shared)))
+            features, fctxs = backbone[0]
+            return self.extract(features, ds, fctxs).asnumpy()
+
+        # Decoding reported over both splits (photos the cache holds count as done at once).
+        decode_total = len(self.splits.train) + len(self.splits.test)
+        decoded = [0]
+        self.phase("decode", 0, decode_total)
+
+        def compute(items, what):
+            def rows(positions):
+                ds = ImageListDataset([items[i] for i in positions], test_transform(pre), min_side=pre.resize,
+                                      cache=shared)
+                for b in ds.preload(progress=lambda n: self.phase("decode", decoded[0] + n, decode_total)):
+                    log.warning("skipping unreadable %s image %s: %s", what, b["path"], b["reason"])
+                if len(ds) == 0:
+                    return np.zeros((0, 0), np.float32), []
+                readable = {str(p) for p, _ in ds.items}
+                return extract(ds), [i for i in positions if str(items[i][0]) in readable]
+            return rows
+
+        def split_rows(items, what):
+            got = featcache.plain_rows(store, group, [p for p, _ in items], compute(items, what))
+            decoded[0] += len(items)
+            self.phase("decode", decoded[0], decode_total)
+            if not got.kept:
+                raise DatasetError(f"no readable {what} images")
+            kept = [items[i] for i in got.kept]
+            return got, kept, mx.nd.array([lab for _, lab in kept], ctx=ctxs[0])
+
+        train_rows, train_items, labels = split_rows(self.splits.train, "train")
+        views = [mx.nd.array(train_rows.array, ctx=ctxs[0])]
+        aug_cached = True
+        if cfg.augment_views:
+            k = int(cfg.augment_views)
+
+            def augmented():
+                aug_ds = ImageListDataset(train_items, train_transform(pre), min_side=pre.resize, cache=shared)
+                return np.concatenate([extract(aug_ds) for _ in range(k)])
+
+            rows, aug_cached = featcache.view_rows(store, group.augmented(k, cfg.seed), [p for p, _ in train_items],
+                                                   k, augmented)
+            n = len(train_items)
+            views += [mx.nd.array(rows[i * n:(i + 1) * n], ctx=ctxs[0]) for i in range(k)]
+        test_rows, _, test_labels = split_rows(self.splits.test, "test")
+        self.features_reused = train_rows.computed == 0 and test_rows.computed == 0 and aug_cached
+        return views, mx.nd.array(test_rows.array, ctx=ctxs[0]), labels, test_labels
+
     def cached_loop(self, trainer, loss_fn, last_epoch: int | None = None) -> None:
         """Frozen fast path: backbone features once per image, then only the head trains.
 
@@ -600,27 +641,8 @@ class _Fit:
         augmentation both end with the same head weights (up to float rounding)."""
         import mxnet as mx
 
-        from hotdog.data import ImageListDataset, test_transform, train_transform
-
-        cfg, ctxs, pre = self.config, self.ctxs, self.pre
-        cached = _sweep_features_get(self.features_key)
-        if cached is not None:  # an earlier frozen point of this sweep extracted them
-            views, test_feats, labels, test_labels = cached
-            self.features_reused = True
-        else:
-            train_ds, test_ds = self.datasets(test_transform(pre))
-            features, fctxs = self.feature_extractor(train_ds)
-            views = [self.extract(features, train_ds, fctxs)]
-            if cfg.augment_views:
-                aug_ds = ImageListDataset(train_ds.items, train_transform(pre), min_side=pre.resize)
-                aug_ds._cache = train_ds._cache  # same decoded pixels, different transform
-                for _ in range(int(cfg.augment_views)):
-                    views.append(self.extract(features, aug_ds, fctxs))
-            test_feats = self.extract(features, test_ds, fctxs)
-            del features
-            labels = mx.nd.array([lab for _, lab in train_ds.items], ctx=ctxs[0])
-            test_labels = mx.nd.array([lab for _, lab in test_ds.items], ctx=ctxs[0])
-            _sweep_features_put(self.features_key, (views, test_feats, labels, test_labels))
+        cfg, ctxs = self.config, self.ctxs
+        views, test_feats, labels, test_labels = self.frozen_features()
         n, n_test = labels.shape[0], test_labels.shape[0]
         feats = mx.nd.concat(*views, dim=0) if len(views) > 1 else views[0]
 
@@ -654,10 +676,12 @@ class _Fit:
         from mxnet import gluon
 
         from hotdog import distributed, precision
+        from hotdog.robust import make_l2sp
 
         cfg = self.config
         precision.init(cfg)  # before the network exists
         net = self.build()
+        self.l2sp = make_l2sp(cfg, net, self.ctxs)
         params = net.output.collect_params() if cfg.uses_feature_cache else net.collect_params()
         trainer = gluon.Trainer(params, "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd},
                                 **distributed.trainer_args(cfg, self.cluster))
@@ -727,6 +751,9 @@ def train(config: TrainConfig, *, callbacks: Sequence = (),
     cbs += [OnBatch(on_batch)] if on_batch is not None else []
     cbs += [OnEpoch(on_epoch)] if on_epoch is not None else []
     cbs += best_epoch_callbacks(prepared, run_dir)
+    from hotdog.robust import RobustCheck  # WiSE-FT and per-source metrics before the model is saved
+
+    cbs.append(RobustCheck(run_dir))
     emit = Dispatcher([*cbs, *callbacks])
     fit = _Fit(prepared, emit, cluster)
     error: BaseException | None = None

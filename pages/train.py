@@ -12,6 +12,7 @@ import streamlit as st
 from hotdog import models, settings
 from hotdog.errors import ConfigError, HotdogError
 import ui
+import ui_robust
 
 S = "session"  # knobs keep their values across page switches
 PRESET_KEY = "train_preset"  # the preset last applied (plain state, not a widget)
@@ -24,13 +25,17 @@ CHOICES = {
     "batch_size": (8, 16, 32, 64, 128, 256),
     "input_size": (32, 64, 96, 128, 160, 192, 224, 256, 288),
     "val_fraction": (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3),
+    "wise_alpha": tuple(i / 10 for i in range(11)),
+    "l2sp": (0.0, 0.1, 1.0, 10.0, 100.0),
 }
 # One colour per overlaid run, in the order the runs are chosen: the chart's lines and the
 # picker's chips use the same list (see run_chip_css).
 RUN_COLORS = ("#d9480f", "#1c7ed6", "#2f9e44", "#7048e8", "#f59f00", "#868e96")
 # Sidebar knobs outside the presets (their defaults are the table's).
 OTHER_KNOBS = ("seed", "input_size", "warmup_epochs", "feature_cache", "augment_views",
-               "micro_batch", "amp", "val_fraction")
+               "micro_batch", "amp", "val_fraction", "l2sp", "proxy_eval")
+ROBUST_KNOBS = ("warmup_epochs", "l2sp", "wise_alpha", "proxy_eval")  # their own sidebar group
+ALSO_EVAL = "also_eval_text"  # extra test folders, one per line (not a knob: not part of the recipe)
 
 
 def _fmt(x) -> str:
@@ -126,15 +131,22 @@ def sidebar_knobs() -> dict:
     for name in ("freeze", "init_output_from_imagenet"):
         values[name] = knob_widget(name, sb)
     with sb.expander("More settings"):
-        for name in ("input_size", "bn_mode", "seed", "warmup_epochs", "feature_cache", "augment_views",
-                     "micro_batch", "val_fraction"):
+        for name in ("input_size", "bn_mode", "seed", "feature_cache", "augment_views", "micro_batch",
+                     "val_fraction"):
             values[name] = knob_widget(name, st)
         devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
                                  help="Empty: every GPU, else the CPU.")
         if ui.num_gpus():  # float16 mixed precision exists only on GPUs (hotdog.precision)
             values["amp"] = knob_widget("amp", st)
+    with sb.expander("Robust fine-tuning"):
+        for name in ROBUST_KNOBS:
+            values[name] = knob_widget(name, st)
+        also = st.text_area("Also test on these folders", key=ALSO_EVAL, persist_state=S, height=68,
+                            placeholder="one folder per line, inside the shared data folders",
+                            help="Scored after training beside the test split (one sub-folder per class); "
+                                 "the results per source are kept with the run.")
     return {"source": source, "preset": st.session_state[PRESET_KEY], "values": values,
-            SCRATCH_LR: lr_scratch, "devices": list(devices) or None}
+            SCRATCH_LR: lr_scratch, "devices": list(devices) or None, ALSO_EVAL: also or ""}
 
 
 def make_config(k: dict, mode: str, root: str) -> settings.TrainConfig:
@@ -144,7 +156,7 @@ def make_config(k: dict, mode: str, root: str) -> settings.TrainConfig:
     if mode == "scratch":
         values["lr"] = k[SCRATCH_LR]
     return settings.config_for(root, source=k["source"], mode=mode, preset=k["preset"], devices=k["devices"],
-                               **values)
+                               also_eval=ui_robust.folder_list(k.get(ALSO_EVAL, "")), **values)
 
 
 st.title("Train")
@@ -285,7 +297,8 @@ def run_chip_css(key: str, n: int) -> str:
 
 def live_body(snap: dict) -> None:
     p = snap.get("progress")
-    starting = p is None or getattr(p, "phase", "train") != "train"
+    # start-up steps until the first batch; "robust" is the check after training
+    starting = p is None or getattr(p, "phase", "train") not in ("train", "robust")
     if starting:  # each start-up step with its own line, the current one with its bar
         ui.startup_checklist(snap)
     elif p is not None:
@@ -376,6 +389,7 @@ def inspect_run(run) -> None:
                 st.text(ui.misclassified_caption(m))
         if len(wrong) > 16:
             st.caption(f"…and {len(wrong) - 16} more.")
+    ui_robust.robustness_section(run.run_dir, key=run.run_id)
 
 
 # ------------------------------------------------------------------ history

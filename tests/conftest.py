@@ -38,6 +38,13 @@ def make_dataset(root: Path, per_class: dict[str, int] | None = None, classes=No
     return root
 
 
+@pytest.fixture(autouse=True)
+def _own_feature_cache(tmp_path, monkeypatch):
+    """Every test starts with an empty on-disk feature cache of its own (hotdog.featcache),
+    so no test reads features another test (or the user) stored."""
+    monkeypatch.setenv("HOTDOG_FEATURE_CACHE_DIR", str(tmp_path / "feature-cache"))
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "tiny")

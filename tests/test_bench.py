@@ -104,7 +104,7 @@ def _result(**details) -> bench_report.BenchResult:
                                     "fused_infer_images_per_sec": 20.0}},
             "fused_inference_speedup": 2.1, "fused_max_abs_diff": 2e-5,
             "bf16_inference_speedup": "unsupported", "bf16_top1_agreement": "unsupported",
-            "training_overhead": 0.01,
+            "training_overhead": 0.01, "cached_rerun_speedup": 60.0,
         },
         details=details,
         machine={"nproc": 2, "cpu_model": "cpu", "flags": {"avx512f": True}, "mxnet": "1.9.1", "date": "today"},
@@ -124,7 +124,7 @@ def test_table_lists_every_metric_and_machine():
                  "2 cores", "avx512f", "(0.25 s of 25 s)", "RunRecorder 0.200 s"):
         assert word in table, word
     assert result.meets() == {"frozen_cache_speedup": True, "pipeline_efficiency": True,
-                              "predict_efficiency": False, "training_overhead": True}
+                              "predict_efficiency": False, "training_overhead": True, "cached_rerun_speedup": True}
     assert "MISSES" in table
     md = bench_report.format_markdown(result)
     assert "| `frozen_cache_speedup` | 25.00 | ≥ 20 | meets |" in md
@@ -159,8 +159,12 @@ def test_bench_quick_json_figures_are_sane(hotdog_home, tmp_path):
     doc = json.loads(proc.stdout)  # exactly one JSON document on stdout, logs on stderr
     for key in bench_report.METRIC_KEYS:
         assert key in doc, key
-    for key in ("frozen_cache_speedup", "pipeline_efficiency", "predict_efficiency", "fused_inference_speedup"):
+    for key in ("frozen_cache_speedup", "pipeline_efficiency", "predict_efficiency", "fused_inference_speedup",
+                "cached_rerun_speedup"):
         assert _is_number(doc[key]) and doc[key] > 0, (key, doc[key])
+    # the second run reads its features back: faster than the first, which computed them
+    f = doc["details"]["frozen"]
+    assert f["rerun_seconds"] < f["cache_seconds"], f
     # both sides of each efficiency time the same work: far from 1 means a side is mis-measured
     assert 0.3 < doc["pipeline_efficiency"] < 3, doc["details"]["pipeline"]
     assert 0.1 < doc["predict_efficiency"] < 3, doc["details"]["predict"]

@@ -22,7 +22,8 @@ from hotdog.settings import TrainConfig
 from hotdog.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = {"input_size": 32, "batch_size": 8}
+# wise_alpha 1: model.params is the last epoch as trained (WiSE-FT would save a mix of it).
+SMALL = {"input_size": 32, "batch_size": 8, "wise_alpha": 1.0, "proxy_eval": False}
 
 
 def test_validation_split_is_carved_from_train_stratified_and_seeded(tmp_path):

@@ -72,8 +72,9 @@ def test_table_covers_every_config_field():
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(KNOBS) <= fields
-    # every field is either a knob or part of what a run is (data, source, mode, preset, devices)
-    assert fields - set(KNOBS) == {"data_root", "source", "mode", "preset", "devices", "augment"}
+    # every field is either a knob or part of what a run is (data, source, mode, preset, devices,
+    # the extra folders it is scored on)
+    assert fields - set(KNOBS) == {"data_root", "source", "mode", "preset", "devices", "augment", "also_eval"}
     for preset in settings.PRESETS:
         for mode in settings.MODES:
             assert set(preset_values(preset, mode)) == set(settings.PRESET_KNOBS)

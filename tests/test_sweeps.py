@@ -62,7 +62,6 @@ def _wait(job, timeout=300):
 def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_features(tiny_dataset, hotdog_home):
     from hotdog import train as train_mod
 
-    train_mod.forget_sweep_features()
     sweep_id = sweeps.create(spec(tiny_dataset, {"lr": [1e6, 1e-3], "freeze": [False, True]}, title="t",
                                   base={"epochs": 3}))
     job = TrainingJob(isolate=False)  # in this process, so the extraction counter sees the training
@@ -86,7 +85,8 @@ def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_featur
     assert status[(1e6, False)] == "diverged"  # marked diverged, and the sweep went on
     assert status[(1e-3, False)] == status[(1e-3, True)] == "finished"
     assert summary["best"]["test_acc"] is not None and summary["done"] == 4 and summary["complete"]
-    # the frozen points extracted features once (train + test split): the second reused them
+    # the frozen points extracted features once (train + test split): the second read them from
+    # the on-disk feature cache (hotdog_home is this test's own, so it started empty)
     assert len(phases) == 2
     for p in summary["points"]:  # every point is an ordinary run, tagged
         assert RunStore().load(p["run_id"]).config["tags"] == {"sweep_id": sweep_id, "sweep_point": p["index"]}

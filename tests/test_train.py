@@ -46,8 +46,8 @@ def test_finetune_records_run_and_callbacks(tiny_dataset, tmp_path):
     assert [(b.epoch, b.batch, b.batches) for b in batches if b.epoch == 1][-1] == (1, 3, 3)
     assert all(b.images_per_sec >= 0 for b in batches) and batches[-1].eta_seconds == 0
     d = Path(res.run_dir)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "metrics.jsonl", "model.json", "model.params",
-                                                   "status.json"]
+    assert sorted(p.name for p in d.iterdir()) == [".sources.lock", "config.json", "metrics.jsonl", "model.json",
+                                                   "model.params", "sources.json", "status.json", "wise.json"]
     model = json.loads((d / "model.json").read_text())
     assert model["source"] == "efficientnet_lite0" and model["input_size"] == 32
     assert model["classes"] == ["hotdog", "not-hotdog"]  # the one record of the run's classes
@@ -279,7 +279,9 @@ def test_full_disk_while_saving_weights_fails_the_run_cleanly(tiny_dataset, tmp_
     [s] = RunStore(tmp_path / "runs").list()
     assert s.status == "failed" and "No space left" in s.message
     d = Path(s.run_dir)
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "metrics.jsonl", "status.json"]  # no temp file
+    # no temp file (the robustness check's results come before the save: hotdog.robust)
+    assert sorted(p.name for p in d.iterdir()) == [".sources.lock", "config.json", "metrics.jsonl", "sources.json",
+                                                   "status.json", "wise.json"]
 
 
 def test_config_json_records_the_data_fingerprint_and_drift_is_reported(tiny_dataset, tmp_path):

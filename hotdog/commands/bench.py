@@ -27,6 +27,12 @@ def register(sub) -> None:
                    help="comma-separated stages to run (threads, memory, inference_variants, source_models, "
                    "pipeline_and_overhead, predict, frozen); the others report null")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    p.add_argument("--scale", metavar="N", type=int, default=None,
+                   help="instead: build N generated JPEG photos and measure scan time, one input-pipeline "
+                   "pass and the first training batches (images/s, peak RSS); see hotdog/bench_scale.py")
+    p.add_argument("--scale-input-size", metavar="PX", type=int, default=None,
+                   help="crop size for --scale (default 64, small so large N stays feasible)")
+    p.add_argument("--keep", action="store_true", help="with --scale: keep the generated photos for a rerun")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -37,6 +43,8 @@ def run(args) -> int:
     def progress(msg: str) -> None:
         print(f"bench: {msg}", file=sys.stderr, flush=True)
 
+    if args.scale is not None:
+        return _run_scale(args, progress)
     if args.from_json:  # re-rendering needs neither MXNet nor data
         import json
         from pathlib import Path
@@ -62,6 +70,20 @@ def run(args) -> int:
         print(bench_report.format_markdown(result))
     else:
         print(bench_report.format_table(result))
+    return 0
+
+
+def _run_scale(args, progress) -> int:
+    from hotdog import bench_scale
+
+    settings = bench_scale.ScaleSettings(n=args.scale, keep=args.keep)
+    if args.scale_input_size is not None:
+        settings.input_size = args.scale_input_size
+    result = bench_scale.run_scale(settings, progress=progress)
+    if args.json:
+        emit_json(_finite({"scale": result}))
+    else:
+        print(bench_scale.format_scale(result))
     return 0
 
 

@@ -63,6 +63,9 @@ def register(sub) -> None:
     t.add_argument("--devices", default=None,
                    help="e.g. 'cpu(0),cpu(1)' or 'gpu(0),gpu(1)' (quote it in a shell; default: all GPUs, else CPU)")
     t.add_argument("--runs-dir", default=None, help="run store folder (default $HOTDOG_HOME/runs)")
+    t.add_argument("--also-eval", action="append", default=None, metavar="DIR", dest="also_eval",
+                   help="after training, also score the run on this folder (one sub-folder per class; "
+                        "repeatable); results per source go into the run's sources.json")
     add_json_flag(t)
     t.set_defaults(func=cmd_train)
 
@@ -71,6 +74,8 @@ def register(sub) -> None:
     e.add_argument("--data", required=True, help="split folder with one folder per class (or a root with test/)")
     e.add_argument("--weights", choices=WEIGHTS, default=None, help=WEIGHTS_HELP)
     e.add_argument("--runs-dir", default=None)
+    e.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the result to the run's per-source metrics (sources.json; default: yes)")
     add_json_flag(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -99,7 +104,7 @@ def _config_from_args(args):
     knobs = {name: getattr(args, name) for name in settings.KNOBS}
     preset = args.preset or settings.default_preset(args.devices)
     return settings.config_for(args.data, source=args.source, mode=args.mode, preset=preset,
-                               devices=args.devices, **knobs)
+                               devices=args.devices, also_eval=args.also_eval, **knobs)
 
 
 def _print_estimate(prepared, runs_dir) -> None:
@@ -228,11 +233,11 @@ def _resolve_run(run: str, runs_dir) -> Path:
 
 
 def cmd_evaluate(args) -> int:
-    from hotdog.predict import evaluate
+    from hotdog.robust import evaluate_folder
 
     run_dir = _resolve_run(args.run, args.runs_dir)
     weights = _weights(run_dir, args.weights)
-    report = evaluate(run_dir, args.data, weights=weights)
+    report, _ = evaluate_folder(run_dir, args.data, record=args.record, weights=weights)
     if args.json:
         emit_json({**report.to_dict(), "run_id": run_dir.name, "weights": weights})
         return 0

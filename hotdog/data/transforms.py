@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from PIL import Image
 
+from hotdog.data.decoded import DecodedCache
 from hotdog.data.images import DEFAULT_MAX_PIXELS, decode_image, to_rgb
 from hotdog.errors import ImageDecodeError
 
@@ -166,34 +167,44 @@ def _gluon_dataset_base():
 class ImageListDataset(_gluon_dataset_base()):
     """(path, label) pairs -> (CHW float32 NDArray, int label) through ``decode_image``.
 
-    With ``cache_decoded`` each file is decoded once per process and kept as a compact
-    HWC uint8 array, shrunk so its shorter side is at most ``min_side`` (pass the
-    transform's ``Preprocess.resize``): later epochs only pay for the augmentation.
-    Call ``preload()`` before building a multi-worker DataLoader so forked workers
-    inherit the cache instead of each decoding everything again.
+    With ``cache_decoded`` a decoded file is kept as a compact HWC uint8 array, shrunk so
+    its shorter side is at most ``min_side`` (pass the transform's ``Preprocess.resize``),
+    in a byte-capped LRU store (:class:`hotdog.data.decoded.DecodedCache`, default cap
+    ``HOTDOG_DECODED_CACHE_MB``): a set that fits pays for decoding once, a larger one
+    decodes what fell out again, so memory stays flat however many photos there are.
+    Datasets over the same files may share one store (``cache=``). Call ``preload()``
+    before building a multi-worker DataLoader so forked workers inherit the cache.
     """
 
     def __init__(self, items: Iterable[tuple[Path, int]], transform: Callable | None = None,
                  cache_decoded: bool = True, min_side: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodedCache | None = None):
         self.items = [(Path(p), int(label)) for p, label in items]
         self.transform = transform
         self.cache_decoded = cache_decoded
         self.min_side = int(min_side) if min_side else None
         self.max_pixels = max_pixels
-        self._cache: dict[int, np.ndarray] = {}
+        # Keyed by path: datasets sharing the store (same files, other transforms) agree,
+        # and dropping unreadable items in preload() needs no re-keying.
+        self._cache = cache if cache is not None else DecodedCache()
 
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def decoded_cache(self) -> DecodedCache:
+        """The decoded-photo store (share it with ``cache=``; its ``stats()`` for reports)."""
+        return self._cache
+
     def _decoded(self, idx: int) -> np.ndarray:
-        arr = self._cache.get(idx)
+        path = self.items[idx][0]
+        key = (str(path), self.min_side)
+        arr = self._cache.get(key) if self.cache_decoded else None
         if arr is None:
-            path = self.items[idx][0]
             img = decode_image(path, self.max_pixels, min_side=self.min_side)
             arr = np.asarray(img, dtype=np.uint8)
             if self.cache_decoded:
-                self._cache[idx] = arr
+                self._cache.put(key, arr)
         return arr
 
     def image(self, idx: int) -> Image.Image:
@@ -222,7 +233,6 @@ class ImageListDataset(_gluon_dataset_base()):
         if failures:
             keep = [i for i in range(len(self.items)) if i not in failures]
             bad = [{"path": str(self.items[i][0]), "reason": failures[i]} for i in sorted(failures)]
-            self._cache = {new: self._cache[old] for new, old in enumerate(keep) if old in self._cache}
             self.items = [self.items[i] for i in keep]
             return bad
         return []
