@@ -19,6 +19,7 @@ What goes through ``t`` (the rule the test enforces):
   through ``ui.show_error``/``ui.or_error``, whose ``st.error`` the test skips), which marks it
   as deliberately English; the page may frame it with translated words.
 * Data is never translated: names of data sets, classes, files, runs, source models; numbers.
+  A path or name shown on its own goes through :func:`verbatim` (marked like an engine sentence).
 
 The language is remembered on disk (``hotdog.prefs``, like the data set), so a reload, a new tab
 or a restart keeps it; each browser session reads it once and the switch writes it.
@@ -151,6 +152,11 @@ def engine(text) -> str:
     text = str(text)
     _shown(text)
     return text
+
+
+def verbatim(text) -> str:
+    """Data shown as it is (a folder path, a file name): never translated, marked like :func:`engine`."""
+    return engine(text)
 
 
 def tr(text: str) -> str:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from hotdog.errors import HotdogError
 from hotdog.mxthread import mx_call
-from i18n import t
+from i18n import engine, t, verbatim
 
 ENV_DATA = "HOTDOG_DATA"
 DATA_KEY = "data_root"        # the data set every page works on (plain state, not a widget)
@@ -36,6 +36,7 @@ SOURCE_KEY = "source_model"   # the source model, shared by Train, Predict and W
 FOLDERS_KEY = "typed_folders"  # local folders the user typed in this session
 # Literal keys, so the catalog test sees them: t("installed"), t("folder")
 ORIGIN_WORDS = {"env": "$" + ENV_DATA, "installed": "installed", "folder": "folder"}
+# Literal keys (the UI shows them through t): t("fine-tune"), t("from scratch"), t("training")
 MODE_TITLES = {"finetune": "fine-tune", "scratch": "from scratch"}
 
 
@@ -181,9 +182,9 @@ def phase_text(phase: str, done, total) -> str:
     one-step phases (loading, converting) have no count."""
     from hotdog.callbacks import PHASES
 
-    title = PHASES.get(phase, phase)
+    title = t(PHASES.get(phase, phase))
     if phase == "cache":
-        return f"{title}: batch {done}/{total}"
+        return t("{title}: batch {done}/{total}", title=title, done=done, total=total)
     if int(total or 0) <= 1:
         return title + ("" if done else "…")
     return f"{title} {done}/{total}"
@@ -210,24 +211,25 @@ def progress_text(p) -> str:
     ips = _get(p, "images_per_sec")
     phase = _get(p, "phase", "train")
     if phase == "robust":  # hotdog.robust after training: WiSE-FT curve, other sources
-        return (f"Checking other sources and WiSE-FT alphas: step {_get(p, 'batch')}/{_get(p, 'batches')}"
-                f" · ETA {format_duration(_get(p, 'eta_seconds'))}")
+        return (t("Checking other sources and WiSE-FT alphas: step {step}/{steps}", step=_get(p, 'batch'),
+                  steps=_get(p, 'batches')) + " · " + t("ETA {eta}", eta=format_duration(_get(p, 'eta_seconds'))))
     if phase != "train":
         return phase_text(phase, _get(p, "batch"), _get(p, "batches")) + (
-            f" · {ips:.1f} images/s" if ips else "")
+            " · " + t("{ips} images/s", ips=f"{ips:.1f}") if ips else "")
     parts = [
-        f"Epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}",
-        f"batch {_get(p, 'batch')}/{_get(p, 'batches')}",
-        f"{ips:.1f} images/s" if ips else "– images/s",
-        f"ETA {format_duration(_get(p, 'eta_seconds'))}",
+        t("Epoch {epoch}/{epochs}", epoch=_get(p, 'epoch'), epochs=_get(p, 'epochs')),
+        t("batch {batch}/{batches}", batch=_get(p, 'batch'), batches=_get(p, 'batches')),
+        t("{ips} images/s", ips=f"{ips:.1f}" if ips else "–"),
+        t("ETA {eta}", eta=format_duration(_get(p, 'eta_seconds'))),
     ]
     loss, acc = _get(p, "loss"), _get(p, "acc")
     # The engine reports 0/0 until its meter first syncs with the device: not a real loss.
     if loss and acc is not None and math.isfinite(loss):
-        parts.append(f"loss {loss:.3f}, acc {acc:.3f}")
+        parts.append(t("loss {loss}, acc {acc}", loss=f"{loss:.3f}", acc=f"{acc:.3f}"))
     return " · ".join(parts)
 
 
+# Shown through t (curves_frame, the charts' sort): t("train loss"), t("train acc"), t("test acc"), t("val acc")
 METRIC_LABELS = {"train_loss": "train loss", "train_acc": "train acc", "test_acc": "test acc",
                  "val_acc": "val acc"}  # val acc: runs with a validation split (hotdog.best)
 
@@ -239,7 +241,7 @@ def curves_frame(epochs: Iterable[Any], run: str = "") -> pd.DataFrame:
         for key, label in METRIC_LABELS.items():
             v = _get(m, key)
             if v is not None and math.isfinite(float(v)):
-                rows.append({"run": run, "epoch": int(_get(m, "epoch")), "metric": label, "value": float(v)})
+                rows.append({"run": run, "epoch": int(_get(m, "epoch")), "metric": t(label), "value": float(v)})
     return pd.DataFrame(rows, columns=["run", "epoch", "metric", "value"])
 
 
@@ -267,7 +269,8 @@ def misclassified_caption(m: dict) -> str:
     """'photo.jpg / true hotdog → not-hotdog / p(not-hotdog) 0.58': the probability is named."""
     p = (m.get("probabilities") or {}).get(m.get("predicted"))
     conf = f"\np({m.get('predicted')}) {p:.2f}" if isinstance(p, (int, float)) else ""
-    return f"{Path(str(m.get('path'))).name}\ntrue {m.get('label')} → {m.get('predicted')}{conf}"
+    return (f"{Path(str(m.get('path'))).name}\n"
+            + t("true {label} → {predicted}", label=m.get('label'), predicted=m.get('predicted')) + conf)
 
 
 def acc_text(acc) -> str:
@@ -304,7 +307,7 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
     if not state.running:
         return None
     cfg = state.config
-    mode = MODE_TITLES.get(getattr(cfg, "mode", ""), "training")
+    mode = t(MODE_TITLES.get(getattr(cfg, "mode", ""), "training"))
     source = getattr(cfg, "source", "")
     stopping = state.state == "stopping"
     sweep = sweep_progress(state)
@@ -312,16 +315,18 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
     return {
         "run_id": state.run_id or "…",
         "mode": mode,
-        "label": (f"{sweep['title'] or 'sweep'} · point {sweep['point']}/{sweep['total']} · " if sweep else "")
-                 + f"{mode} of {(titles or {}).get(source, source)} · run {state.run_id}"
-                 + (" · stopping…" if stopping else ""),
+        "label": (t("{title} · point {point}/{total}", title=t(sweep['title'] or 'sweep'), point=sweep['point'],
+                    total=sweep['total']) + " · " if sweep else "")
+                 + t("{mode} of {source} · run {run}", mode=mode, source=t((titles or {}).get(source, source)),
+                     run=state.run_id)
+                 + (" · " + t("stopping…") if stopping else ""),
         "sweep": sweep,
         "progress": state.progress,
         "phases": dict(getattr(state, "phases", None) or {}),
         "metrics": list(state.epochs),
         "pending": 0 if stopping else int(state.pending or 0),
         "stopping": stopping,
-        "message": "Stopping…" if stopping else None,
+        "message": t("Stopping…") if stopping else None,
         "mine": state.owned_by(owner),
         "started": time.strftime("%H:%M", time.localtime(state.started)) if state.started else "?",
     }
@@ -330,11 +335,18 @@ def job_view(state, titles: dict | None = None, owner: str | None = None) -> dic
 def estimate_text(est, what: str = "") -> str:
     """"Fine-tune: about 2m 10s (start-up 20s, then 5 epochs of 22s; measured by run X)"."""
     sp = est.speed
-    rate = f", {est.images_per_sec:.1f} images/s" if sp.epoch_per_train_image > 0 and est.epoch_seconds >= 1 else ""
-    epochs = (f"{est.epochs} epoch{'s' if est.epochs != 1 else ''} of {format_duration(est.epoch_seconds)}"
-              if est.epoch_seconds >= 1 else f"{est.epochs} fast epoch{'s' if est.epochs != 1 else ''} of the output layer")
-    return (f"{what + ': ' if what else ''}about {format_duration(est.seconds)} "
-            f"(start-up {format_duration(est.startup_seconds)}, then {epochs}{rate}; from {sp.basis})")
+    rate = (", " + t("{ips} images/s", ips=f"{est.images_per_sec:.1f}")
+            if sp.epoch_per_train_image > 0 and est.epoch_seconds >= 1 else "")
+    one = est.epochs == 1
+    epochs = (t("{n} epoch of {time}" if one else "{n} epochs of {time}", n=est.epochs,
+                time=format_duration(est.epoch_seconds))
+              if est.epoch_seconds >= 1 else
+              t("{n} fast epoch of the output layer" if one else "{n} fast epochs of the output layer", n=est.epochs))
+    # sp.basis is an engine sentence ("measured by run X"), shown as it is
+    return ((t(what) + ": " if what else "")
+            + t("about {time} (start-up {startup}, then {epochs}{rate}; from {basis})",
+                time=format_duration(est.seconds), startup=format_duration(est.startup_seconds), epochs=epochs,
+                rate=rate, basis=engine(sp.basis)))
 
 
 def run_estimates(configs: dict, n_train: int, n_test: int) -> dict:
@@ -362,14 +374,17 @@ def cost_estimate(configs: dict, n_train: int, n_test: int, items, num_classes: 
     known = [estimate_text(e, name) for name, e in ests.items() if e is not None]
     missing = [name for name, e in ests.items() if e is None]
     if known:
-        st.caption(":material/timer: Expected time on this machine. " + md_escape(" · ".join(known)))
+        st.caption(":material/timer: " + t("Expected time on this machine.") + " " + md_escape(" · ".join(known)))
     if missing:
         left, right = st.columns([4, 1], vertical_alignment="center")
-        left.caption(":material/timer: " + md_escape(" and ".join(missing)) + (" has" if len(missing) == 1 else " have")
-                     + " not been timed with these settings on this machine yet: a short probe (two batches) "
-                       "measures it.")
-        if right.button("Measure", key="btn_probe", icon=":material/speed:", disabled=busy, width="stretch"):
-            with st.spinner("Measuring two batches…"):
+        names = md_escape((" " + t("and") + " ").join(t(m) for m in missing))
+        left.caption(":material/timer: " + t(
+            "{names} has not been timed with these settings on this machine yet: a short probe (two batches) "
+            "measures it." if len(missing) == 1 else
+            "{names} have not been timed with these settings on this machine yet: a short probe (two batches) "
+            "measures it.", names=names))
+        if right.button(t("Measure"), key="btn_probe", icon=":material/speed:", disabled=busy, width="stretch"):
+            with st.spinner(t("Measuring two batches…")):
                 for name in missing:
                     try:
                         probe_speed(configs[name], items, num_classes)
@@ -386,7 +401,7 @@ def memory_estimate(config, n_images: int) -> tuple[str, str]:
     from hotdog import memory
 
     plan = memory.plan(config, n_images)
-    text = "Memory: " + plan.message + "."
+    text = t("Memory:") + " " + engine(plan.message) + "."
     return {"proceed": "info", "warn": "warning", "refuse": "error"}[plan.decision], text
 
 
@@ -394,31 +409,31 @@ def job_header(snap: dict, key: str) -> None:
     """The live panel's first line: what runs, and Stop for the browser that started it;
     another session gets who/when and only a labelled, confirmed stop."""
     left, right = st.columns([5, 1], vertical_alignment="center")
-    left.markdown(f"**{'Stopping' if snap['stopping'] else 'Running'}:** {md_escape(snap['label'])}")
+    left.markdown(f"**{t('Stopping') if snap['stopping'] else t('Running')}:** {md_escape(snap['label'])}")
     if snap["mine"]:
         # on_click: the stop is requested before this panel redraws, so the very next frame
         # already shows the stopping state (a plain `if button:` would show it a refresh late).
-        right.button("Stop", icon=":material/stop:", key=key, width="stretch", on_click=request_stop,
+        right.button(t("Stop"), icon=":material/stop:", key=key, width="stretch", on_click=request_stop,
                      args=(snap["run_id"],), disabled=snap["stopping"])
         return
-    left.caption(f"Started by another browser session at {snap['started']}; only that session "
-                 "can stop it. You can watch it here.")
-    with right.popover("Stop…", icon=":material/stop:", width="stretch", disabled=snap["stopping"]):
-        st.warning("This ends a training someone else started. " + kept_on_stop(len(snap["metrics"])))
-        st.button("Stop someone else's run", key=f"{key}_other", type="primary", on_click=request_stop,
+    left.caption(t("Started by another browser session at {time}; only that session can stop it. You can "
+                   "watch it here.", time=snap['started']))
+    with right.popover(t("Stop…"), icon=":material/stop:", width="stretch", disabled=snap["stopping"]):
+        st.warning(t("This ends a training someone else started.") + " " + kept_on_stop(len(snap["metrics"])))
+        st.button(t("Stop someone else's run"), key=f"{key}_other", type="primary", on_click=request_stop,
                   args=(snap["run_id"], True))
 
 
 def kept_on_stop(epochs_done: int) -> str:
     """What a stop now would keep, exactly."""
     if epochs_done == 0:
-        return "No epoch has completed yet, so nothing would be kept."
-    return f"The weights after epoch {epochs_done} (the last completed one) are kept."
+        return t("No epoch has completed yet, so nothing would be kept.")
+    return t("The weights after epoch {n} (the last completed one) are kept.", n=epochs_done)
 
 
 def stopping_note(snap: dict) -> str:
     """The live panel's line while a stop is pending."""
-    return "Stopping after this batch… " + kept_on_stop(len(snap["metrics"]))
+    return t("Stopping after this batch…") + " " + kept_on_stop(len(snap["metrics"]))
 
 
 STOP_KEY = "stop_requested"  # the run id this session asked to stop (session state)
@@ -437,7 +452,7 @@ def startup_checklist(snap: dict) -> None:
     if snap.get("message"):
         st.caption(md_escape(snap["message"]))
     if p is None:
-        st.progress(0.0, text="Starting the training process (loading MXNet)…")
+        st.progress(0.0, text=t("Starting the training process (loading MXNet)…"))
         return
     current = _get(p, "phase")
     for (state, text), name in zip(startup_steps(snap.get("phases") or {}, current),
@@ -479,11 +494,12 @@ def sweep_progress(state, now: float | None = None) -> dict | None:
     elapsed = (time.time() if now is None else now) - (getattr(state, "job_started", None) or time.time())
     progress = done + frac
     eta = elapsed / progress * (len(queued) - progress) if progress > 0 and queued else float("nan")
-    parts = [f"Point {point}/{sweep.get('total', len(queued))}"]
+    parts = [t("Point {point}/{total}", point=point, total=sweep.get('total', len(queued)))]
     if p is not None:
-        parts.append(f"epoch {_get(p, 'epoch')}/{_get(p, 'epochs')}" if _get(p, "phase", "train") == "train"
+        parts.append(t("epoch {epoch}/{epochs}", epoch=_get(p, 'epoch'), epochs=_get(p, 'epochs'))
+                     if _get(p, "phase", "train") == "train"
                      else phase_text(_get(p, "phase"), _get(p, "batch"), _get(p, "batches")))
-    parts.append(f"ETA {format_duration(eta)}")
+    parts.append(t("ETA {eta}", eta=format_duration(eta)))
     return {"sweep_id": sweep.get("sweep_id"), "title": sweep.get("title") or "", "point": point,
             "total": sweep.get("total", len(queued)), "fraction": progress / len(queued) if queued else 0.0,
             "text": " · ".join(parts)}
@@ -536,11 +552,11 @@ def lr_find_chart(result: dict):
     df = pd.DataFrame({"lr": result["lrs"], "loss": result["losses"]})
     df = df[np.isfinite(df["loss"])]
     chart = alt.Chart(df).mark_line().encode(
-        x=alt.X("lr:Q", title="learning rate (log scale)", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g")),
-        y=alt.Y("loss:Q", title="smoothed training loss", scale=alt.Scale(zero=False)),
+        x=alt.X("lr:Q", title=t("learning rate (log scale)"), scale=alt.Scale(type="log"), axis=alt.Axis(format="~g")),
+        y=alt.Y("loss:Q", title=t("smoothed training loss"), scale=alt.Scale(zero=False)),
         tooltip=[alt.Tooltip("lr:Q", format=".3g"), alt.Tooltip("loss:Q", format=".3f")])
     if result.get("suggested_lr"):
-        mark = pd.DataFrame({"lr": [result["suggested_lr"]], "label": [f"suggested {result['suggested_lr']:.2g}"]})
+        mark = pd.DataFrame({"lr": [result["suggested_lr"]], "label": [t("suggested {lr}", lr=f"{result['suggested_lr']:.2g}")]})
         rule = alt.Chart(mark).mark_rule(color="#d9480f", strokeDash=[4, 3]).encode(x="lr:Q")
         text = alt.Chart(mark).mark_text(align="left", dx=4, dy=-120, color="#d9480f").encode(x="lr:Q", text="label")
         chart = chart + rule + text
@@ -550,16 +566,19 @@ def lr_find_chart(result: dict):
 def job_end_message(state) -> tuple[str, str]:
     """(kind, text) for a training that ended: kind is "success", "info" or "error"."""
     took = format_duration((state.ended or 0) - (state.started or 0))
-    mode = MODE_TITLES.get(getattr(state.config, "mode", ""), "")
+    mode = t(MODE_TITLES.get(getattr(state.config, "mode", ""), "training"))
     res = state.result
     if state.state == "finished":
-        acc = f", test accuracy {res.test_acc:.3f}" if res is not None and res.test_acc is not None else ""
-        return "success", f"Run finished ({mode}): {state.run_id}{acc} ({took})"
+        acc = (", " + t("test accuracy {acc}", acc=f"{res.test_acc:.3f}")
+               if res is not None and res.test_acc is not None else "")
+        return "success", t("Run finished ({mode}): {run}{acc} ({took})", mode=mode, run=state.run_id, acc=acc,
+                            took=took)
     if state.state == "stopped":
         from hotdog.train import stopped_message
 
         why = res.message if res is not None else stopped_message(len(state.epochs))
-        return "info", f"Run stopped: {state.run_id}: {why}."
+        # why: the engine's sentence (train.stopped_message), English by the rule of i18n
+        return "info", t("Run stopped: {run}: {why}.", run=state.run_id, why=engine(why))
     return "error", f"Run {state.state}: {state.run_id}: {state.error or ''}"
 
 
@@ -583,8 +602,8 @@ def guarded(what: str):
         show_error(err)
     except Exception:  # noqa: BLE001 - a bug: keep the app up
         logging.getLogger("hotdog.app").exception("%s failed", what)
-        st.error(f"The {what} hit an unexpected error; the details are in the server log. "
-                 "The other pages keep working.", icon=":material/bug_report:")
+        st.error(t("The {what} hit an unexpected error; the details are in the server log. "
+                   "The other pages keep working.", what=t(what)), icon=":material/bug_report:")
 
 
 def fragment(run_every=None):
@@ -592,7 +611,7 @@ def fragment(run_every=None):
     def wrap(fn):
         @functools.wraps(fn)
         def body(*args, **kwargs):
-            with guarded("live view"):
+            with guarded("live view"):  # t("live view")
                 return fn(*args, **kwargs)
         return st.fragment(run_every=run_every)(body)
     return wrap
@@ -631,7 +650,7 @@ def _mtime(path) -> float:
         return 0.0
 
 
-@st.cache_data(show_spinner="Checking the data set…", max_entries=16)
+@st.cache_data(show_spinner=False, max_entries=16)  # the spinner is dataset_report's (translated)
 def _report(root: str, stamp: float) -> dict:
     from hotdog import data
 
@@ -639,7 +658,8 @@ def _report(root: str, stamp: float) -> dict:
 
 
 def dataset_report(root: str) -> dict:
-    return _report(str(root), _stamp(root))
+    with st.spinner(t("Checking the data set…")):
+        return _report(str(root), _stamp(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -740,7 +760,7 @@ def set_dataset(root: str) -> None:
         logging.getLogger(__name__).warning("could not remember the data set: %s", err)
 
 
-def dataset_picker(container=None, key: str = "data_pick", label: str = "Data set in use",
+def dataset_picker(container=None, key: str = "data_pick", label: str | None = None,
                    short: bool = False) -> str | None:
     """The one data set picker (Data page, sidebar): every data set the app can open, bound to
     the session's choice (which another page may have changed) and remembered on disk."""
@@ -752,16 +772,26 @@ def dataset_picker(container=None, key: str = "data_pick", label: str = "Data se
     paths = [c.path for c in choices]
     # The sidebar is narrow: names there, names and folders on the Data page.
     labels = {c.path: (f"{Path(c.path).name} ({t(ORIGIN_WORDS[c.origin]) if c.origin != 'env' else ORIGIN_WORDS['env']})"
-                       if short else c.label) for c in choices}
+                       if short else long_label(c)) for c in choices}
     if current and current not in paths:
         paths.append(current)
     if st.session_state.get(key) != current and current in paths:
         st.session_state[key] = current
-    container.selectbox(label, paths, key=key, format_func=lambda p: labels.get(p, p),
+    container.selectbox(label or t("Data set in use"), paths, key=key, format_func=lambda p: labels.get(p, p),
                         on_change=lambda: set_dataset(st.session_state[key]),
                         help=t("Data sets installed in $HOTDOG_HOME/data, the one in $HOTDOG_DATA and folders "
                                "you opened; the choice is remembered for the next visit."))
     return current
+
+
+def long_label(c: DatasetChoice) -> str:
+    """``c.label`` in the interface's language (its path is data)."""
+    name, path = Path(c.path).name, verbatim(c.path)
+    if c.origin == "env":
+        return t("{name} (from {env}: {path})", name=name, env="$" + ENV_DATA, path=path)
+    if c.origin == "installed":
+        return t("{name} (installed: {path})", name=name, path=path)
+    return t("{name} (folder: {path})", name=name, path=path)
 
 
 def remember_folder(root: str) -> None:
@@ -888,7 +918,7 @@ def find_lr(config, num_iter: int = 50) -> dict:
     """The learning-rate finder for ``config`` on the engine's MXNet thread (never this script's)."""
     from hotdog.lr_find import lr_find
 
-    with st.spinner(f"Trying {num_iter} learning rates from 1e-6 upwards…"):
+    with st.spinner(t("Trying {n} learning rates from 1e-6 upwards…", n=num_iter)):
         return mx_call(lr_find, config, num_iter=num_iter, end_lr=10.0).to_dict()
 
 
@@ -949,7 +979,7 @@ def _job_status(link: bool = True) -> None:
         where = " · " + t("starting")
     else:
         where = f" · {progress_fraction(p):.0%}" if p is not None else ""
-    mode = t(snap["mode"])
+    mode = snap["mode"]  # translated by job_view
     st.caption(t("**Training:** {mode} stopping{where}", mode=mode, where=where) if snap["stopping"]
                else t("**Training:** {mode} running{where}", mode=mode, where=where))
     if link:
@@ -997,27 +1027,31 @@ def run_label(r) -> str:
 
     acc = score(r)
     # The accuracy first: a closed picker shows only the start of a long label.
-    acc = "no test acc" if acc is None else f"test acc {acc:.3f}" + (
-        f" (best epoch {r.best_epoch})" if r.best_epoch else "")
+    acc = t("no test acc") if acc is None else t("test acc {acc}", acc=f"{acc:.3f}") + (
+        " " + t("(best epoch {n})", n=r.best_epoch) if r.best_epoch else "")
     data = Path(r.data_root or run_data_root(r.run_id) or "").name
-    return (f"{acc} · {MODE_TITLES.get(r.mode, r.mode or '?')}" + (f" · {data}" if data else "")
-            + f" · {source_titles().get(r.source, r.source)} · {r.run_id}")
+    mode = t(MODE_TITLES[r.mode]) if r.mode in MODE_TITLES else (r.mode or "?")
+    return (f"{acc} · {mode}" + (f" · {data}" if data else "")
+            + f" · {t(source_titles().get(r.source, r.source))} · {r.run_id}")
 
 
 def weights_title(run, weights: str) -> str:
     """'best epoch 4 (val 0.950)' / 'last epoch (5)': which weights, in words."""
     if weights == "best" and run.best_epoch:
-        val = f" (val {run.best_val_acc:.3f})" if isinstance(run.best_val_acc, (int, float)) else ""
-        return f"best epoch {run.best_epoch}{val}"
-    return f"last epoch ({run.epochs_done})"
+        val = " " + t("(val {acc})", acc=f"{run.best_val_acc:.3f}") if isinstance(run.best_val_acc, (int, float)) else ""
+        return t("best epoch {n}", n=run.best_epoch) + val
+    return t("last epoch ({n})", n=run.epochs_done)
 
 
-def pick_run(runs: Sequence, key: str, label: str = "Run", container=None):
+def pick_run(runs: Sequence, key: str, label: str | None = None, container=None):
     """A picker over run summaries (in the given order, the first preselected; labelled by
     :func:`run_label`); the chosen one."""
     by_id = {r.run_id: r for r in runs}
     labels = {run_id: run_label(r) for run_id, r in by_id.items()}
-    run_id = (container or st).selectbox(label, list(by_id), format_func=labels.get, key=key)
+    # The noun, capitalised ("Run" alone is the Experiments page's verb in the catalog)
+    noun = t("run")
+    run_id = (container or st).selectbox(label or noun[:1].upper() + noun[1:], list(by_id), format_func=labels.get,
+                                         key=key)
     return by_id[run_id]
 
 
@@ -1044,6 +1078,8 @@ def comparison(run_ids: Sequence[str]):
             try:
                 ev = evaluation(str(rec.run_dir))
                 single = compare.one_class(ev.get("confusion"), ev.get("classes") or [])
+                # the saved model's (a WiSE-FT mix can differ from the last epoch), as the flag
+                acc = ev.get("accuracy", acc)
             except HotdogError:
                 single = None
         rows.append(compare.ComparedRun(run_id, rec.config.get("mode"), acc,
@@ -1078,7 +1114,7 @@ def _params_stamp(run_dir: str) -> float:
     return _mtime(Path(run_dir) / PARAMS_FILE)
 
 
-@st.cache_resource(show_spinner="Loading the run's weights…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)  # the spinner is predictor's (translated)
 def _predictor(run_dir: str, stamp: float, weights: str = "last"):
     from hotdog.predict import Predictor
 
@@ -1087,10 +1123,11 @@ def _predictor(run_dir: str, stamp: float, weights: str = "last"):
 
 def predictor(run_dir: str, weights: str = "last"):
     """A finished run's Predictor (its "last" or "best" weights), cached until its weights change."""
-    return _predictor(str(run_dir), _params_stamp(run_dir), weights)
+    with st.spinner(t("Loading the run's weights…")):
+        return _predictor(str(run_dir), _params_stamp(run_dir), weights)
 
 
-@st.cache_resource(show_spinner="Fitting the zero-shot head on the training split…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)  # the spinner is zero_shot's (translated)
 def _zero_shot(source: str, root: str, stamp: float):
     from hotdog.predict import Predictor
 
@@ -1100,13 +1137,14 @@ def _zero_shot(source: str, root: str, stamp: float):
 
 def zero_shot(source: str, root: str):
     """The source network with a head of ImageNet rows for the data set's classes (no training)."""
-    return _zero_shot(source, str(root), _stamp(root))
+    with st.spinner(t("Fitting the zero-shot head on the training split…")):
+        return _zero_shot(source, str(root), _stamp(root))
 
 
 def classify(files: Sequence[tuple[str, bytes]], source: str, predictor=None) -> list:
     from hotdog.predict import classify_photos
 
-    with st.spinner("Classifying…"):
+    with st.spinner(t("Classifying…")):
         return classify_photos(files, source, predictor=predictor)
 
 
@@ -1143,7 +1181,7 @@ def data_drift(run_id: str) -> str | None:
     return _drift(run_id, root or "", _stamp(root) if root else 0.0)
 
 
-@st.cache_data(show_spinner="Evaluating on the test split…", max_entries=16)
+@st.cache_data(show_spinner=False, max_entries=16)  # the spinner is evaluation's (translated)
 def _evaluation(run_dir: str, stamp: float, split: str, split_stamp: float, weights: str = "last") -> dict:
     from hotdog.predict import evaluate
 
@@ -1156,7 +1194,8 @@ def evaluation(run_dir: str, weights: str = "last") -> dict:
     if not root or not Path(root).is_dir():
         raise HotdogError(f"the data set this run was trained on is gone ({root})")
     split = eval_split(root)
-    return _evaluation(str(run_dir), _params_stamp(run_dir), split, _stamp(split), weights)
+    with st.spinner(t("Evaluating on the test split…")):
+        return _evaluation(str(run_dir), _params_stamp(run_dir), split, _stamp(split), weights)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -1219,22 +1258,27 @@ def contributions_frame(contrib: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dimension", "contribution", "weight", "feature", "sign"])
 
 
-@st.cache_resource(show_spinner="Preparing the heatmap network…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)  # the spinner is explainer's (translated)
 def _run_explainer(run_dir: str, stamp: float):
     from hotdog.explain import Explainer
 
     return Explainer.from_run(run_dir)
 
 
-@st.cache_resource(show_spinner="Preparing the heatmap network…", max_entries=2)
-def imagenet_explainer(source: str):
-    """The pretrained ImageNet classifier of ``source`` as a plain network (Grad-CAM, contributions)."""
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _imagenet_explainer(source: str):
     from hotdog.explain import Explainer
 
     return Explainer.imagenet(source)
 
 
-@st.cache_resource(show_spinner="Preparing the heatmap network…", max_entries=2)
+def imagenet_explainer(source: str):
+    """The pretrained ImageNet classifier of ``source`` as a plain network (Grad-CAM, contributions)."""
+    with st.spinner(t("Preparing the heatmap network…")):
+        return _imagenet_explainer(source)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
 def _zero_shot_explainer(source: str, root: str, stamp: float):
     from hotdog.explain import Explainer
 
@@ -1245,20 +1289,21 @@ def _zero_shot_explainer(source: str, root: str, stamp: float):
 def explainer(run_dir: str | None = None, source: str | None = None, zero_shot_root: str | None = None):
     """The Grad-CAM network for a run, else the zero-shot head of a data set, else the ImageNet
     classifier of ``source``; cached until the run's weights or the data set change."""
-    if run_dir:
-        return _run_explainer(str(run_dir), _params_stamp(run_dir))
-    if zero_shot_root:
+    if not run_dir and not zero_shot_root:
+        return imagenet_explainer(source or current_source())
+    with st.spinner(t("Preparing the heatmap network…")):
+        if run_dir:
+            return _run_explainer(str(run_dir), _params_stamp(run_dir))
         return _zero_shot_explainer(source or current_source(), str(zero_shot_root), _stamp(zero_shot_root))
-    return imagenet_explainer(source or current_source())
 
 
 def heatmaps(explainer_, images: Sequence) -> list:
     """Grad-CAM of each decoded photo for its predicted class: Explanation per image."""
-    with st.spinner("Computing heatmaps…"):
+    with st.spinner(t("Computing heatmaps…")):
         return explainer_.explain_images(list(images))
 
 
-@st.cache_data(show_spinner="Computing heatmaps…", max_entries=16)
+@st.cache_data(show_spinner=False, max_entries=16)  # the spinner is gallery_heatmaps' (translated)
 def _gallery_heatmaps(run_dir: str, stamp: float, items: tuple, size: int) -> list:
     from PIL import ImageOps
 
@@ -1277,7 +1322,8 @@ def gallery_heatmaps(run_dir: str, misclassified: Sequence[dict], size: int = 25
     """For each misclassified photo, its heatmap for the class the run wrongly predicted (a
     square overlay, None when it cannot be made); cached per run weights."""
     items = tuple((str(m["path"]), str(m["predicted"])) for m in misclassified)
-    return _gallery_heatmaps(str(run_dir), _params_stamp(run_dir), items, size)
+    with st.spinner(t("Computing heatmaps…")):
+        return _gallery_heatmaps(str(run_dir), _params_stamp(run_dir), items, size)
 
 
 @st.cache_data(show_spinner="Exporting…", max_entries=4)

@@ -250,13 +250,14 @@ def _dataset(items, pre, keep_decoded: bool):
     return ds, np.array([lab for _, lab in ds.items], np.int64)
 
 
-def _predicted(net, ds, ctx, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, predicted class) of every readable photo of ``ds``, ``batch`` photos per forward."""
+def _forward(block, ds, ctx, batch: int = 32):
+    """(labels, outputs of ``block``) over every readable photo of ``ds``, ``batch`` photos per
+    forward; outputs None when no photo is readable."""
     import mxnet as mx
 
     from hotdog.errors import ImageDecodeError
 
-    labels, preds = [], []
+    labels, outs = [], []
     for s in range(0, len(ds), batch):
         xs = []
         for i in range(s, min(s + batch, len(ds))):
@@ -267,9 +268,38 @@ def _predicted(net, ds, ctx, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
                 continue
             labels.append(ds.items[i][1])
         if xs:
-            out = net(mx.nd.stack(*xs).as_in_context(ctx))
-            preds.append(out.argmax(axis=1).asnumpy().astype(np.int64))
-    return np.array(labels, np.int64), (np.concatenate(preds) if preds else np.zeros(0, np.int64))
+            outs.append(block(mx.nd.stack(*xs).as_in_context(ctx)))
+    return np.array(labels, np.int64), (mx.nd.concat(*outs, dim=0) if outs else None)
+
+
+def _argmax(out) -> np.ndarray:
+    return np.zeros(0, np.int64) if out is None else out.argmax(axis=1).asnumpy().astype(np.int64)
+
+
+def _predicted(net, ds, ctx, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted class) of every readable photo of ``ds``, ``batch`` photos per forward."""
+    labels, out = _forward(net, ds, ctx, batch)
+    return labels, _argmax(out)
+
+
+class _Scorer:
+    """``scorer(ds)`` -> (labels, predicted class) for the network as it is now. With frozen
+    features the WiSE-FT mix changes only the output layer (both ends share the features), so
+    the backbone runs once per photo set and each alpha costs one pass of the head: the
+    difference between ~2 minutes and seconds after a Quick run on a CPU."""
+
+    def __init__(self, net, config, ctx):
+        self.net, self.ctx = net, ctx
+        self.frozen = bool(config.freeze and config.mode == "finetune")
+        self._features: dict[int, tuple] = {}  # id(ds) -> (labels, backbone features)
+
+    def __call__(self, ds) -> tuple[np.ndarray, np.ndarray]:
+        if not self.frozen:
+            return _predicted(self.net, ds, self.ctx)
+        if id(ds) not in self._features:
+            self._features[id(ds)] = (ds, *_forward(self.net.features, ds, self.ctx))
+        _, labels, feats = self._features[id(ds)]
+        return labels, _argmax(None if feats is None else self.net.output(feats))
 
 
 def source_metrics(name: str, kind: str, classes: Sequence[str], labels: np.ndarray, predicted: np.ndarray,
@@ -349,6 +379,7 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
 
     report = RobustReport(curve=None, wise_skipped=why if zs is None else "")
     finetuned = current_state(net)
+    score = _Scorer(net, config, ctx)
     try:
         if want_curve:
             acc = {"test": [], "proxy": []}
@@ -356,7 +387,7 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
             for a in alphas:
                 interpolate(net, zs, finetuned, a)
                 for kind, _, _, ds, _, _ in loaded[:2]:
-                    labels, pred = _predicted(net, ds, ctx)
+                    labels, pred = score(ds)
                     acc[kind].append(float((pred == labels).mean()) if len(labels) else float("nan"))
                     recall[kind].append([float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
                                          for c in range(len(classes))])
@@ -373,7 +404,7 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
             if error:
                 report.notes.append(f"could not evaluate on {name}: {error}")
                 continue
-            labels, pred = _predicted(net, ds, ctx)
+            labels, pred = score(ds)
             report.sources.append(source_metrics(name, kind, classes, labels, pred, folder, used))
         tick()
     except BaseException:
@@ -409,6 +440,7 @@ class RobustCheck(Callback):
         self.epochs_clean: list[float] = []  # test accuracy of the mixed weights after each epoch
         self._zero_shot = None  # None: not looked for yet; False: the run has none
         self._test = None
+        self._score = None
 
     def after_epoch(self, fit, metrics) -> None:
         """With ``wise_alpha`` < 1: the test accuracy the mixed model would have after this
@@ -421,12 +453,13 @@ class RobustCheck(Callback):
             zs, _ = zero_shot_state(fit.net, cfg.source, list(fit.splits.classes), fit.splits.train)
             self._zero_shot = zs if zs is not None else False
             self._test = _dataset(fit.splits.test, fit.pre, keep_decoded=True)[0] if zs is not None else None
+            self._score = _Scorer(fit.net, cfg, fit.ctxs[0])
         if self._zero_shot is False:
             return
         finetuned = current_state(fit.net)
         try:
             interpolate(fit.net, self._zero_shot, finetuned, cfg.wise_alpha)
-            labels, pred = _predicted(fit.net, self._test, fit.ctxs[0])
+            labels, pred = self._score(self._test)
             self.epochs_clean.append(float((pred == labels).mean()) if len(labels) else float("nan"))
         finally:
             interpolate(fit.net, finetuned, finetuned, 1.0)
@@ -452,8 +485,11 @@ class RobustCheck(Callback):
         except CancelFit:
             result.message += "; stopped during the robustness check: the fine-tuned weights (alpha 1) are kept"
             return
-        # result.test_acc stays the last epoch's (metrics.jsonl, the run list); the message
-        # names the saved model's when the mix changed it.
+        # result.test_acc stays the last epoch's (metrics.jsonl); model.json names the saved
+        # model's when the mix changed it, which is what the run picker and Predict rank by.
+        test = next((s for s in report.sources if s["kind"] == "test"), None)
+        if test is not None and test.get("alpha") is not None and test["alpha"] != 1.0:
+            fit.model_extra["wise"] = {"alpha": test["alpha"], "test_acc": test["accuracy"]}
         if report.notes:
             result.message += "; " + "; ".join(report.notes)
 

@@ -28,8 +28,12 @@ def default_weights(summary_or_model) -> str:
 
 
 def score(s: RunSummary) -> float | None:
-    """The recorded test accuracy of the run's default weights (None: not recorded)."""
-    acc = s.best_test_acc if default_weights(s) == "best" else s.test_acc
+    """The recorded test accuracy of the run's default weights (None: not recorded): the best
+    epoch's, else the saved WiSE-FT mix's, else the last epoch's."""
+    if default_weights(s) == "best":
+        acc = s.best_test_acc
+    else:
+        acc = s.saved_test_acc if s.saved_test_acc is not None else s.test_acc
     return float(acc) if isinstance(acc, (int, float)) else None
 
 

@@ -331,6 +331,12 @@ def check_model(raw: Any, run_dir: Path | None = None) -> dict:
         _field(f, best, "epoch", lambda v: _is_int(v, 1, 100_000), "an epoch number >= 1", required=True)
         for key in ("val_acc", "test_acc"):
             _field(f, best, key, lambda v: v is None or _is_number(v, 0.0, 1.0), "an accuracy between 0 and 1")
+    wise = d.get("wise")  # model.params is a WiSE-FT mix (hotdog.robust): its alpha and test accuracy
+    if wise is not None:
+        if not isinstance(wise, dict):
+            raise DamagedFile(f, f"has 'wise' {_show(wise)}, not an object")
+        for key in ("alpha", "test_acc"):
+            _field(f, wise, key, lambda v: _is_number(v, 0.0, 1.0), "a number between 0 and 1", required=True)
     if run_dir is not None:
         for name in (PARAMS_FILE,) + ((BEST_PARAMS_FILE,) if best is not None else ()):
             params = run_dir / name
@@ -442,6 +448,9 @@ class RunSummary:
     best_epoch: int | None = None
     best_val_acc: float | None = None
     best_test_acc: float | None = None
+    # Test accuracy of the saved model.params when it is a WiSE-FT mix (model.json "wise"),
+    # which can differ from the last epoch's recorded test_acc.
+    saved_test_acc: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -711,7 +720,7 @@ def _summarize(d: Path) -> RunSummary:
 def _best_fields(model: dict | None) -> dict:
     best = (model or {}).get("best") or {}
     return {"best_epoch": best.get("epoch"), "best_val_acc": best.get("val_acc"),
-            "best_test_acc": best.get("test_acc")}
+            "best_test_acc": best.get("test_acc"), "saved_test_acc": ((model or {}).get("wise") or {}).get("test_acc")}
 
 
 # ---------------------------------------------------------------------------- robustness files

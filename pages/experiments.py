@@ -155,7 +155,6 @@ def results() -> None:
         frames = [ui.curves_frame(p["epochs"], run=names[p["run_id"]]) for p in with_curves if p["run_id"] in picked]
         if frames:
             df = pd.concat(frames, ignore_index=True)
-            df["metric"] = df["metric"].map(t)  # facet titles: train loss, train acc, test acc
             st.altair_chart(alt.Chart(df).mark_line(point=True).encode(
                 x=alt.X("epoch:Q", title=t("epoch"), axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y("value:Q", title=None),
                 color=alt.Color("run:N", title=None, legend=alt.Legend(orient="bottom", columns=1, labelLimit=400)),

@@ -7,18 +7,21 @@ import streamlit as st
 
 from hotdog import models, runpick
 import ui
+from i18n import engine, t
 
+# The radio's values (English, the tests pick them), shown through t: t("A finished training run"),
+# t("Pretrained ImageNet classifier"), t("Zero-shot ImageNet 'hotdog' head")
 RUN, IMAGENET, ZERO_SHOT = "A finished training run", "Pretrained ImageNet classifier", "Zero-shot ImageNet 'hotdog' head"
 
-st.title("Predict")
-st.write("Upload photos (or take one) and see what a model makes of them. A file that is not a "
-         "usable image gets its own message; the others are still classified.")
+st.title(t("Predict"))
+st.write(t("Upload photos (or take one) and see what a model makes of them. A file that is not a "
+           "usable image gets its own message; the others are still classified."))
 
 c_kind, c_pick = st.columns([1, 1.2])
-kind = c_kind.radio("Model", [RUN, IMAGENET, ZERO_SHOT], key="predict_kind",
-                    help="Zero-shot: the new output layer starts from ImageNet's 'hotdog' row (and a "
-                         "'not-hotdog' row built from the others, its bias fitted on a few training "
-                         "photos) with no training at all.")
+kind = c_kind.radio(t("Model"), [RUN, IMAGENET, ZERO_SHOT], key="predict_kind", format_func=t,
+                    help=t("Zero-shot: the new output layer starts from ImageNet's 'hotdog' row (and a "
+                           "'not-hotdog' row built from the others, its bias fitted on a few training "
+                           "photos) with no training at all."))
 
 predictor = None  # None: the ImageNet classifier itself
 source = ui.current_source()
@@ -27,44 +30,45 @@ if kind == RUN:
     # the chapter's comparison the newest run is the from-scratch one.
     runs = runpick.ranked(ui.finished_runs(), ui.current_dataset())
     if not runs:
-        c_pick.info("No finished run yet: train one on the Train page, or pick another model.",
+        c_pick.info(t("No finished run yet: train one on the Train page, or pick another model."),
                     icon=":material/info:")
     else:
-        run = ui.pick_run(runs, key="predict_run", container=c_pick, label="Run (best first)")
+        run = ui.pick_run(runs, key="predict_run", container=c_pick, label=t("Run (best first)"))
         source = run.source or source
         weights = "last"
         if run.best_epoch:
-            weights = c_pick.radio("Weights", ["best", "last"], key="predict_weights", horizontal=True,
+            weights = c_pick.radio(t("Weights"), ["best", "last"], key="predict_weights", horizontal=True,
                                    format_func=lambda w: ui.weights_title(run, w),
-                                   help="Best: the epoch with the highest validation accuracy; last: after "
-                                        "the final epoch (the chapter's).")
+                                   help=t("Best: the epoch with the highest validation accuracy; last: after "
+                                          "the final epoch (the chapter's)."))
         predictor = ui.or_error(ui.predictor, run.run_dir, weights)
 else:
     source = ui.source_select(c_pick)
     if kind == ZERO_SHOT:
         root = ui.current_dataset()
         if not root:
-            c_pick.info("The zero-shot head takes its classes from a data set: choose one on the Data page.",
+            c_pick.info(t("The zero-shot head takes its classes from a data set: choose one on the Data page."),
                         icon=":material/info:")
         elif (predictor := ui.or_error(ui.zero_shot, source, root)) is not None:
             c_pick.caption(ui.md_escape(models.head_note(predictor.classes)))
 
 uploads = st.file_uploader(
-    "Photos (jpg, png, webp, gif, bmp, tiff…)", accept_multiple_files=True, key="photos",
-    help="Anything goes: files that are not images are reported one by one.",
+    t("Photos (jpg, png, webp, gif, bmp, tiff…)"), accept_multiple_files=True, key="photos",
+    help=t("Anything goes: files that are not images are reported one by one."),
 )
-use_camera = st.toggle("Use the camera", key="use_camera")
-show_heat = st.toggle("Show heatmaps", key="show_heatmaps",
-                      help="Grad-CAM: where in the photo the model found evidence for the class it "
-                           "predicted (brighter = more), from the gradients at its last feature map.")
-shot = st.camera_input("Take a photo", key="camera") if use_camera else None
+use_camera = st.toggle(t("Use the camera"), key="use_camera")
+show_heat = st.toggle(t("Show heatmaps"), key="show_heatmaps",
+                      help=t("Grad-CAM: where in the photo the model found evidence for the class it "
+                             "predicted (brighter = more), from the gradients at its last feature map."))
+shot = st.camera_input(t("Take a photo"), key="camera") if use_camera else None
 
 files: list[tuple[str, bytes]] = [(f.name, f.getvalue()) for f in (uploads or [])]
 if shot is not None:
-    files.append(("camera photo", shot.getvalue()))
+    files.append((t("camera photo"), shot.getvalue()))
 files, repeats = ui.unique_photos(files)
 if repeats:
-    st.caption(ui.md_escape("Classified once: " + "; ".join(f"{a} is the same photo as {b}" for a, b in repeats)))
+    st.caption(ui.md_escape(t("Classified once:") + " "
+                            + "; ".join(t("{a} is the same photo as {b}", a=a, b=b) for a, b in repeats)))
 
 ready = predictor is not None or kind == IMAGENET
 if files and ready:
@@ -94,9 +98,9 @@ if files and ready:
             c_img.image(r.image, width="stretch")
             if e is not None and e.ok:
                 c_heat.image(e.overlay, width="stretch")
-                c_heat.caption(ui.md_escape(f"heatmap: {e.class_name}"))
+                c_heat.caption(ui.md_escape(t("heatmap: {name}", name=e.class_name)))
             elif e is not None:
-                c_heat.caption(ui.md_escape(e.error))
+                c_heat.caption(ui.md_escape(engine(e.error)))
             with c_prob:
                 if r.label is not None:
                     st.text(f"→ {r.label}")
@@ -120,15 +124,15 @@ if files and ready:
             if c_top is None:
                 continue
             with c_top:
-                st.caption("ImageNet top-5 (" + ui.md_escape(ui.source_titles().get(source, source)) + ")")
+                st.caption(t("ImageNet top-5 ({source})", source=ui.md_escape(t(ui.source_titles().get(source, source)))))
                 st.dataframe(
-                    [{"class": t["name"], "probability": round(float(t["probability"]), 3)} for t in r.top5],
+                    [{"class": top["name"], "probability": round(float(top["probability"]), 3)} for top in r.top5],
                     hide_index=True, width="stretch",
                     # Fixed widths: a long class name ("American lobster, Northern lobster, ...")
                     # must not push the probability out of the table.
-                    column_config={"class": st.column_config.TextColumn("class", width=150),
+                    column_config={"class": st.column_config.TextColumn(t("class"), width=150),
                                    "probability": st.column_config.ProgressColumn(
-                                       "probability", min_value=0.0, max_value=1.0, format="%.3f", width=110)},
+                                       t("probability"), min_value=0.0, max_value=1.0, format="%.3f", width=110)},
                 )
 elif files and not ready:
-    st.caption("Choose a model first.")
+    st.caption(t("Choose a model first."))

@@ -13,6 +13,7 @@ from hotdog import models, settings
 from hotdog.errors import ConfigError, HotdogError
 import ui
 import ui_robust
+from i18n import engine, knob_help, knob_label, preset_help, preset_title, t, tr
 
 S = "session"  # knobs keep their values across page switches
 PRESET_KEY = "train_preset"  # the preset last applied (plain state, not a widget)
@@ -36,6 +37,11 @@ OTHER_KNOBS = ("seed", "input_size", "warmup_epochs", "feature_cache", "augment_
                "micro_batch", "amp", "val_fraction", "l2sp", "proxy_eval")
 ROBUST_KNOBS = ("warmup_epochs", "l2sp", "wise_alpha", "proxy_eval")  # their own sidebar group
 ALSO_EVAL = "also_eval_text"  # extra test folders, one per line (not a knob: not part of the recipe)
+
+
+def _choice(value) -> str:
+    """A knob's choice in words: a name (bn_mode's "frozen") is translated, a number is not."""
+    return t(value) if isinstance(value, str) else str(value)
 
 
 def _fmt(x) -> str:
@@ -87,15 +93,17 @@ def knob_widget(name: str, container, key: str | None = None, label: str | None 
     """The widget of one knob of hotdog.settings.KNOBS: its label, help text and bounds."""
     knob = settings.KNOBS[name]
     key = key or name
-    text = knob.help[:1].upper() + knob.help[1:] + "."
+    words = knob_help(name)
+    text = words[:1].upper() + words[1:] + "."
     if name in settings.PRESET_KNOBS:
-        text += f" Presets: {settings.describe_default(name)}."
-    common = {"label": label or knob.label, "key": key, "help": " ".join(t for t in (text, help) if t),
+        # describe_default: the presets' values, written by hotdog.settings (English by i18n's rule)
+        text += " " + t("Presets: {values}.", values=engine(settings.describe_default(name)))
+    common = {"label": label or knob_label(name), "key": key, "help": " ".join(x for x in (text, help) if x),
               "persist_state": S}
     if knob.kind is bool:
         return container.checkbox(**common)
     if knob.choices:
-        return container.radio(options=list(knob.choices), horizontal=True, **common)
+        return container.radio(options=list(knob.choices), horizontal=True, format_func=_choice, **common)
     if name in CHOICES:
         options = {v for v in CHOICES[name] if _allowed(name, v)} | {st.session_state[key]}
         return container.select_slider(options=sorted(options), format_func=_fmt, **common)
@@ -113,38 +121,38 @@ def sidebar_knobs() -> dict:
     sb = st.sidebar
     source = ui.source_select()
     _seed_sidebar(source)
-    sb.caption("PRESETS")
+    sb.caption(t("PRESETS"))
     # Buttons as wide as their titles, wrapping to a second line rather than cutting "Chapter's".
     row = sb.container(horizontal=True, gap="small")
     for preset in settings.PRESETS:
-        row.button(settings.PRESET_TITLES[preset], key=f"preset_{preset}", on_click=apply_preset,
-                   args=(preset, source), width="content", help=settings.PRESET_HELP[preset],
+        row.button(preset_title(preset), key=f"preset_{preset}", on_click=apply_preset,
+                   args=(preset, source), width="content", help=preset_help(preset),
                    type="primary" if st.session_state[PRESET_KEY] == preset else "secondary")
     values = {}
-    sb.caption("OPTIMISER")
-    values["lr"] = knob_widget("lr", sb, label=f"{settings.KNOBS['lr'].label} (fine-tuning)")
-    lr_scratch = knob_widget("lr", sb, key=SCRATCH_LR, label=f"{settings.KNOBS['lr'].label} (from scratch)",
-                             help="The chapter trains the scratch model 10x faster.")
+    sb.caption(t("OPTIMISER"))
+    values["lr"] = knob_widget("lr", sb, label=t("{label} (fine-tuning)", label=knob_label("lr")))
+    lr_scratch = knob_widget("lr", sb, key=SCRATCH_LR, label=t("{label} (from scratch)", label=knob_label("lr")),
+                             help=t("The chapter trains the scratch model 10x faster."))
     for name in ("lr_mult", "wd", "batch_size", "epochs"):
         values[name] = knob_widget(name, sb)
-    sb.caption("MODEL")
+    sb.caption(t("MODEL"))
     for name in ("freeze", "init_output_from_imagenet"):
         values[name] = knob_widget(name, sb)
-    with sb.expander("More settings"):
+    with sb.expander(t("More settings")):
         for name in ("input_size", "bn_mode", "seed", "feature_cache", "augment_views", "micro_batch",
                      "val_fraction"):
             values[name] = knob_widget(name, st)
-        devices = st.multiselect("Devices", ui.devices(), key="devices", persist_state=S,
-                                 help="Empty: every GPU, else the CPU.")
+        devices = st.multiselect(t("Devices"), ui.devices(), key="devices", persist_state=S,
+                                 help=t("Empty: every GPU, else the CPU."))
         if ui.num_gpus():  # float16 mixed precision exists only on GPUs (hotdog.precision)
             values["amp"] = knob_widget("amp", st)
-    with sb.expander("Robust fine-tuning"):
+    with sb.expander(t("Robust fine-tuning")):
         for name in ROBUST_KNOBS:
             values[name] = knob_widget(name, st)
-        also = st.text_area("Also test on these folders", key=ALSO_EVAL, persist_state=S, height=68,
-                            placeholder="one folder per line, inside the shared data folders",
-                            help="Scored after training beside the test split (one sub-folder per class); "
-                                 "the results per source are kept with the run.")
+        also = st.text_area(t("Also test on these folders"), key=ALSO_EVAL, persist_state=S, height=68,
+                            placeholder=t("one folder per line, inside the shared data folders"),
+                            help=t("Scored after training beside the test split (one sub-folder per class); "
+                                   "the results per source are kept with the run."))
     return {"source": source, "preset": st.session_state[PRESET_KEY], "values": values,
             SCRATCH_LR: lr_scratch, "devices": list(devices) or None, ALSO_EVAL: also or ""}
 
@@ -159,23 +167,23 @@ def make_config(k: dict, mode: str, root: str) -> settings.TrainConfig:
                                also_eval=ui_robust.folder_list(k.get(ALSO_EVAL, "")), **values)
 
 
-st.title("Train")
+st.title(t("Train"))
 knobs = sidebar_knobs()
 root = ui.current_dataset()
 
 if not root:
-    st.info("Choose a data set on the Data page first.", icon=":material/info:")
+    st.info(t("Choose a data set on the Data page first."), icon=":material/info:")
 else:
     report = ui.or_error(ui.dataset_report, root)
     if report is not None:
         n = ui.split_totals(report)
-        st.text(f"Data: {Path(root).name} · {len(report['classes'])} classes · "
-                f"{n['train']} train / {n['test']} test images")
+        st.text(t("Data: {name} · {classes} classes · {train} train / {test} test images", name=Path(root).name,
+                  classes=len(report['classes']), train=n['train'], test=n['test']))
         per_class = list((report.get("counts") or {}).get("train", {}).values())
         if (rec := settings.recommended_val_fraction(per_class)) and not knobs["values"].get("val_fraction"):
-            st.caption(f"Best epoch: this data set has {min(per_class)}+ training photos per class, enough to "
-                       f"hold {rec:g} of them out and keep the best epoch too (More settings → validation "
-                       "fraction); off, only the last epoch's weights are kept.")
+            st.caption(t("Best epoch: this data set has {n}+ training photos per class, enough to hold {rec} of "
+                         "them out and keep the best epoch too (More settings → validation fraction); off, only "
+                         "the last epoch's weights are kept.", n=min(per_class), rec=f"{rec:g}"))
         with contextlib.suppress(HotdogError):  # a bad knob says so when a button is clicked
             kind, text = ui.memory_estimate(make_config(knobs, "finetune", root), n["train"] + n["test"])
             {"info": st.caption, "warning": st.warning, "error": st.error}[kind](ui.md_escape(text))
@@ -193,16 +201,17 @@ def start(modes: list[str]) -> None:
 
 busy = ui.job_snapshot() is not None
 b1, b2, b3 = st.columns(3)
-b1.button("Fine-tune", type="primary", icon=":material/play_arrow:", key="btn_finetune", width="stretch",
+b1.button(t("Fine-tune"), type="primary", icon=":material/play_arrow:", key="btn_finetune", width="stretch",
           disabled=busy or not root, on_click=start, args=(["finetune"],))
-b2.button("Train from scratch", icon=":material/restart_alt:", key="btn_scratch", width="stretch",
+b2.button(t("Train from scratch"), icon=":material/restart_alt:", key="btn_scratch", width="stretch",
           disabled=busy or not root, on_click=start, args=(["scratch"],))
-b3.button("Run the chapter's comparison", icon=":material/compare_arrows:", key="btn_compare", width="stretch",
+b3.button(t("Run the chapter's comparison"), icon=":material/compare_arrows:", key="btn_compare", width="stretch",
           disabled=busy or not root, on_click=start, args=(["finetune", "scratch"],),
-          help="Fine-tune, then train the same network from scratch at its own learning rate.")
+          help=t("Fine-tune, then train the same network from scratch at its own learning rate."))
 if root and report is not None:
     with contextlib.suppress(HotdogError):  # a bad knob says so when a button is clicked
         splits = ui.dataset_splits(root)
+        # names shown through t by ui.cost_estimate: t("Fine-tune"), t("From scratch")
         ui.cost_estimate({"Fine-tune": make_config(knobs, "finetune", root),
                           "From scratch": make_config(knobs, "scratch", root)},
                          n["train"], n["test"], splits.train, len(report["classes"]), busy)
@@ -212,11 +221,11 @@ def use_lr(lr: float) -> None:
     st.session_state["lr"] = lr  # before the sidebar widget is drawn on the next run
 
 
-with st.expander("Find a learning rate", icon=":material/trending_down:"):
-    st.caption("fastai's lr_find: one short pass with the learning rate growing from 1e-6 by a constant "
-               "factor per batch, on the sidebar's settings; the loss (smoothed) is plotted against it and "
-               "the pass stops when the loss explodes. The network is thrown away afterwards.")
-    if st.button("Find a learning rate", key="btn_lr_find", icon=":material/search:", disabled=busy or not root):
+with st.expander(t("Find a learning rate"), icon=":material/trending_down:"):
+    st.caption(t("fastai's lr_find: one short pass with the learning rate growing from 1e-6 by a constant "
+                 "factor per batch, on the sidebar's settings; the loss (smoothed) is plotted against it and "
+                 "the pass stops when the loss explodes. The network is thrown away afterwards."))
+    if st.button(t("Find a learning rate"), key="btn_lr_find", icon=":material/search:", disabled=busy or not root):
         try:
             st.session_state["lr_find"] = ui.find_lr(make_config(knobs, "finetune", root))
         except HotdogError as err:
@@ -226,11 +235,22 @@ with st.expander("Find a learning rate", icon=":material/trending_down:"):
         st.altair_chart(ui.lr_find_chart(found), width="stretch")
         if found.get("suggested_lr"):
             lr = float(f"{found['suggested_lr']:.2g}")
-            st.caption(f"Lowest loss at lr {found['min_lr']:.2g}: suggested a tenth of it, {lr:g} (steepest "
-                       f"descent at {found['steepest_lr']:.2g}, fastai's valley at {found['valley_lr']:.2g}).")
-            st.button(f"Use lr {lr:g}", key="btn_use_lr", on_click=use_lr, args=(lr,))
+            st.caption(t("Lowest loss at lr {min}: suggested a tenth of it, {lr} (steepest descent at {steep}, "
+                         "fastai's valley at {valley}).", min=f"{found['min_lr']:.2g}", lr=f"{lr:g}",
+                         steep=f"{found['steepest_lr']:.2g}", valley=f"{found['valley_lr']:.2g}"))
+            st.button(t("Use lr {lr}", lr=f"{lr:g}"), key="btn_use_lr", on_click=use_lr, args=(lr,))
         else:
-            st.caption("The loss exploded too soon for a suggestion: try a smaller batch or the frozen features.")
+            st.caption(t("The loss exploded too soon for a suggestion: try a smaller batch or the frozen features."))
+
+
+def comparison_flags(runs) -> list[str]:
+    """hotdog.compare.summarize's flags, in the interface's language (t("fine-tuned"): a run's title)."""
+    flags = [t("{title} predicts '{cls}' for every test photo: its accuracy is the share of that class in the "
+               "test split, not something it learned", title=t(r.title), cls=r.one_class) for r in runs if r.one_class]
+    flags += [t("{title} did not finish ({status} after {n} epoch)" if r.epochs_done == 1 else
+                "{title} did not finish ({status} after {n} epochs)", title=t(r.title), status=t(r.status),
+                n=r.epochs_done) for r in runs if r.status != "finished"]
+    return flags
 
 
 def comparison_card(run_ids: list[str]) -> None:
@@ -240,12 +260,14 @@ def comparison_card(run_ids: list[str]) -> None:
     if summary is None:
         return
     with st.container(border=True, key="comparison_card"):
-        st.markdown(f"**The comparison:** {ui.md_escape(summary.headline)}")
+        # hotdog.compare's headline and flags, said again in words from their fields (same English)
+        headline = (" " + t("vs") + " ").join(f"{t(r.title)} {ui.acc_text(r.test_acc)}" for r in summary.runs)
+        st.markdown(f"**{t('The comparison:')}** {ui.md_escape(headline)}")
         for col, r in zip(st.columns(len(summary.runs)), summary.runs):
-            col.metric(f"{r.title} · test accuracy", ui.acc_text(r.test_acc),
-                       help=f"run {r.run_id}, last epoch ({r.epochs_done} trained)")
-            col.caption(f"took {ui.format_duration(r.seconds)} · run {r.run_id}")
-        for flag in summary.flags:
+            col.metric(t("{title} · test accuracy", title=t(r.title)), ui.acc_text(r.test_acc),
+                       help=t("run {run}, last epoch ({n} trained)", run=r.run_id, n=r.epochs_done))
+            col.caption(t("took {time} · run {run}", time=ui.format_duration(r.seconds), run=r.run_id))
+        for flag in comparison_flags(summary.runs):
             st.warning(ui.md_escape(flag[:1].upper() + flag[1:] + "."), icon=":material/flag:")
 
 
@@ -260,30 +282,35 @@ elif not busy and (last := ui.last_job()) is not None:
         comparison_card(list(last.run_ids))
 
 
+def metric_order() -> list[str]:
+    """The metrics' names as ui.curves_frame writes them (translated), in the chapter's order."""
+    return [t(label) for label in ui.METRIC_LABELS.values()]
+
+
 def curves_chart(df: pd.DataFrame, height: int = 260, runs: list[str] | None = None):
     """The chapter's plot: train loss, train acc, test acc per epoch; one colour per run,
     RUN_COLORS in the order of ``runs`` (default: as they appear in ``df``)."""
     many = df["run"].nunique() > 1
     order = list(runs or dict.fromkeys(df["run"]))
     base = alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"),
+        x=alt.X("epoch:Q", title=t("epoch"), axis=alt.Axis(tickMinStep=1, format="d"),
                 scale=alt.Scale(domainMin=1, nice=False)),
         y=alt.Y("value:Q", title=None),
         tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".3f")],
     )
     if many:
-        return (base.encode(color=alt.Color("run:N", title="run", sort=order,
+        return (base.encode(color=alt.Color("run:N", title=t("run"), sort=order,
                                             scale=alt.Scale(domain=order,
                                                             range=list(RUN_COLORS[:len(order)]) or None),
                                             legend=alt.Legend(orient="bottom", labelLimit=400, columns=1)))
                 # The facets share ~780 px (a 1400 px window): 3 metrics, or 4 with "val acc".
                 .properties(height=height, width=780 // max(df["metric"].nunique(), 3))
-                .facet(column=alt.Column("metric:N", title=None, sort=list(ui.METRIC_LABELS.values())))
+                .facet(column=alt.Column("metric:N", title=None, sort=metric_order()))
                 .resolve_scale(y="independent"))
     return base.encode(
-        color=alt.Color("metric:N", title=None, sort=list(ui.METRIC_LABELS.values()),
+        color=alt.Color("metric:N", title=None, sort=metric_order(),
                         scale=alt.Scale(range=["#1c7ed6", "#d9480f", "#2f9e44", "#7048e8"])),
-        strokeDash=alt.StrokeDash("metric:N", title=None, sort=list(ui.METRIC_LABELS.values())),
+        strokeDash=alt.StrokeDash("metric:N", title=None, sort=metric_order()),
     ).properties(height=height)
 
 
@@ -304,10 +331,10 @@ def live_body(snap: dict) -> None:
     elif p is not None:
         st.progress(ui.progress_fraction(p), text=ui.progress_text(p))
     if snap["pending"]:
-        st.caption(f"Then {snap['pending']} more run(s), one after the other.")
+        st.caption(t("Then {n} more run(s), one after the other.", n=snap['pending']))
     df = ui.curves_frame(snap.get("metrics") or [], run=snap["run_id"])
     if df.empty:
-        st.caption("Curves appear after the first epoch.")
+        st.caption(t("Curves appear after the first epoch."))
     else:
         st.altair_chart(curves_chart(df), width="stretch")
 
@@ -316,9 +343,10 @@ ui.live_panel("job_was_running", "btn_stop", live_body)
 
 
 def confusion_chart(classes: list[str], confusion: list[list[int]]):
-    df = pd.DataFrame([{"true": t, "predicted": p, "images": int(confusion[i][j])}
-                       for i, t in enumerate(classes) for j, p in enumerate(classes)])
-    base = alt.Chart(df).encode(x=alt.X("predicted:N", sort=classes), y=alt.Y("true:N", sort=classes))
+    df = pd.DataFrame([{"true": true, "predicted": p, "images": int(confusion[i][j])}
+                       for i, true in enumerate(classes) for j, p in enumerate(classes)])
+    base = alt.Chart(df).encode(x=alt.X("predicted:N", sort=classes, title=t("predicted")),
+                                y=alt.Y("true:N", sort=classes, title=t("true")))
     step = max(36, min(80, 320 // max(len(classes), 1)))
     return (base.mark_rect().encode(color=alt.Color("images:Q", scale=alt.Scale(scheme="oranges"), legend=None))
             + base.mark_text(fontSize=14).encode(
@@ -331,17 +359,17 @@ def weights_choice(run, key: str) -> str:
     """"last" or "best": a choice only for a run that kept its best epoch's weights."""
     if not run.best_epoch:
         return "last"
-    return st.radio("Weights", ["best", "last"], key=key, horizontal=True,
+    return st.radio(t("Weights"), ["best", "last"], key=key, horizontal=True,
                     format_func=lambda w: ui.weights_title(run, w),
-                    help="Last: after the final epoch (the chapter keeps these). Best: the epoch with the "
-                         "highest accuracy on the validation split carved from train (never the test split).")
+                    help=t("Last: after the final epoch (the chapter keeps these). Best: the epoch with the "
+                           "highest accuracy on the validation split carved from train (never the test split)."))
 
 
 def inspect_run(run) -> None:
     """Confusion matrix, misclassified photos and the weights of one finished run."""
     drift = ui.data_drift(run.run_id)
     if drift:
-        st.warning(ui.md_escape(drift[0].upper() + drift[1:] + "."), icon=":material/warning:")
+        st.warning(ui.md_escape(engine(drift[0].upper() + drift[1:] + ".")), icon=":material/warning:")
     weights = weights_choice(run, key=f"inspect_weights-{run.run_id}")
     ev = ui.or_error(ui.evaluation, run.run_dir, weights)
     if ev is None:
@@ -349,31 +377,31 @@ def inspect_run(run) -> None:
     classes = list(ev.get("classes") or ui.run_classes(run.run_dir))
     left, right = st.columns([1, 2])
     with left:
-        st.metric("Test accuracy", f"{ev['accuracy']:.3f}", help=f"{ev.get('n', '?')} test images")
-        st.caption(ui.md_escape(f"Weights: {ui.weights_title(run, weights)}"))
+        st.metric(t("Test accuracy"), f"{ev['accuracy']:.3f}", help=t("{n} test images", n=ev.get('n', '?')))
+        st.caption(ui.md_escape(t("Weights: {which}", which=ui.weights_title(run, weights))))
         if ev.get("confusion") is not None and classes:
             st.altair_chart(confusion_chart(classes, ev["confusion"]), width="content")
         params = Path(run.run_dir) / "model.params"
         if params.is_file():
-            st.download_button("Download model.params", params.read_bytes(), file_name=f"{run.run_id}.params",
+            st.download_button(t("Download model.params"), params.read_bytes(), file_name=f"{run.run_id}.params",
                                mime="application/octet-stream", icon=":material/download:", key="dl_params")
-            fmt = st.radio("Export as", ["onnx", "mxnet"], horizontal=True, key="export_format",
-                           format_func={"onnx": "ONNX", "mxnet": "MXNet symbol + params"}.get,
-                           help="A zip with the model and preprocess.json (resize, crop, mean/std, "
-                                "classes): run it without Hotdog Lab, e.g. with onnxruntime.")
-            st.download_button(f"Download the {fmt.upper() if fmt == 'onnx' else 'MXNet'} export",
+            fmt = st.radio(t("Export as"), ["onnx", "mxnet"], horizontal=True, key="export_format",
+                           format_func=lambda f: "ONNX" if f == "onnx" else t("MXNet symbol + params"),
+                           help=t("A zip with the model and preprocess.json (resize, crop, mean/std, "
+                                  "classes): run it without Hotdog Lab, e.g. with onnxruntime."))
+            st.download_button(t("Download the {fmt} export", fmt="ONNX" if fmt == "onnx" else "MXNet"),
                                # Exported on click (a second or two), cached until the weights change.
                                lambda run_dir=run.run_dir, fmt=fmt: ui.export_zip(run_dir, fmt),
                                file_name=f"{run.run_id}-{fmt}.zip", mime="application/zip",
                                icon=":material/deployed_code:", key="dl_export", on_click="ignore")
     with right:
         wrong = list(ev.get("misclassified") or [])
-        st.markdown(f"**Misclassified test photos** ({len(wrong)})")
+        st.markdown(t("**Misclassified test photos** ({n})", n=len(wrong)))
         if not wrong:
-            st.caption("None.")
+            st.caption(t("None."))
         show_heat = bool(wrong) and st.toggle(
-            "Show heatmaps", value=True, key="gallery_heatmaps",
-            help="Grad-CAM for the class the run wrongly predicted: where it saw that class.")
+            t("Show heatmaps"), value=True, key="gallery_heatmaps",
+            help=t("Grad-CAM for the class the run wrongly predicted: where it saw that class."))
         heat = (ui.or_error(ui.gallery_heatmaps, run.run_dir, wrong[:16]) or []) if show_heat else []
         cols = st.columns(4)
         for i, m in enumerate(wrong[:16]):
@@ -385,10 +413,10 @@ def inspect_run(run) -> None:
                     pass
                 if i < len(heat) and heat[i] is not None:
                     st.image(heat[i], width="stretch")
-                    st.caption(ui.md_escape(f"where it saw '{m['predicted']}'"))
+                    st.caption(ui.md_escape(t("where it saw '{name}'", name=m['predicted'])))
                 st.text(ui.misclassified_caption(m))
         if len(wrong) > 16:
-            st.caption(f"…and {len(wrong) - 16} more.")
+            st.caption(t("…and {n} more.", n=len(wrong) - 16))
     ui_robust.robustness_section(run.run_dir, key=run.run_id)
 
 
@@ -403,7 +431,7 @@ def runs_table() -> None:
     """Refreshes itself while a job runs, so the running row's epochs and message stay current."""
     runs = ui.all_runs()
     if not runs:
-        st.caption("No runs yet.")
+        st.caption(t("No runs yet."))
         return
     rows = []
     for r in runs:
@@ -411,7 +439,7 @@ def runs_table() -> None:
         root = (rec.config.get("data_root") if rec else None) or ""
         rows.append({
             # What a run gave first (its message is a sentence and needs the room), details after.
-            "run": r.run_id, "mode": r.mode, "status": r.status,
+            "run": r.run_id, "mode": tr(r.mode), "status": tr(r.status),  # t("finetune"), t("scratch")
             "test acc": ui.acc_text(r.test_acc),
             "best epoch": f"{r.best_epoch}: {ui.acc_text(r.best_test_acc)}" if r.best_epoch else "—",
             "message": r.message,
@@ -420,22 +448,27 @@ def runs_table() -> None:
             "size": rec.config.get("input_size") if rec else None,  # a damaged run: empty, not a word
             "duration": ui.format_duration(ui.run_seconds(r, rec)),
         })
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={"lr": st.column_config.NumberColumn(format="%g"),
-                                "test acc": st.column_config.TextColumn(help="after the last epoch (model.params)"),
-                                "best epoch": st.column_config.TextColumn(
-                                    help="the best epoch by the validation split and its test accuracy "
-                                         "(model-best.params; runs with a validation fraction)"),
-                                # Messages are sentences: room for them, the short columns shrink.
-                                **{c: st.column_config.Column(width="small") for c in SHORT_COLUMNS},
-                                "message": st.column_config.TextColumn(width=MESSAGE_WIDTH)})
+    config = {"lr": st.column_config.NumberColumn(format="%g"),
+              "test acc": st.column_config.TextColumn(help=t("after the last epoch (model.params)")),
+              "best epoch": st.column_config.TextColumn(
+                  help=t("the best epoch by the validation split and its test accuracy "
+                         "(model-best.params; runs with a validation fraction)")),
+              # Messages are sentences: room for them, the short columns shrink.
+              **{c: st.column_config.Column(width="small") for c in SHORT_COLUMNS},
+              "message": st.column_config.TextColumn(width=MESSAGE_WIDTH)}
+    # Headers in words, the data keys stay (t("run"), t("mode"), t("status"), t("test acc"), t("best epoch"),
+    # t("message"), t("data"), t("source"), t("freeze"), t("epochs"), t("size"), t("duration")); the
+    # message cells are the run store's sentences (English by i18n's rule)
+    for c in rows[0]:
+        config[c] = {**config.get(c, {}), "label": t(c) if c != "lr" else "lr"}
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=config)
 
 
-st.subheader("Runs")
+st.subheader(t("Runs"))
 runs_table()
 runs = [r for r in ui.all_runs() if r.status != "running"]
 if runs:
-    labels = {r.run_id: f"{r.run_id} · {r.mode}" for r in runs}
+    labels = {r.run_id: f"{r.run_id} · {tr(r.mode)}" for r in runs}
     with_metrics = [r.run_id for r in runs if r.epochs_done]
     data_of = {r.run_id: ui.run_data_root(r.run_id) for r in runs}
     newest_data = data_of.get(with_metrics[0]) if with_metrics else None
@@ -443,7 +476,7 @@ if runs:
     # fine-tune vs scratch); curves of different data sets are rarely worth comparing.
     default = [r for r in with_metrics if data_of.get(r) == newest_data][:2]
     overlay_key = f"overlay-{len(with_metrics)}"
-    chosen = st.multiselect("Overlay the curves of", with_metrics, default=default,
+    chosen = st.multiselect(t("Overlay the curves of"), with_metrics, default=default,
                             format_func=labels.get, key=overlay_key)
     if len(chosen) > 1:
         st.html(run_chip_css(overlay_key, len(chosen)))
@@ -455,6 +488,6 @@ if runs:
 
     finished = [r for r in runs if r.status in ("finished", "stopped") and r.epochs_done]
     if finished:
-        st.subheader("Inspect a run")
+        st.subheader(t("Inspect a run"))
         # Keyed by the newest run: a run that just finished is the one shown.
         inspect_run(ui.pick_run(finished, key=f"inspect-{finished[0].run_id}"))

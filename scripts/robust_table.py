@@ -24,12 +24,13 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before MXNet is imported: a fair neighbour
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# The stable preset now mixes at alpha 0.6 (WiSE-FT): every other method sets alpha 1 (no mix).
 METHODS = {
-    "plain fine-tune": {},
-    "LP-FT (2 head-only epochs, then 3 full)": {"warmup_epochs": 2},
+    "plain fine-tune": {"wise_alpha": 1.0},
+    "LP-FT (2 head-only epochs, then 3 full)": {"warmup_epochs": 2, "wise_alpha": 1.0},
     # No alpha curve (11 extra passes, slow on a loaded machine): the proxy is scored once after.
-    "L2-SP (strength 10)": {"l2sp": 10.0, "proxy_eval": False},
-    "frozen features (head only)": {"freeze": True},
+    "L2-SP (strength 10)": {"l2sp": 10.0, "proxy_eval": False, "wise_alpha": 1.0},
+    "frozen features (head only)": {"freeze": True, "wise_alpha": 1.0},
     # The plain recipe with the mix applied at the end: its curve's alpha 1 is the plain
     # fine-tune's end, its metrics the plain per-epoch figures, wise.json the mixed ones.
     "WiSE-FT (alpha 0.6)": {"wise_alpha": 0.6},

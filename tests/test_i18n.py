@@ -21,9 +21,10 @@ CHAPTER = REPO.parent / "shared" / "seed" / "fine-tuning-chapter.md"
 
 # Pages whose every string goes through i18n.t; the render test checks each in every state.
 # Add a page here once it is wrapped (phase 2: home, data, train, predict).
-TRANSLATED_PAGES = ["pages/weights.py", "pages/experiments.py"]
+TRANSLATED_PAGES = ["pages/home.py", "pages/data.py", "pages/train.py", "pages/predict.py", "pages/weights.py",
+                    "pages/experiments.py"]
 # Source files whose literal t("...") keys must all be in the catalog (router, shared sidebar too).
-TRANSLATED_FILES = ["streamlit_app.py", "ui.py", *TRANSLATED_PAGES]
+TRANSLATED_FILES = ["streamlit_app.py", "ui.py", "ui_robust.py", *TRANSLATED_PAGES]
 
 # English words that never survive a translation (checked only in text that did not come from
 # i18n.t or i18n.engine, so Vietnamese words spelled alike cannot collide).
@@ -148,12 +149,71 @@ def finished_home(tmp_path_factory) -> Path:
     return home
 
 
-def home_for(state: str, tmp_path: Path, finished_home: Path) -> Path:
+@pytest.fixture(scope="module")
+def results_home(tmp_path_factory) -> Path:
+    """A HOTDOG_HOME holding the chapter's comparison on the tiny set: a fine-tuning run that kept
+    its best epoch (validation split) and a from-scratch run (Train's card, Predict's picker)."""
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("i18n-results") / "home"
+    mp.setenv("HOTDOG_HOME", str(home))
+    try:
+        from hotdog.settings import TrainConfig
+        from hotdog.train import train
+
+        root = make_dataset(home / "data" / "tiny")
+        small = {"input_size": 32, "batch_size": 8}
+        best = train(TrainConfig(str(root), epochs=2, val_fraction=0.25, **small))
+        scratch = train(TrainConfig(str(root), mode="scratch", epochs=1, proxy_eval=False, **small))
+        assert best.status == scratch.status == "finished"
+        (home / "comparison.json").write_text(json.dumps([best.run_id, scratch.run_id]))
+    finally:
+        mp.undo()
+    return home
+
+
+class _Jobs:
+    """The job manager as the pages see it, holding one fixed JobState (no training runs)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def current(self):
+        return self.state
+
+
+def _job_state(state: str, home: Path):
+    """A finished comparison, a run in its start-up steps, or a run stopping after an epoch."""
+    from types import SimpleNamespace
+
+    from hotdog.callbacks import BatchProgress, EpochMetrics
+    from hotdog.jobs import JobState
+
+    cfg = SimpleNamespace(mode="finetune", source="efficientnet_lite0")
+    if state == "compared runs":
+        ids = json.loads((home / "comparison.json").read_text())
+        return JobState(state="finished", run_id=ids[-1], run_ids=ids, config=SimpleNamespace(mode="scratch"),
+                        result=SimpleNamespace(test_acc=0.5), started=1.0, ended=31.0)
+    if state == "starting job":
+        return JobState(state="running", run_id="20990101-000000-abcdef", config=cfg, started=1.0, pending=1,
+                        phases={"load": (1, 1), "decode": (5, 24)},
+                        progress=BatchProgress(0, 2, 5, 24, float("nan"), float("nan"), 12.5, float("nan"), "decode"))
+    return JobState(state="stopping", run_id="20990101-000000-abcdef", config=cfg, started=1.0,
+                    epochs=[EpochMetrics(1, 0.6, 0.7, 0.75, 3.0)],
+                    progress=BatchProgress(2, 2, 1, 3, 0.5, 0.75, 12.5, 4.0))
+
+
+def home_for(state: str, tmp_path: Path, finished_home: Path, results_home: Path | None = None,
+             monkeypatch=None) -> Path:
     home = tmp_path / "home"
-    if state == "data set chosen":
+    if state in ("data set chosen", "starting job", "stopping job"):
         make_dataset(home / "data" / "tiny")
     elif state == "finished run":
         home = finished_home  # read-only for the pages (config.json holds its absolute paths)
+    elif state == "compared runs":
+        home = results_home
+    if state in ("compared runs", "starting job", "stopping job"):
+        job = _Jobs(_job_state(state, home))
+        monkeypatch.setattr("hotdog.jobs.job_manager", lambda: job)
     return home
 
 
@@ -171,7 +231,7 @@ def shown_texts(at) -> list[str]:
         proto = getattr(node, "proto", None)
         if proto is None or getattr(node, "type", "") == "error":
             continue
-        for field in ("body", "label", "help", "placeholder"):
+        for field in ("body", "label", "help", "placeholder", "text"):  # text: a progress bar's
             value = getattr(proto, field, None)
             if isinstance(value, str) and value:
                 out.append(value)
@@ -215,14 +275,26 @@ def render_vi(page: str) -> AppTest:
     return at
 
 
-STATES = ["no data set", "data set chosen", "finished run"]
+STATES = ["no data set", "data set chosen", "finished run", "compared runs", "starting job", "stopping job"]
+# What each state must show, so a state that silently stopped drawing its part fails (Vietnamese
+# words of that part, per page; pages not listed show nothing of their own in that state).
+EXPECT = {
+    ("pages/train.py", "compared runs"): ["Thí nghiệm so sánh:", "epoch tốt nhất", "Ảnh kiểm tra bị phân loại sai",
+                                          "Các nguồn khác"],
+    ("pages/predict.py", "compared runs"): ["Lượt chạy (tốt nhất trước)", "epoch tốt nhất"],
+    ("pages/home.py", "compared runs"): ["Các lượt chạy gần nhất"],
+    ("pages/train.py", "starting job"): ["Đang chạy", "Đang giải mã ảnh 5/24", "Đang nạp mô hình gốc"],
+    ("pages/train.py", "stopping job"): ["Đang dừng", "Sẽ dừng sau batch này", "Epoch 2/2"],
+}
 
 
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("page", TRANSLATED_PAGES)
-def test_page_renders_fully_in_vietnamese(page, state, tmp_path, monkeypatch, finished_home):
-    _vi_home(home_for(state, tmp_path, finished_home), monkeypatch)
+def test_page_renders_fully_in_vietnamese(page, state, tmp_path, monkeypatch, finished_home, results_home):
+    _vi_home(home_for(state, tmp_path, finished_home, results_home, monkeypatch), monkeypatch)
     at = render_vi(page)
+    for words in EXPECT.get((page, state), []):
+        assert any(words in x for x in shown_texts(at)), (page, state, words)
     assert at.session_state["language"] == "vi"
     missing = sorted(i18n.MISSING)
     assert not missing, f"{page} ({state}): no Vietnamese for {missing}"
@@ -231,9 +303,9 @@ def test_page_renders_fully_in_vietnamese(page, state, tmp_path, monkeypatch, fi
 
 
 @pytest.mark.parametrize("state", STATES)
-def test_router_sidebar_renders_in_vietnamese(state, tmp_path, monkeypatch, finished_home):
+def test_router_sidebar_renders_in_vietnamese(state, tmp_path, monkeypatch, finished_home, results_home):
     """The sidebar every page shares (status, source model, the switch), drawn by the router."""
-    _vi_home(home_for(state, tmp_path, finished_home), monkeypatch)
+    _vi_home(home_for(state, tmp_path, finished_home, results_home, monkeypatch), monkeypatch)
     at = render_vi("pages/home.py")
     texts = shown_texts(at.sidebar)
     assert any("Huấn luyện" in x for x in texts)

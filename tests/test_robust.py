@@ -78,6 +78,12 @@ def test_alpha_curve_is_computed_after_training_without_retraining(tiny_dataset,
     saved = evaluate(res.run_dir, tiny_dataset / "test", Predictor.from_run(res.run_dir))
     assert saved.accuracy == pytest.approx(wise["clean"][3])
     assert "WiSE-FT alpha 0.3" in res.message
+    # the run list ranks by the saved model's accuracy, not the last epoch's before the mix
+    from hotdog.runpick import score
+    from hotdog.runs import RunStore
+
+    summary = next(r for r in RunStore(Path(res.run_dir).parent).list() if r.run_id == res.run_id)
+    assert summary.saved_test_acc == pytest.approx(wise["clean"][3]) == score(summary)
     # the mixed model was scored after each epoch and the fine-tuned weights restored exactly
     assert len(wise["epochs_clean"]) == 2 and wise["epochs_clean"][-1] == pytest.approx(wise["clean"][3])
     plain = train_mod.train(_tiny_config(tiny_dataset, epochs=2, proxy_eval=False))
@@ -274,3 +280,30 @@ def test_train_page_shows_sources_and_the_alpha_curve_and_scores_a_shared_folder
     assert_clean(at)
     assert any("sources.json is not valid JSON" in w.value.replace("\\", "") for w in at.warning), \
         [w.value for w in at.warning] + [e.value for e in at.error] + [c.value for c in at.caption]
+
+
+def test_frozen_runs_score_the_alpha_curve_on_features_computed_once(tiny_dataset, hotdog_home, monkeypatch):
+    """With frozen features WiSE-FT mixes only the head: the curve from backbone features
+    computed once per photo set equals the one from whole-network passes, with the backbone run
+    once per set instead of once per alpha."""
+    from hotdog import robust
+    from hotdog import train as train_mod
+    from hotdog.runs import read_sources, read_wise
+
+    cfg = dict(freeze=True, wise_alpha=0.4, epochs=2, seed=3)
+    calls = []
+    real_forward = robust._forward
+    monkeypatch.setattr(robust, "_forward", lambda block, *a, **k: (calls.append(block), real_forward(block, *a, **k))[1])
+    fast = train_mod.train(_tiny_config(tiny_dataset, **cfg))
+    backbone_passes = len(calls)
+    # test + proxy once each in the check, test once for the per-epoch scoring: not 11 x 2
+    assert backbone_passes == 3, backbone_passes
+    monkeypatch.setattr(robust._Scorer, "__init__", lambda self, net, config, ctx: (
+        setattr(self, "net", net), setattr(self, "ctx", ctx), setattr(self, "frozen", False),
+        setattr(self, "_features", {}))[0])
+    slow = train_mod.train(_tiny_config(tiny_dataset, **cfg))
+    (a, _), (b, _) = read_wise(fast.run_dir), read_wise(slow.run_dir)
+    for key in ("clean", "proxy", "clean_recall", "proxy_recall", "epochs_clean"):
+        assert a[key] == b[key], key
+    strip = [{k: v for k, v in s.items() if k != "time"} for s in read_sources(fast.run_dir)[0]]
+    assert strip == [{k: v for k, v in s.items() if k != "time"} for s in read_sources(slow.run_dir)[0]]
