@@ -3,8 +3,9 @@
 Starts the app on a free local port with a temporary HOTDOG_HOME holding a tiny generated data
 set, trains one tiny epoch, predicts an uploaded photo, checks that hostile class names stay
 text, and saves a screenshot of every page into an artifacts folder ($HOTDOG_ARTIFACTS, else a
-pytest temp folder). With HOTDOG_UPDATE_SCREENSHOTS=1 they also replace docs/screenshots/ (the
-README's pictures); otherwise the module checks at its end that ``git status`` is unchanged.
+pytest temp folder); the module checks at its end that ``git status`` is unchanged. The README's
+pictures (docs/screenshots/) come from scripts/readme_screenshots.py, a session with the default
+settings on a fresh HOTDOG_HOME, which reuses this module's helpers.
 
 Every wait is on a condition (an element, the app being idle, a run's status) with a generous
 deadline, never a fixed sleep, and no assertion compares wall-clock time: the tests must pass
@@ -14,9 +15,9 @@ difference in what the pages show.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,9 +37,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[1]
 HOTDOG_MINI = Path(os.environ.get("HOTDOG_MINI", REPO.parent / "shared" / "data" / "hotdog-mini"))
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = REPO / "docs" / "screenshots"
 XSS = "<img src=x onerror=alert(1)>"
-UPDATE_SHOTS = os.environ.get("HOTDOG_UPDATE_SCREENSHOTS") == "1"
 
 WIDTH, HEIGHT = 1400, 1000
 UI = 120_000         # ms: a page switch, a rerun, a widget, on a loaded machine
@@ -71,7 +70,6 @@ def worktree_untouched():
     """The browser tests never rewrite tracked (or add untracked) files in the checkout.
 
     Compared with the status before the module ran, so a developer's own edits do not count.
-    With HOTDOG_UPDATE_SCREENSHOTS=1, docs/screenshots/ is meant to change and is left out.
     """
     before = _git_status()
     yield
@@ -80,7 +78,7 @@ def worktree_untouched():
         return
 
     def lines(status: str) -> set[str]:
-        return {ln for ln in status.splitlines() if not (UPDATE_SHOTS and "docs/screenshots/" in ln)}
+        return set(status.splitlines())
 
     assert lines(after) == lines(before), (
         "the browser tests changed the working tree:\n" + "\n".join(sorted(lines(after) ^ lines(before))))
@@ -96,11 +94,20 @@ def server(tmp_path_factory):
     data = make_dataset(home / "data" / "tiny")
     hostile = make_dataset(tmp / "hostile", classes={XSS: (200, 60, 40), "plain": (40, 90, 200)},
                            per_class={"train": 2, "test": 1})
-    port = _free_port()
     # the hostile set and the real photos live outside HOTDOG_HOME: shared data roots the server admits
     roots = os.pathsep.join([str(tmp), str(HOTDOG_MINI)])
-    env = {**os.environ, "HOTDOG_HOME": str(home), "HOTDOG_DATA": str(data), "HOTDOG_DATA_ROOTS": roots,
-           "PYTHONUNBUFFERED": "1"}
+    with streamlit_server(tmp, {"HOTDOG_HOME": str(home), "HOTDOG_DATA": str(data),
+                                "HOTDOG_DATA_ROOTS": roots}) as url:
+        yield {"url": url, "tmp": tmp, "home": home, "hostile": hostile, "log": tmp / "streamlit.log"}
+
+
+@contextlib.contextmanager
+def streamlit_server(tmp: Path, env_vars: dict):
+    """``streamlit run streamlit_app.py`` on a free port with ``env_vars`` (HOTDOG_DATA left out
+    unless given), logging to tmp/streamlit.log; yields its URL once /_stcore/health answers."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HOTDOG_DATA"}
+    env.update(env_vars, PYTHONUNBUFFERED="1")
     log = open(tmp / "streamlit.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
@@ -109,42 +116,57 @@ def server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP  # a deadline on a condition, not a timing assertion
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=5) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
-        time.sleep(0.3)  # poll interval
-    yield {"url": url, "tmp": tmp, "home": home, "hostile": hostile, "log": tmp / "streamlit.log"}
-    proc.terminate()
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(30)
-    log.close()
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=5) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
+            time.sleep(0.3)  # poll interval
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        log.close()
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One Chromium for the module (Playwright's sync API runs once per thread)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found (scripts/test.sh installs Debian's chromium)")
+    pytest.importorskip("playwright.sync_api", reason="Python playwright is not installed")
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=UI)  # expect()'s own default is 5 s, whatever the page's is
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
+        chromium = pw.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        ctx = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
-        pg = ctx.new_page()
-        pg.set_default_timeout(UI)
-        yield pg
-        browser.close()
+        yield chromium
+        chromium.close()
+
+
+def new_page(browser):
+    pg = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}).new_page()
+    pg.set_default_timeout(UI)
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    pg = new_page(browser)
+    yield pg
+    pg.context.close()
 
 
 def artifacts(server) -> Path:
@@ -263,9 +285,6 @@ def shoot(page, server, name: str, label: str, must_see: list[str]) -> Path:
     finally:
         page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
     check_png(target, (WIDTH, height))
-    if UPDATE_SHOTS:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(target, SHOTS / target.name)
     return target
 
 
@@ -347,10 +366,15 @@ def _walk_every_page(server, page):
     assert (config["batch_size"], config["input_size"]) == (8, 32), config
     shoot(page, server, "train", "Train", ["Run finished", "Test accuracy", "Misclassified test photos", "Runs"])
 
-    # ---- a longer run, watched live, then stopped (fine-tuning: scratch at lr 0.1 may diverge)
+    # ---- a longer run, watched live, then stopped (fine-tuning: scratch at lr 0.1 may diverge).
+    # Every layer trains: Quick's (the CPU default) 30 epochs over cached features end in a second.
     epochs.fill("30")
     epochs.press("Enter")
     expect(epochs).to_have_value("30")
+    freeze = sidebar.get_by_role("checkbox", name="Freeze the copied features")
+    if freeze.is_checked():
+        sidebar.get_by_text("Freeze the copied features").click()
+    expect(freeze).not_to_be_checked()
     wait_idle(page)
     finetune.click()
     expect(page.get_by_text(re.compile(r"Epoch ([3-9]|\d\d)/30")).first).to_be_visible(timeout=TRAINING)
@@ -365,8 +389,6 @@ def _walk_every_page(server, page):
     live = artifacts(server) / "train_live.png"
     page.screenshot(path=str(live))
     check_png(live, (WIDTH, HEIGHT))
-    if UPDATE_SHOTS:
-        shutil.copy(live, SHOTS / live.name)
     stop.click()
     expect(page.get_by_text("Run stopped").first).to_be_visible(timeout=TRAINING)
     wait_idle(page)
@@ -461,9 +483,9 @@ def _walk_every_page(server, page):
 
 
 def test_showcase_screenshots_on_real_photos(server, page):
-    """README screenshots on the real photo set: the chapter's comparison, real predictions.
-
-    Runs after the functional walk (same server) and overwrites its screenshots of noise images.
+    """The pages on the real photo set: a frozen run at 160 px, real predictions, a text file
+    among the photos. Runs after the functional walk (same server) and overwrites its screenshots
+    of noise images in the artifacts folder.
     """
     if not (HOTDOG_MINI / "train").is_dir():
         pytest.skip(f"real photo set not found at {HOTDOG_MINI}: keeping the screenshots of generated data")
@@ -601,3 +623,155 @@ def _raw_put(url: str, size: int, headers: dict) -> int:
     status = conn.getresponse().status
     conn.close()
     return status
+
+
+# ---------------------------------------------------------------------------- a new user's first visit
+
+@pytest.fixture(scope="module")
+def fresh_server(tmp_path_factory):
+    """The app on an empty HOTDOG_HOME and no HOTDOG_DATA, as on a fresh clone; the photos
+    (hotdog-mini, else a small generated set) sit in a shared data root, to be chosen on Data."""
+    tmp = tmp_path_factory.mktemp("newuser")
+    home = tmp / "home"
+    if (HOTDOG_MINI / "train").is_dir():
+        photos = HOTDOG_MINI
+    else:  # the same path on generated colours: slower to mean anything, as quick to walk
+        photos = make_dataset(tmp / "shared" / "photos", per_class={"train": 12, "test": 6}, size=(64, 48))
+    with streamlit_server(tmp, {"HOTDOG_HOME": str(home), "HOTDOG_DATA_ROOTS": str(photos)}) as url:
+        yield {"url": url, "tmp": tmp, "home": home, "photos": photos, "log": tmp / "streamlit.log"}
+
+
+def test_new_user_path(fresh_server, browser):
+    """Issue 12's walk: choose the photos, see the estimate, train Quick, see the result, reload
+    (the data set is remembered), run the chapter's comparison, read its card, predict with the
+    best run; a screenshot of every step (newuser-*.png in the artifacts folder)."""
+    page = new_page(browser)
+    try:
+        _new_user_walk(fresh_server, page)
+    except BaseException:
+        page.screenshot(path=str(artifacts(fresh_server) / "newuser-failure.png"), full_page=True)
+        print("streamlit log tail:\n" + fresh_server["log"].read_text()[-3000:])
+        raise
+    finally:
+        page.context.close()
+
+
+def _new_user_walk(server, page):
+    import json
+
+    from playwright.sync_api import expect
+
+    from hotdog import prefs, runpick
+    from hotdog.runs import RunStore
+
+    photos = server["photos"]
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    opened = time.monotonic()  # measured for the report, never asserted
+    page.goto(server["url"])
+    expect(heading(page, "Home")).to_be_visible()
+    wait_idle(page)
+    no_exception(page)
+
+    # ---- Data: nothing installed yet; the photos' folder, then it is the one in use
+    goto(page, "Data")
+    expect(page.get_by_text("No data set yet")).to_be_visible()
+    page.get_by_role("radio", name="Use a local folder").click()
+    box = page.get_by_label("Folder on the server")
+    box.fill(str(photos))
+    box.press("Enter")
+    page.get_by_role("button", name="Use this folder").click()
+    expect(page.get_by_text("Folder checked")).to_be_visible()
+    # the tab the user was using stays open after the rerun
+    expect(page.get_by_role("radio", name="Use a local folder")).to_be_checked()
+    shoot(page, server, "newuser-1-data", "Data", ["What is in it", "Images per class"])
+
+    # ---- Train: Quick is the CPU's default; the estimate after a two-batch probe
+    goto(page, "Train")
+    expect(page.get_by_text(f"Data: {photos.name} ·")).to_be_visible()
+    expect(sidebar.get_by_role("button", name="Quick", exact=True)).to_have_attribute(
+        "data-testid", "stBaseButton-primary")  # the applied preset
+    expect(sidebar.get_by_role("checkbox", name="Freeze the copied features")).to_be_checked()
+    measure = page.get_by_role("button", name="Measure")
+    expect(measure.or_(page.get_by_text("Expected time on this machine")).first).to_be_visible()
+    if measure.is_visible():  # a fresh HOTDOG_HOME has timed nothing yet
+        measure.click()
+    expect(page.get_by_text(re.compile(r"Expected time on this machine.*Fine-tune: about \d"))).to_be_visible(
+        timeout=TRAINING)
+    shoot(page, server, "newuser-2-estimate", "Train", ["Expected time on this machine"])
+
+    page.get_by_role("button", name="Fine-tune").click()
+    wait_for_new_run(server, 0, TRAINING)
+    expect(page.get_by_text(re.compile(r"Run finished \(fine-tune\)"))).to_be_visible(timeout=TRAINING)
+    first_classifier = time.monotonic() - opened
+    quick = runs(server)[0]
+    assert (quick.status, quick.mode, bool(quick.freeze)) == ("finished", "finetune", True), quick
+    assert quick.test_acc is not None
+    if photos == HOTDOG_MINI:  # pretrained features on real photos: well above a coin toss
+        assert quick.test_acc >= 0.6, quick.test_acc
+    shoot(page, server, "newuser-3-result", "Train", ["Run finished (fine-tune)", "Test accuracy"])
+
+    # ---- a reload is a new session: the data set comes back from HOTDOG_HOME/prefs.json
+    page.reload()
+    expect(heading(page, "Train")).to_be_visible()
+    expect(page.get_by_text(f"Data: {photos.name} ·")).to_be_visible()
+    expect(sidebar.get_by_role("combobox", name="Data set")).to_have_value(re.compile(re.escape(photos.name)))
+    assert Path(str(prefs.load(server["home"]).get("data_root"))).resolve() == photos.resolve(), \
+        prefs.load(server["home"])
+    shoot(page, server, "newuser-4-reloaded", "Train", [f"Data: {photos.name}"])
+
+    # ---- the chapter's comparison, made small (1 epoch, 96 px): scratch at 224 px is minutes on a
+    # CPU; at 32 px ImageNet's features see nothing either and the card compares two coin tosses
+    epochs = sidebar.get_by_label("Epochs", exact=True)
+    epochs.fill("1")
+    epochs.press("Enter")
+    open_more_settings(page)
+    size = sidebar.get_by_role("slider", name="Image size")
+    size.press("Home")
+    size.press("ArrowRight")
+    size.press("ArrowRight")
+    expect(size).to_have_attribute("aria-valuetext", "96")
+    expect(epochs).to_have_value("1")
+    wait_idle(page)
+    page.get_by_role("button", name="Run the chapter's comparison").click()
+    wait_for_new_run(server, 2, TRAINING)  # both runs, one after the other
+    card = page.locator(".st-key-comparison_card")
+    expect(card).to_be_visible(timeout=TRAINING)
+    wait_idle(page)
+    found = re.search(r"fine-tuned ([\d.]+) vs from scratch ([\d.]+)", card.inner_text())
+    assert found, card.inner_text()
+    by_mode = {r.mode: r for r in runs(server)[:2]}
+    assert set(by_mode) == {"finetune", "scratch"}, runs(server)
+    store = RunStore(server["home"] / "runs")
+    for r in by_mode.values():
+        config = store.load(r.run_id).config
+        assert (config["input_size"], config["epochs"]) == (96, 1), config
+    for text, mode in zip(found.groups(), ("finetune", "scratch")):  # each saved model's accuracy
+        assert text == f"{runpick.score(by_mode[mode]):.3f}", (text, by_mode[mode])
+    shoot(page, server, "newuser-5-comparison", "Train", ["The comparison:"])
+
+    # ---- Predict starts on the best finished run of this data set, not the newest (scratch)
+    goto(page, "Predict")
+    finished = [r for r in runs(server) if r.status == "finished"]
+    best = runpick.ranked(finished, str(photos))[0]
+    scores = [(runpick.score(r), r.run_id) for r in finished]
+    assert runpick.score(best) == max(scores)[0], scores
+    # the closed picker shows the best run, its accuracy first
+    expect(page.get_by_role("combobox", name="Run (best first)")).to_have_value(
+        re.compile(rf"^test acc {runpick.score(best):.3f}.*{best.run_id}$"))
+    photo_files = [sorted(p for p in (photos / "test" / c).iterdir() if p.is_file())[0]
+                   for c in sorted(d.name for d in (photos / "test").iterdir() if d.is_dir())]
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        [str(p) for p in photo_files])
+    verdicts = page.get_by_text(re.compile(r"^→ "))
+    expect(verdicts).to_have_count(len(photo_files))
+    shoot(page, server, "newuser-6-predict", "Predict", [p.name for p in photo_files])
+
+    figures = {"photos": str(photos), "seconds_open_to_first_quick_classifier": round(first_classifier, 1),
+               "quick": {"run": quick.run_id, "test_acc": quick.test_acc, "saved_model_acc": runpick.score(quick),
+                         "epochs": quick.epochs,
+                         "seconds": store.load(quick.run_id).status.get("seconds")},
+               "comparison": {m: {"run": r.run_id, "test_acc": r.test_acc, "saved_model_acc": runpick.score(r)}
+                              for m, r in by_mode.items()},
+               "seconds_whole_walk": round(time.monotonic() - opened, 1)}
+    (artifacts(server) / "newuser-figures.json").write_text(json.dumps(figures, indent=2))
+    print("new-user walk:", json.dumps(figures))
