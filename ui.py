@@ -893,9 +893,23 @@ def session_owner() -> str:
     return st.session_state.setdefault("_hotdog_owner", secrets.token_hex(8))
 
 
-def start_jobs(configs) -> str:
-    """Start ``configs`` one after the other (the chapter's comparison is two), owned by this browser."""
-    return job_manager().start(list(configs), owner=session_owner())
+def start_jobs(configs) -> str | None:
+    """Start ``configs`` one after the other (the chapter's comparison is two), owned by this browser.
+
+    A start while this browser's own job runs is not an error but the same click again (a double
+    click, or Streamlit replaying a button's click when it merges two reruns on a busy machine,
+    seen in the browser test): None, and the live panel goes on showing that job. A job of another
+    session still raises TrainingBusyError."""
+    from hotdog.errors import TrainingBusyError
+
+    manager, owner = job_manager(), session_owner()
+    try:
+        return manager.start(list(configs), owner=owner)
+    except TrainingBusyError:
+        state = manager.current()
+        if state.running and state.owner is not None and state.owner == owner:
+            return None
+        raise
 
 
 def start_sweep(spec) -> str:

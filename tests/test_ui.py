@@ -177,3 +177,28 @@ def test_xsrf_token_is_the_same_for_two_maskings_of_one_token():
     a, b = cookie(bytes.fromhex("ca6090ed")), cookie(bytes.fromhex("8486d892"))
     assert a != b and ui.xsrf_token(a) == ui.xsrf_token(b) == token
     assert ui.xsrf_token("2|zz|00|1") is None and ui.xsrf_token("plain") == b"plain"
+
+
+def test_a_repeated_start_of_this_browsers_running_job_is_not_an_error(monkeypatch):
+    """Streamlit can replay a button click when it merges reruns on a busy machine: the second
+    start meets this browser's own job and is a no-op; another session's job is still an error."""
+    import ui
+    from hotdog.errors import TrainingBusyError
+    from hotdog.jobs import JobState
+
+    class Busy:
+        def __init__(self, owner):
+            self.owner = owner
+
+        def start(self, configs, owner=None):
+            raise TrainingBusyError("training run r1 is already running in this server")
+
+        def current(self):
+            return JobState(state="running", owner=self.owner)
+
+    monkeypatch.setattr(ui, "session_owner", lambda: "me")
+    monkeypatch.setattr(ui, "job_manager", lambda: Busy("me"))
+    assert ui.start_jobs(["config"]) is None
+    monkeypatch.setattr(ui, "job_manager", lambda: Busy("someone else"))
+    with pytest.raises(TrainingBusyError):
+        ui.start_jobs(["config"])
