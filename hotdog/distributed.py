@@ -135,6 +135,27 @@ def trainer_args(config, cluster: Cluster | None) -> dict:
     return {"kvstore": cluster.kv, "update_on_kvstore": False}
 
 
+def make_trainer(params, optimizer_params: dict, config, cluster: Cluster | None):
+    """An SGD ``gluon.Trainer`` for the config's kvstore. In a distributed run its parameters
+    are put on the servers now, and every worker waits until all have pulled rank 0's
+    values: left to the first ``step()`` (Gluon's default), a fast worker's first gradient
+    push could reach the server before a slow worker's initial pull, which then received
+    something other than the weights (the two workers diverged; the test comparing with one
+    process failed about one run in six)."""
+    from mxnet import gluon
+
+    trainer = gluon.Trainer(params, "sgd", optimizer_params, **trainer_args(config, cluster))
+    if cluster is not None:
+        import mxnet as mx
+
+        # Gluon has no public call for this; these two are what step() runs first (MXNet 1.9.1).
+        trainer._init_kvstore()
+        trainer._init_params()
+        mx.nd.waitall()  # the initial pulls have landed on this worker
+        cluster.kv._barrier()  # ... and on every other one
+    return trainer
+
+
 class ShardedBatches:
     """One worker's part of every batch of ``batches`` (an iterable of index lists): items
     ``rank, rank + W, ...``. Every worker gets the same number of steps; a worker whose part

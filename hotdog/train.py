@@ -683,8 +683,7 @@ class _Fit:
         net = self.build()
         self.l2sp = make_l2sp(cfg, net, self.ctxs)
         params = net.output.collect_params() if cfg.uses_feature_cache else net.collect_params()
-        trainer = gluon.Trainer(params, "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd},
-                                **distributed.trainer_args(cfg, self.cluster))
+        trainer = distributed.make_trainer(params, {"learning_rate": cfg.lr, "wd": cfg.wd}, cfg, self.cluster)
         precision.init_trainer(cfg, trainer)
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         log.info("%s %s, %d train / %d test images, %d classes, lr %g, devices %s", cfg.mode, cfg.source,
@@ -694,8 +693,8 @@ class _Fit:
             return
         warmup = 0 if cfg.freeze else cfg.warmup_epochs
         if warmup:
-            head_trainer = gluon.Trainer(net.output.collect_params(), "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd},
-                                         **distributed.trainer_args(cfg, self.cluster))
+            head_trainer = distributed.make_trainer(net.output.collect_params(), {"learning_rate": cfg.lr, "wd": cfg.wd},
+                                                    cfg, self.cluster)
             precision.init_trainer(cfg, head_trainer)
             self.cached_loop(head_trainer, loss_fn, last_epoch=warmup)
         if warmup < cfg.epochs:
