@@ -150,7 +150,7 @@ def test_predict_defaults_to_the_best_run_of_the_data_set_with_its_accuracy_and_
     assert label.startswith("0.875 · fine-tune · tiny · ") and good.run_id not in label and len(label) <= 40, label
     assert picker.format_func(newer.run_id).startswith("0.500 · from scratch · tiny · ")
     details = [c.value.replace("\\", "") for c in at.caption if c.value.replace("\\", "").startswith("run ")]
-    assert details == [f"run {good.run_id} · EfficientNet-Lite0 · test acc (saved model) 0.875: best epoch {best_epoch}"]
+    assert details == [f"run {good.run_id} · EfficientNet-Lite0 (offline) · test acc (saved model) 0.875: best epoch {best_epoch}"]
     assert picker.help and "saved model" in picker.help
     weights = at.radio(key="predict_weights")
     assert weights.value == "best" and weights.format_func("last") == "last epoch (2)"
