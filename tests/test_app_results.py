@@ -153,7 +153,8 @@ def test_predict_defaults_to_the_best_run_of_the_data_set_with_its_accuracy_and_
     assert details == [f"run {good.run_id} · EfficientNet-Lite0 (offline) · test acc (saved model) 0.875: best epoch {best_epoch}"]
     assert picker.help and "saved model" in picker.help
     weights = at.radio(key="predict_weights")
-    assert weights.value == "best" and weights.format_func("last") == "last epoch (2)"
+    # the default preset mixes (WiSE-FT alpha 0.6): "last" is that mix, not the last epoch's own weights
+    assert weights.value == "best" and weights.format_func("last") == "WiSE-FT mix of the last epoch (2)"
     photo = make_image(tmp_path / "p.png", (200, 60, 40)).read_bytes()
     at.file_uploader(key="photos").set_value([("p.png", photo, "image/png"),
                                               ("same.png", photo, "image/png")]).run()

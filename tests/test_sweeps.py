@@ -59,6 +59,7 @@ def _wait(job, timeout=300):
     return state
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the frozen lr-1e6 point once mixed inf weights (WiSE-FT)
 def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_features(tiny_dataset, hotdog_home):
     from hotdog import train as train_mod
 
@@ -83,6 +84,7 @@ def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_featur
     summary = sweeps.summarize(sweep_id)
     status = {(p["values"]["lr"], p["values"]["freeze"]): p["status"] for p in summary["points"]}
     assert status[(1e6, False)] == "diverged"  # marked diverged, and the sweep went on
+    assert status[(1e6, True)] == "diverged"  # finite losses, but the last update overflowed the weights
     assert status[(1e-3, False)] == status[(1e-3, True)] == "finished"
     assert summary["best"]["accuracy"] is not None and summary["done"] == 4 and summary["complete"]
     # a point's accuracy is its run's, the one every page shows (the saved model's)
