@@ -1037,7 +1037,7 @@ def run_data_root(run_id: str) -> str | None:
 
 
 # ---- a run's accuracy: one number per run on every page (hotdog.runs.RunSummary.accuracy, the
-# saved model's), labelled with which saved weights it is of; curves of epochs show the last epoch's.
+# saved model's), labelled with which saved weights it is of; charts of epochs show each epoch's own.
 def acc_header() -> str:
     """The name of a run's accuracy in headers and labels."""
     return t("test acc (saved model)")

@@ -115,7 +115,8 @@ def walk(tb, page, server, photos: Path, out: Path) -> dict:
     cfg = rec.config
     return {"run": run.run_id, "preset": cfg.get("preset"), "epochs": run.epochs, "freeze": run.freeze,
             "lr": run.lr, "batch_size": cfg.get("batch_size"), "input_size": cfg.get("input_size"),
-            "test_acc": run.test_acc, "seconds": rec.status.get("seconds"),
+            "test_acc": run.test_acc, "accuracy": run.accuracy, "accuracy_weights": run.accuracy_weights,
+            "seconds": rec.status.get("seconds"),
             "seconds_open_to_classifier": round(first, 1)}
 
 
