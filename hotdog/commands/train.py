@@ -317,10 +317,10 @@ def cmd_runs(args) -> int:
         return 0
     import time
 
-    # "acc" is the run's accuracy (its saved model's), "of" which weights: the best epoch by
+    # The run's accuracy (its saved model's) and which weights those are: the best epoch by
     # validation (model-best.params, runs with --val-fraction), a WiSE-FT mix or the last epoch.
-    print(f"{'run id':<24} {'status':<9} {'mode':<9} {'data':<14} {'lr':>7} {'epochs':>6} {'acc':>5} "
-          f"{'of (saved model)':<16}  created")
+    print(f"{'run id':<24} {'status':<9} {'mode':<9} {'data':<14} {'lr':>7} {'epochs':>6} {'test acc':>8} "
+          f"{'(saved model)':<16}  created")
     for s in runs:
         acc = f"{s.accuracy:.3f}" if s.accuracy is not None else "-"
         lr = f"{s.lr:g}" if isinstance(s.lr, (int, float)) else "-"
@@ -328,7 +328,7 @@ def cmd_runs(args) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-"
         of = (f"best epoch {s.best_epoch}" if s.accuracy_weights == "best" else WEIGHT_WORDS[s.accuracy_weights]) \
             if s.accuracy is not None else "-"
-        print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.data)[:14]:<14} {lr:>7} {ep:>6} {acc:>5} "
+        print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.data)[:14]:<14} {lr:>7} {ep:>6} {acc:>8} "
               f"{of:<16}  {when}"
               + (f"  ({s.message})" if s.status in ("failed", "diverged", "damaged") and s.message else "")
               + (f"  [{s.warning}]" if s.warning else ""))
