@@ -506,7 +506,8 @@ def sweep_progress(state, now: float | None = None) -> dict | None:
 
 
 def sweep_table(summary: dict) -> pd.DataFrame:
-    """One row per point of :func:`hotdog.sweeps.summarize`: its settings, status, accuracy, time."""
+    """One row per point of :func:`hotdog.sweeps.summarize`: its settings, status, accuracy (the
+    run's, :func:`acc_header`), time."""
     grid = list(summary["spec"]["grid"])
     rows = []
     for p in summary["points"]:
@@ -515,13 +516,13 @@ def sweep_table(summary: dict) -> pd.DataFrame:
         cfg = p["config"]
         row.update({"mode": cfg.get("mode"), "freeze": cfg.get("freeze"), "lr": cfg.get("lr"),
                     "lr_mult": cfg.get("lr_mult"), "seed": p["values"].get("seed"), "status": p["status"],
-                    "test acc": p["test_acc"], "seconds": p["seconds"], "run": p["run_id"] or ""})
+                    acc_header(): p["accuracy"], "seconds": p["seconds"], "run": p["run_id"] or ""})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def accuracy_vs_lr_chart(summary: dict):
-    """Final test accuracy against the learning rate (log axis), one line per group of the
+    """The runs' accuracy (saved model) against the learning rate (log axis), one line per group of the
     sweep (mode / frozen / head multiplier), mean over seeds with +-1 standard deviation bars."""
     import altair as alt
 
@@ -537,7 +538,7 @@ def accuracy_vs_lr_chart(summary: dict):
                       legend=alt.Legend(orient="bottom"))
     base = alt.Chart(df)
     line = base.mark_line(point=True).encode(
-        x=x, y=alt.Y("mean:Q", title=t("final test accuracy"), scale=alt.Scale(domain=[0, 1])), color=color,
+        x=x, y=alt.Y("mean:Q", title=t("test accuracy (saved model)"), scale=alt.Scale(domain=[0, 1])), color=color,
         tooltip=["group", alt.Tooltip("lr:Q", format="g"), alt.Tooltip("mean:Q", format=".3f"),
                  alt.Tooltip("std:Q", format=".3f"), "n", "diverged"])
     if (df["n"] > 1).any():
@@ -569,8 +570,9 @@ def job_end_message(state) -> tuple[str, str]:
     mode = t(MODE_TITLES.get(getattr(state.config, "mode", ""), "training"))
     res = state.result
     if state.state == "finished":
-        acc = (", " + t("test accuracy {acc}", acc=f"{res.test_acc:.3f}")
-               if res is not None and res.test_acc is not None else "")
+        value, weights = run_accuracy(state.run_id) if state.run_id else (None, "")
+        acc = (", " + t("{header} {acc}: {weights}", header=acc_header(), acc=acc_text(value), weights=weights)
+               if value is not None else "")
         return "success", t("Run finished ({mode}): {run}{acc} ({took})", mode=mode, run=state.run_id, acc=acc,
                             took=took)
     if state.state == "stopped":
@@ -1034,19 +1036,61 @@ def run_data_root(run_id: str) -> str | None:
     return rec.config.get("data_root") if rec else None
 
 
-def run_label(r) -> str:
-    """'test acc 0.940 (best epoch 4) · fine-tune · hotdog-mini · EfficientNet-Lite0 · <id>': the
-    accuracy is that of the weights the run predicts with by default (hotdog.runpick)."""
-    from hotdog.runpick import score
+# ---- a run's accuracy: one number per run on every page (hotdog.runs.RunSummary.accuracy, the
+# saved model's), labelled with which saved weights it is of; charts of epochs show each epoch's own.
+def acc_header() -> str:
+    """The name of a run's accuracy in headers and labels."""
+    return t("test acc (saved model)")
 
-    acc = score(r)
-    # The accuracy first: a closed picker shows only the start of a long label.
-    acc = t("no test acc") if acc is None else t("test acc {acc}", acc=f"{acc:.3f}") + (
-        " " + t("(best epoch {n})", n=r.best_epoch) if r.best_epoch else "")
+
+def acc_help() -> str:
+    return t("test accuracy of the saved model the run predicts with: its best epoch's (model-best.params) when "
+             "it kept one, else model.params (a WiSE-FT mix, else the last epoch)")
+
+
+def curves_note() -> None:
+    """Under a chart of epochs: its test accuracy is each epoch's, not the run's (saved model's)."""
+    st.caption(t("The curves are each epoch's test accuracy: the last point is the last epoch's, which the saved "
+                 "model (a best epoch or a WiSE-FT mix) can differ from."))
+
+
+def saved_model_title(weights: str, best_epoch: int | None = None) -> str:
+    """'best epoch 4' / 'WiSE-FT mix' / 'last epoch': which saved weights a run's accuracy is of
+    (RunSummary.accuracy_weights)."""
+    if weights == "best" and best_epoch:
+        return t("best epoch {n}", n=best_epoch)
+    return t("WiSE-FT mix") if weights == "wise" else t("last epoch")
+
+
+def run_accuracy(run_id: str):
+    """(accuracy, which weights in words) of a stored run, (None, "") when it cannot be read."""
+    try:
+        s = run_store().summary(run_id)
+    except HotdogError:
+        return None, ""
+    return s.accuracy, saved_model_title(s.accuracy_weights, s.best_epoch)
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def run_label(r) -> str:
+    """'0.940 · fine-tune · hotdog-mini · 12-02 06:21': short enough for a closed picker (the
+    run id, source model and weights are in :func:`run_details` beside it). The accuracy is
+    the run's (:attr:`hotdog.runs.RunSummary.accuracy`)."""
     data = Path(r.data_root or run_data_root(r.run_id) or "").name
     mode = t(MODE_TITLES[r.mode]) if r.mode in MODE_TITLES else (r.mode or "?")
-    return (f"{acc} · {mode}" + (f" · {data}" if data else "")
-            + f" · {t(source_titles().get(r.source, r.source))} · {r.run_id}")
+    when = time.strftime("%m-%d %H:%M", time.localtime(r.created)) if r.created else r.run_id
+    return " · ".join([acc_text(r.accuracy), mode, *([_short(data, 18)] if data else []), when])
+
+
+def run_details(r) -> str:
+    """'run <id> · EfficientNet-Lite0 · test acc (saved model) 0.940: best epoch 4': what the
+    short label leaves out."""
+    return t("run {run} · {source} · {header} {acc}: {weights}", run=r.run_id,
+             source=t(source_titles().get(r.source, r.source or "?")), header=acc_header(),
+             acc=acc_text(r.accuracy), weights=saved_model_title(r.accuracy_weights, r.best_epoch))
 
 
 def weights_title(run, weights: str) -> str:
@@ -1054,6 +1098,8 @@ def weights_title(run, weights: str) -> str:
     if weights == "best" and run.best_epoch:
         val = " " + t("(val {acc})", acc=f"{run.best_val_acc:.3f}") if isinstance(run.best_val_acc, (int, float)) else ""
         return t("best epoch {n}", n=run.best_epoch) + val
+    if getattr(run, "saved_test_acc", None) is not None:  # model.params is not the last epoch's own weights
+        return t("WiSE-FT mix of the last epoch ({n})", n=run.epochs_done)
     return t("last epoch ({n})", n=run.epochs_done)
 
 
@@ -1064,8 +1110,11 @@ def pick_run(runs: Sequence, key: str, label: str | None = None, container=None)
     labels = {run_id: run_label(r) for run_id, r in by_id.items()}
     # The noun, capitalised ("Run" alone is the Experiments page's verb in the catalog)
     noun = t("run")
-    run_id = (container or st).selectbox(label or noun[:1].upper() + noun[1:], list(by_id), format_func=labels.get,
-                                         key=key)
+    where = container or st
+    run_id = where.selectbox(label or noun[:1].upper() + noun[1:], list(by_id), format_func=labels.get, key=key,
+                             help=t("Each run: its test accuracy (saved model), mode, data set and when it "
+                                    "started; its id below."))
+    where.caption(md_escape(run_details(by_id[run_id])))
     return by_id[run_id]
 
 
@@ -1076,29 +1125,29 @@ def run_metrics(run_id: str) -> list[dict]:
 
 def comparison(run_ids: Sequence[str]):
     """The :class:`hotdog.compare.Comparison` of a job's runs (the chapter's fine-tune vs
-    scratch): recorded test accuracy and time, and each run evaluated on its test split
-    (cached) to flag a model that predicts one class for every photo. None when a run is gone."""
+    scratch): each run's accuracy (its saved model's) and time, and the run evaluated on its test
+    split with those weights (cached) to flag a model that predicts one class for every photo.
+    None when a run is gone."""
     from hotdog import compare
+    from hotdog.runpick import default_weights
 
     rows = []
     for run_id in run_ids:
         rec = run_record(run_id)
         if rec is None:
             return None
-        acc = rec.metrics[-1].get("test_acc") if rec.metrics else None
+        s = run_store().summary(run_id)
         seconds = rec.status.get("seconds")
         single = None
         if rec.model is not None:
             try:
-                ev = evaluation(str(rec.run_dir))
+                ev = evaluation(str(rec.run_dir), default_weights(s))
                 single = compare.one_class(ev.get("confusion"), ev.get("classes") or [])
-                # the saved model's (a WiSE-FT mix can differ from the last epoch), as the flag
-                acc = ev.get("accuracy", acc)
             except HotdogError:
                 single = None
-        rows.append(compare.ComparedRun(run_id, rec.config.get("mode"), acc,
+        rows.append(compare.ComparedRun(run_id, rec.config.get("mode"), s.accuracy,
                                         seconds if isinstance(seconds, (int, float)) else None, single,
-                                        len(rec.metrics), rec.state))
+                                        len(rec.metrics), rec.state, s.accuracy_weights, s.best_epoch))
     return compare.summarize(rows)
 
 

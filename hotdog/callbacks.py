@@ -128,18 +128,37 @@ class StopOnEvent(Callback):
             raise StopRequested()
 
 
+def trained_weights_finite(net) -> bool:
+    """True when every weight the training moves (grad_req not "null") is a finite number."""
+    import numpy as np
+
+    return all(np.isfinite(p.data(p.list_ctx()[0]).asnumpy()).all()
+               for p in net.collect_params().values() if p.grad_req != "null")
+
+
 class TerminateOnNaN(Callback):
-    """A non-finite loss ends the run as ``diverged`` with a message naming the learning rate."""
+    """A non-finite loss, or weights no longer finite at the end of an epoch, end the run as
+    ``diverged`` with a message naming the learning rate (its weights are then never saved)."""
 
     order = -5
 
+    @staticmethod
+    def _lr(cfg) -> str:
+        head = f" (output layer {cfg.head_lr:g})" if cfg.head_lr != cfg.lr else ""
+        return f"learning rate {cfg.lr:g}{head}; try a smaller learning rate"
+
     def after_batch(self, fit, progress: BatchProgress) -> None:
         if progress.phase == "train" and not math.isfinite(progress.loss) and fit.meter_synced:
-            cfg = fit.config
-            head = f" (output layer {cfg.head_lr:g})" if cfg.head_lr != cfg.lr else ""
             raise Diverged(f"training diverged: the loss became non-finite at epoch {progress.epoch}, "
-                           f"batch {fit.nonfinite_batch or progress.batch} with learning rate {cfg.lr:g}"
-                           f"{head}; try a smaller learning rate")
+                           f"batch {fit.nonfinite_batch or progress.batch} with {self._lr(fit.config)}")
+
+    def after_epoch(self, fit, metrics) -> None:
+        # The loss of the last batch is measured before its update: that update can still
+        # overflow the weights to inf (lr 1e6 on frozen features did), and a run "finished"
+        # with such weights would be saved, mixed (WiSE-FT) and ranked as a model.
+        if fit.net is not None and not trained_weights_finite(fit.net):
+            raise Diverged(f"training diverged: the weights became non-finite (inf or NaN) in epoch {metrics.epoch} "
+                           f"with {self._lr(fit.config)}")
 
 
 class OnBatch(Callback):

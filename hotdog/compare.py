@@ -1,6 +1,7 @@
 """The chapter's comparison in one sentence: "fine-tuned 0.820 vs from scratch 0.500".
 
-:func:`summarize` turns the runs of one comparison (each with its recorded test accuracy,
+:func:`summarize` turns the runs of one comparison (each with its accuracy: the recorded test
+accuracy of its saved model, :attr:`hotdog.runs.RunSummary.accuracy`,
 wall time and, when evaluated, its confusion matrix on the test split) into a
 :class:`Comparison`: one row per run, the headline, and a flag on a model that predicts the
 same class for every test photo (an accuracy of 0.50 on a balanced set can be exactly that:
@@ -21,12 +22,15 @@ MODE_WORDS = {"finetune": "fine-tuned", "scratch": "from scratch"}
 class ComparedRun:
     run_id: str
     mode: str | None
-    test_acc: float | None
+    # The run's accuracy (hotdog.runs.RunSummary.accuracy: the saved model's, as every page shows)
+    accuracy: float | None
     seconds: float | None
     # The one class predicted for every test photo, else None (also when not evaluated).
     one_class: str | None = None
     epochs_done: int = 0
     status: str = "finished"
+    weights: str = "last"  # which saved weights ``accuracy`` is of (RunSummary.accuracy_weights)
+    best_epoch: int | None = None
 
     @property
     def title(self) -> str:
@@ -64,7 +68,7 @@ def summarize(runs: Sequence[ComparedRun]) -> Comparison:
     """Headline ("fine-tuned 0.820 vs from scratch 0.500") and flags of a comparison's runs,
     in the order they ran."""
     runs = list(runs)
-    headline = " vs ".join(f"{r.title} {_acc(r.test_acc)}" for r in runs)
+    headline = " vs ".join(f"{r.title} {_acc(r.accuracy)}" for r in runs)
     flags = [f"{r.title} predicts '{r.one_class}' for every test photo: its accuracy is the share of that "
              "class in the test split, not something it learned" for r in runs if r.one_class]
     flags += [f"{r.title} did not finish ({r.status} after {r.epochs_done} epoch"

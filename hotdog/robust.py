@@ -161,18 +161,33 @@ def current_state(net) -> dict[str, np.ndarray]:
     return {k: p.data(p.list_ctx()[0]).asnumpy().copy() for k, p in models._structural_params(net).items()}
 
 
+# Why no mix is made of a network whose weights are not all finite numbers (wise.json "skipped").
+NOT_FINITE = ("WiSE-FT skipped: the fine-tuned weights are not all finite numbers (the training diverged), "
+              "so they are kept unmixed")
+
+
+def finite_state(state: dict) -> bool:
+    """True when every weight of a :func:`current_state` is a finite number; a diverged training
+    leaves inf or NaN ones, and any mix of those is meaningless (and NaN everywhere)."""
+    return all(np.isfinite(v).all() for v in state.values())
+
+
 def interpolate(net, zero_shot: dict, finetuned: dict, alpha: float) -> None:
     """Set ``net`` to ``(1 - alpha) * zero_shot + alpha * finetuned``, every parameter (BatchNorm
-    running statistics included); alpha 0 and 1 give the two ends exactly."""
+    running statistics included); alpha 0 and 1 give the two ends exactly. Callers mix only
+    finite weights (:func:`finite_state`); the ends are copies whatever they hold."""
     import mxnet as mx
     from hotdog import models
 
     a = float(alpha)
     for k, p in models._structural_params(net).items():
-        # ft + (1 - a)(zs - ft) in float64: a weight both ends share (frozen features, BatchNorm
-        # statistics in keep mode) stays bit-identical, and alpha 0 and 1 give the ends exactly.
-        ft = finetuned[k].astype(np.float64)
-        mixed = (ft + (1.0 - a) * (zero_shot[k].astype(np.float64) - ft)).astype(finetuned[k].dtype)
+        if a in (0.0, 1.0):  # a copy: restoring non-finite weights keeps them as they were (inf - inf is NaN)
+            mixed = (finetuned if a == 1.0 else zero_shot)[k]
+        else:
+            # ft + (1 - a)(zs - ft) in float64: a weight both ends share (frozen features, BatchNorm
+            # statistics in keep mode) stays bit-identical.
+            ft = finetuned[k].astype(np.float64)
+            mixed = (ft + (1.0 - a) * (zero_shot[k].astype(np.float64) - ft)).astype(finetuned[k].dtype)
         p.set_data(mx.nd.array(mixed, dtype=mixed.dtype))
 
 
@@ -349,6 +364,9 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
     alpha = float(config.wise_alpha)
     zs, why = (None, "WiSE-FT does not apply to a network trained from scratch") if config.mode == "scratch" else \
         zero_shot_state(net, config.source, classes, splits.train)
+    finetuned = current_state(net)
+    if zs is not None and not finite_state(finetuned):
+        zs, why = None, NOT_FINITE
     want_curve = zs is not None and bool(config.proxy_eval)
     sets = [("test", TEST_NAME, "", list(splits.test))]
     if config.proxy_eval:
@@ -378,7 +396,6 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
             progress(done, steps)
 
     report = RobustReport(curve=None, wise_skipped=why if zs is None else "")
-    finetuned = current_state(net)
     score = _Scorer(net, config, ctx)
     try:
         if want_curve:
@@ -411,7 +428,7 @@ def robust_check(net, config, splits, pre, ctxs, run_dir: Path | None,
         interpolate(net, finetuned, finetuned, 1.0)  # a stop or an error keeps the fine-tuned weights
         raise
     test = next((s for s in report.sources if s["kind"] == "test"), None)
-    if zs is None and alpha != 1.0:
+    if zs is None and (alpha != 1.0 or why == NOT_FINITE):
         report.notes.append(why)
     elif zs is not None and alpha != 1.0:
         report.notes.append(f"saved model: WiSE-FT alpha {alpha:g}"
@@ -457,6 +474,9 @@ class RobustCheck(Callback):
         if self._zero_shot is False:
             return
         finetuned = current_state(fit.net)
+        if not finite_state(finetuned):  # a diverged epoch: no mix to score (null in wise.json)
+            self.epochs_clean.append(float("nan"))
+            return
         try:
             interpolate(fit.net, self._zero_shot, finetuned, cfg.wise_alpha)
             labels, pred = self._score(self._test)

@@ -3,9 +3,10 @@
 After the chapter's comparison the newest run is the from-scratch one (0.50 on hotdog-mini),
 so "newest" is a poor default; the app's Predict page and ``python -m hotdog predict --run
 best`` take the finished run with the highest recorded test accuracy instead, preferring the
-current data set. A run's score is the test accuracy of the weights it predicts with by
-default (:func:`default_weights`): the best epoch's when it kept one (chosen on its
-validation split, never on the test split), else the last epoch's.
+current data set. A run's score is :attr:`hotdog.runs.RunSummary.accuracy`, the test accuracy
+of the weights it predicts with by default (:func:`default_weights`): the best epoch's when it
+kept one (chosen on its validation split, never on the test split), else the saved
+model.params's (a WiSE-FT mix, else the last epoch).
 """
 
 from __future__ import annotations
@@ -28,13 +29,9 @@ def default_weights(summary_or_model) -> str:
 
 
 def score(s: RunSummary) -> float | None:
-    """The recorded test accuracy of the run's default weights (None: not recorded): the best
-    epoch's, else the saved WiSE-FT mix's, else the last epoch's."""
-    if default_weights(s) == "best":
-        acc = s.best_test_acc
-    else:
-        acc = s.saved_test_acc if s.saved_test_acc is not None else s.test_acc
-    return float(acc) if isinstance(acc, (int, float)) else None
+    """The run's accuracy (:attr:`RunSummary.accuracy`, the one every page and the CLI show):
+    the recorded test accuracy of its default weights, None when not recorded."""
+    return s.accuracy
 
 
 def _same_folder(a: str | None, b: str | os.PathLike | None) -> bool:

@@ -452,8 +452,26 @@ class RunSummary:
     # which can differ from the last epoch's recorded test_acc.
     saved_test_acc: float | None = None
 
+    # ---- THE accuracy of a run: what every page, the CLI and the "best run" ranking show and sort by
+    @property
+    def accuracy_weights(self) -> str:
+        """Which saved weights :attr:`accuracy` is of, i.e. what predicting with the run uses by
+        default: "best" (model-best.params, when it kept a best epoch), "wise" (model.params is a
+        WiSE-FT mix) or "last" (model.params after the last epoch, the chapter's)."""
+        if self.best_epoch:
+            return "best"
+        return "wise" if self.saved_test_acc is not None else "last"
+
+    @property
+    def accuracy(self) -> float | None:
+        """The recorded test accuracy of the saved model the run predicts with (see
+        :attr:`accuracy_weights`); None when not recorded. ``test_acc`` stays the last epoch's
+        (the per-epoch curves), which a WiSE-FT mix or a best epoch can differ from."""
+        acc = {"best": self.best_test_acc, "wise": self.saved_test_acc, "last": self.test_acc}[self.accuracy_weights]
+        return float(acc) if _is_number(acc, 0.0, 1.0) else None
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "accuracy": self.accuracy, "accuracy_weights": self.accuracy_weights}
 
 
 @dataclass
@@ -601,6 +619,10 @@ class RunStore:
         if not (d / "config.json").exists():  # listed as damaged: say the same here
             raise RunStoreError(f"run {run_id} is damaged: config.json is missing (not a training run?)")
         return load_run_dir(d)
+
+    def summary(self, run_id: str) -> RunSummary:
+        """One run's line of :meth:`list` (status ``damaged`` with a message when unreadable)."""
+        return _summarize(self.run_dir(run_id))
 
     def list(self) -> list[RunSummary]:
         """Every run, newest first; a run with a damaged file is listed as ``damaged`` with

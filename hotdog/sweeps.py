@@ -309,7 +309,9 @@ def start_in_job(job, sweep_id: str, owner: str | None = None, root: Path | None
 
 def summarize(sweep_id: str, root: Path | None = None) -> dict:
     """The sweep as the CLI prints it and the page draws it: every point with its run's
-    status, final test accuracy and per-epoch metrics; the best finished point."""
+    status, accuracy and per-epoch metrics; the best finished point. A point's ``accuracy`` is
+    its run's (:attr:`hotdog.runs.RunSummary.accuracy`: the saved model's, as every page shows),
+    ``test_acc`` the last epoch's (the end of its curves)."""
     rec = load(sweep_id, root)
     points = expand(rec["spec"])
     runs = point_runs(rec)
@@ -317,10 +319,10 @@ def summarize(sweep_id: str, root: Path | None = None) -> dict:
     out = []
     for p in points:
         r = _chosen(runs.get(p.index, []))
-        row = {"index": p.index, "values": p.values, "run_id": None, "status": "pending", "test_acc": None,
+        row = {"index": p.index, "values": p.values, "run_id": None, "status": "pending", "accuracy": None, "test_acc": None,
                "epochs": [], "seconds": None, "message": "", "config": p.config.to_dict()}
         if r is not None:
-            row.update(run_id=r.run_id, status=r.status, test_acc=r.test_acc, message=r.message)
+            row.update(run_id=r.run_id, status=r.status, accuracy=r.accuracy, test_acc=r.test_acc, message=r.message)
             try:
                 loaded = store.load(r.run_id)
                 row["epochs"] = loaded.metrics
@@ -330,13 +332,13 @@ def summarize(sweep_id: str, root: Path | None = None) -> dict:
             except HotdogError:
                 pass
         out.append(row)
-    finished = [p for p in out if p["status"] == "finished" and isinstance(p["test_acc"], (int, float))]
-    best = max(finished, key=lambda p: (p["test_acc"], -p["index"])) if finished else None
+    finished = [p for p in out if p["status"] == "finished" and isinstance(p["accuracy"], (int, float))]
+    best = max(finished, key=lambda p: (p["accuracy"], -p["index"])) if finished else None
     done = sum(p["status"] in DONE_STATES for p in out)
     spec = rec["spec"]
     return {"sweep_id": sweep_id, "title": spec.title, "spec": spec.to_dict(), "created": rec.get("created"),
             "total": len(out), "done": done, "complete": done == len(out), "points": out,
-            "best": {k: best[k] for k in ("index", "run_id", "values", "test_acc")} if best else None}
+            "best": {k: best[k] for k in ("index", "run_id", "values", "accuracy")} if best else None}
 
 
 def group_label(values: dict, varying: Sequence[str]) -> str:
@@ -358,7 +360,7 @@ def group_label(values: dict, varying: Sequence[str]) -> str:
 
 
 def aggregate(summary: dict) -> list[dict]:
-    """One row per (group, lr): mean and standard deviation of the final test accuracy over
+    """One row per (group, lr): mean and standard deviation of the accuracy (saved model) over
     the seeds that finished, how many finished/diverged, mean seconds per run."""
     grid = summary["spec"]["grid"]
     varying = [k for k, v in grid.items() if len(v) > 1]
@@ -371,8 +373,8 @@ def aggregate(summary: dict) -> list[dict]:
         row = rows.setdefault(key, {"group": group, "lr": cfg.get("lr"), "accs": [], "secs": [], "diverged": 0,
                                     "points": 0})
         row["points"] += 1
-        if p["status"] == "finished" and isinstance(p["test_acc"], (int, float)):
-            row["accs"].append(float(p["test_acc"]))
+        if p["status"] == "finished" and isinstance(p["accuracy"], (int, float)):
+            row["accs"].append(float(p["accuracy"]))
             if p["seconds"] is not None:
                 row["secs"].append(p["seconds"])
         elif p["status"] == "diverged":

@@ -120,7 +120,7 @@ def results() -> None:
     running_this = (snap := ui.job_snapshot()) is not None and (snap.get("sweep") or {}).get("sweep_id") == chosen
     head_l, head_r = st.columns([4, 1], vertical_alignment="center")
     head_l.markdown(t("**{done}/{total} points done**", done=summary["done"], total=summary["total"])
-                    + (t(" · best test accuracy {acc} (point {point})", acc=f"{summary['best']['test_acc']:.3f}",
+                    + (t(" · best test accuracy (saved model) {acc} (point {point})", acc=f"{summary['best']['accuracy']:.3f}",
                          point=summary["best"]["index"] + 1) if summary["best"] else ""))
     elsewhere = any(p["status"] == "running" for p in summary["points"])  # e.g. `python -m hotdog sweep`
     if not summary["complete"] and not running_this:
@@ -136,12 +136,12 @@ def results() -> None:
     if chart is not None:
         st.altair_chart(chart, width="stretch")
 
-    table = ui.sweep_table(summary).sort_values("test acc", ascending=False, na_position="last")
+    table = ui.sweep_table(summary).sort_values(ui.acc_header(), ascending=False, na_position="last")
     # Headers and the status words are read; setting names (lr, mode, freeze...) stay as typed in the grid.
     table["status"] = table["status"].map(tr)
-    table = table.rename(columns={c: t(c) for c in ("point", "status", "test acc", "seconds", "run")})
+    table = table.rename(columns={c: t(c) for c in ("point", "status", "seconds", "run")})
     st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={t("test acc"): st.column_config.NumberColumn(format="%.3f"),
+                 column_config={ui.acc_header(): st.column_config.NumberColumn(format="%.3f", help=ui.acc_help()),
                                 "lr": st.column_config.NumberColumn(format="%g"),
                                 t("seconds"): st.column_config.NumberColumn(format="%.0f")})
 
@@ -149,7 +149,7 @@ def results() -> None:
     if with_curves:
         names = {p["run_id"]: t("point {n}: ", n=p["index"] + 1) + ", ".join(
             f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in p["values"].items()) for p in with_curves}
-        top = sorted(with_curves, key=lambda p: -(p["test_acc"] or 0))[:3]
+        top = sorted(with_curves, key=lambda p: -(p["accuracy"] or 0))[:3]
         picked = st.multiselect(t("Overlay the curves of"), list(names), default=[p["run_id"] for p in top],
                                 format_func=names.get, key=f"exp_curves-{chosen}-{len(with_curves)}")
         frames = [ui.curves_frame(p["epochs"], run=names[p["run_id"]]) for p in with_curves if p["run_id"] in picked]
@@ -161,6 +161,7 @@ def results() -> None:
                 tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".3f")],
             ).properties(height=220, width=250).facet(column=alt.Column("metric:N", title=None))
                 .resolve_scale(y="independent"), width="content")
+            ui.curves_note()
     st.caption(t("Every point is an ordinary run: inspect, predict with or delete it on the Train and Predict pages."))
 
 

@@ -63,6 +63,7 @@ with st.container(border=True):
         st.dataframe(
             # Column names stay English words in English (tests read them): t("run"), t("mode"), t("status")
             [{t("run"): r.run_id, t("mode"): tr(r.mode), t("status"): tr(r.status),
-              t("test acc"): ui.acc_text(r.test_acc)} for r in runs],  # 0.500, as Train shows it
+              ui.acc_header(): ui.acc_text(r.accuracy)} for r in runs],  # 0.500, as Train shows it
             hide_index=True, width="stretch",
+            column_config={ui.acc_header(): st.column_config.TextColumn(help=ui.acc_help())},
         )

@@ -261,11 +261,12 @@ def comparison_card(run_ids: list[str]) -> None:
         return
     with st.container(border=True, key="comparison_card"):
         # hotdog.compare's headline and flags, said again in words from their fields (same English)
-        headline = (" " + t("vs") + " ").join(f"{t(r.title)} {ui.acc_text(r.test_acc)}" for r in summary.runs)
+        headline = (" " + t("vs") + " ").join(f"{t(r.title)} {ui.acc_text(r.accuracy)}" for r in summary.runs)
         st.markdown(f"**{t('The comparison:')}** {ui.md_escape(headline)}")
         for col, r in zip(st.columns(len(summary.runs)), summary.runs):
-            col.metric(t("{title} · test accuracy", title=t(r.title)), ui.acc_text(r.test_acc),
-                       help=t("run {run}, last epoch ({n} trained)", run=r.run_id, n=r.epochs_done))
+            col.metric(t("{title} · test accuracy (saved model)", title=t(r.title)), ui.acc_text(r.accuracy),
+                       help=t("run {run}, saved model: {weights} ({n} epochs trained)", run=r.run_id,
+                              weights=ui.saved_model_title(r.weights, r.best_epoch), n=r.epochs_done))
             col.caption(t("took {time} · run {run}", time=ui.format_duration(r.seconds), run=r.run_id))
         for flag in comparison_flags(summary.runs):
             st.warning(ui.md_escape(flag[:1].upper() + flag[1:] + "."), icon=":material/flag:")
@@ -440,8 +441,8 @@ def runs_table() -> None:
         rows.append({
             # What a run gave first (its message is a sentence and needs the room), details after.
             "run": r.run_id, "mode": tr(r.mode), "status": tr(r.status),  # t("finetune"), t("scratch")
-            "test acc": ui.acc_text(r.test_acc),
-            "best epoch": f"{r.best_epoch}: {ui.acc_text(r.best_test_acc)}" if r.best_epoch else "—",
+            "test acc (saved model)": ui.acc_text(r.accuracy),
+            "saved model": ui.saved_model_title(r.accuracy_weights, r.best_epoch) if r.accuracy is not None else "—",
             "message": r.message,
             "data": Path(root).name, "source": ui.source_titles().get(r.source, r.source),
             "lr": r.lr, "freeze": r.freeze, "epochs": f"{r.epochs_done}/{r.epochs}",
@@ -449,14 +450,16 @@ def runs_table() -> None:
             "duration": ui.format_duration(ui.run_seconds(r, rec)),
         })
     config = {"lr": st.column_config.NumberColumn(format="%g"),
-              "test acc": st.column_config.TextColumn(help=t("after the last epoch (model.params)")),
-              "best epoch": st.column_config.TextColumn(
-                  help=t("the best epoch by the validation split and its test accuracy "
-                         "(model-best.params; runs with a validation fraction)")),
+              "test acc (saved model)": st.column_config.TextColumn(help=ui.acc_help()),
+              "saved model": st.column_config.TextColumn(
+                  help=t("which weights the run predicts with: its best epoch by the validation split "
+                         "(model-best.params; runs with a validation fraction), a WiSE-FT mix or the last epoch "
+                         "(model.params)")),
               # Messages are sentences: room for them, the short columns shrink.
               **{c: st.column_config.Column(width="small") for c in SHORT_COLUMNS},
               "message": st.column_config.TextColumn(width=MESSAGE_WIDTH)}
-    # Headers in words, the data keys stay (t("run"), t("mode"), t("status"), t("test acc"), t("best epoch"),
+    # Headers in words, the data keys stay (t("run"), t("mode"), t("status"), t("test acc (saved model)"),
+    # t("saved model"),
     # t("message"), t("data"), t("source"), t("freeze"), t("epochs"), t("size"), t("duration")); the
     # message cells are the run store's sentences (English by i18n's rule)
     for c in rows[0]:
@@ -485,6 +488,7 @@ if runs:
         # Several runs are drawn as one small chart per metric, which cannot stretch.
         st.altair_chart(curves_chart(pd.concat(frames, ignore_index=True), runs=[labels[r] for r in chosen]),
                         width="stretch" if len(chosen) == 1 else "content")
+        ui.curves_note()
 
     finished = [r for r in runs if r.status in ("finished", "stopped") and r.epochs_done]
     if finished:

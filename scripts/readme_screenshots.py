@@ -76,12 +76,7 @@ def walk(tb, page, server, photos: Path, out: Path) -> dict:
     page.goto(server["url"])
     expect(tb.heading(page, "Home")).to_be_visible()
     tb.goto(page, "Data")
-    page.get_by_role("radio", name="Use a local folder").click()
-    box = page.get_by_label("Folder on the server")
-    box.fill(str(photos))
-    box.press("Enter")
-    page.get_by_role("button", name="Use this folder").click()
-    expect(page.get_by_text("Folder checked")).to_be_visible()
+    tb.use_local_folder(page, photos)
     tb.shoot(page, server, "data", "Data", ["What is in it", "Images per class", "Augmentation preview"])
 
     # Train with whatever the app starts with (its default preset): no knob is touched.
@@ -120,7 +115,8 @@ def walk(tb, page, server, photos: Path, out: Path) -> dict:
     cfg = rec.config
     return {"run": run.run_id, "preset": cfg.get("preset"), "epochs": run.epochs, "freeze": run.freeze,
             "lr": run.lr, "batch_size": cfg.get("batch_size"), "input_size": cfg.get("input_size"),
-            "test_acc": run.test_acc, "seconds": rec.status.get("seconds"),
+            "test_acc": run.test_acc, "accuracy": run.accuracy, "accuracy_weights": run.accuracy_weights,
+            "seconds": rec.status.get("seconds"),
             "seconds_open_to_classifier": round(first, 1)}
 
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from app_helpers import APP, assert_clean, new_app
 from conftest import make_dataset, make_image
 
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 REPO = str(Path(__file__).resolve().parents[1])
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -23,17 +23,6 @@ def app_home(hotdog_home, monkeypatch):
     monkeypatch.delenv("HOTDOG_DATA", raising=False)
     make_dataset(hotdog_home / "data" / "tiny")
     return hotdog_home
-
-
-def new_app(timeout: float = 300) -> AppTest:  # one script run; generous for a loaded machine
-    at = AppTest.from_file(APP, default_timeout=timeout)
-    at.run()
-    return at
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not [e.value for e in at.error if "unexpected error" in e.value]
 
 
 def walk(node):

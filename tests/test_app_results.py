@@ -145,10 +145,16 @@ def test_predict_defaults_to_the_best_run_of_the_data_set_with_its_accuracy_and_
     picker = at.selectbox(key="predict_run")
     assert picker.value == good.run_id, "the best run, not the newest (the from-scratch one)"
     best_epoch = info["best"]["epoch"]
-    assert picker.format_func(good.run_id).startswith(f"test acc 0.875 (best epoch {best_epoch}) · fine-tune · tiny")
-    assert picker.format_func(newer.run_id).startswith("test acc 0.500 · from scratch")
+    # the closed picker's label is short (accuracy first, no run id); the id is in full below it
+    label = picker.format_func(good.run_id)
+    assert label.startswith("0.875 · fine-tune · tiny · ") and good.run_id not in label and len(label) <= 40, label
+    assert picker.format_func(newer.run_id).startswith("0.500 · from scratch · tiny · ")
+    details = [c.value.replace("\\", "") for c in at.caption if c.value.replace("\\", "").startswith("run ")]
+    assert details == [f"run {good.run_id} · EfficientNet-Lite0 (offline) · test acc (saved model) 0.875: best epoch {best_epoch}"]
+    assert picker.help and "saved model" in picker.help
     weights = at.radio(key="predict_weights")
-    assert weights.value == "best" and weights.format_func("last") == "last epoch (2)"
+    # the default preset mixes (WiSE-FT alpha 0.6): "last" is that mix, not the last epoch's own weights
+    assert weights.value == "best" and weights.format_func("last") == "WiSE-FT mix of the last epoch (2)"
     photo = make_image(tmp_path / "p.png", (200, 60, 40)).read_bytes()
     at.file_uploader(key="photos").set_value([("p.png", photo, "image/png"),
                                               ("same.png", photo, "image/png")]).run()
@@ -176,12 +182,12 @@ def test_train_runs_table_and_home_show_accuracies_the_same_way(T_home):
     at = T.new_app()
     T.assert_clean(at)
     home = at.dataframe[0].value
-    assert sorted(home["test acc"]) == ["0.500", "—"]
+    assert sorted(home["test acc (saved model)"]) == ["0.500", "—"]
     at.switch_page("pages/train.py").run()
     T.assert_clean(at)
     table = at.dataframe[0].value
-    assert sorted(table["test acc"]) == ["0.500", "—"] and "None" not in table.to_string()
-    assert list(table.columns[:6]) == ["run", "mode", "status", "test acc", "best epoch", "message"]
+    assert sorted(table["test acc (saved model)"]) == ["0.500", "—"] and "None" not in table.to_string()
+    assert list(table.columns[:6]) == ["run", "mode", "status", "test acc (saved model)", "saved model", "message"]
     stopped = table[table["status"] == "stopped"]["message"].iloc[0]
     assert stopped.startswith("stopped by request before the first epoch ended") and "0 completed" not in stopped
     config = json.loads(at.dataframe[0].proto.columns)
@@ -197,11 +203,11 @@ def test_comparison_ends_with_a_summary_card_and_matching_run_colours(T_home):
     T._wait_idle(at)
     runs = {r.mode: r for r in RunStore().list()}
     heads = [plain(m.value) for m in at.markdown if m.value.startswith("**The comparison:**")]
-    acc = {m: ui.acc_text(r.test_acc) for m, r in runs.items()}
+    acc = {m: ui.acc_text(r.accuracy) for m, r in runs.items()}
     assert heads == [f"**The comparison:** fine-tuned {acc['finetune']} vs from scratch {acc['scratch']}"]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["fine-tuned · test accuracy"] == acc["finetune"]
-    assert metrics["from scratch · test accuracy"] == acc["scratch"]
+    assert metrics["fine-tuned · test accuracy (saved model)"] == acc["finetune"]
+    assert metrics["from scratch · test accuracy (saved model)"] == acc["scratch"]
     assert sum(c.value.startswith("took ") for c in at.caption) == 2
     # The tiny set's solid colours: a model that answers one class for all 8 test photos gets a flag.
     for mode, r in runs.items():

@@ -160,10 +160,10 @@ def test_cli_runs_predict_and_evaluate_choose_run_and_weights(tmp_path):
     listing = _cli("runs", home=home)
     assert listing.returncode == 0, listing.stderr
     header, *lines = listing.stdout.splitlines()
-    for word in ("data", "lr", "epochs", "test acc", "best (val)"):
+    for word in ("data", "lr", "epochs", "test acc (saved model)"):
         assert word in header
     line = next(ln for ln in lines if ln.startswith(good.run_id))
-    assert "tiny" in line and "0.001" in line and "2/2" in line and "0.900" in line and f"e{best_epoch} 0.900" in line
+    assert "tiny" in line and "0.001" in line and "2/2" in line and "0.900" in line and f"best epoch {best_epoch}" in line
 
     photo = str(root / "test" / "hotdog" / "000.png")
     out = _cli("predict", "--run", "best", "--json", photo, home=home)

@@ -234,6 +234,19 @@ def goto(page, label: str) -> None:
     wait_idle(page)
 
 
+def use_local_folder(page, folder, checked: str | None = "Folder checked") -> None:
+    """On the Data page: type a folder on the server and use it (then wait for ``checked``)."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("radio", name="Use a local folder").click()
+    box = page.get_by_label("Folder on the server")
+    box.fill(str(folder))
+    box.press("Enter")
+    page.get_by_role("button", name="Use this folder").click()
+    if checked:
+        expect(page.get_by_text(checked).first).to_be_visible()
+
+
 def open_more_settings(page) -> None:
     """Expand the Train sidebar's "More settings" (its widgets exist only while it is open)."""
     from playwright.sync_api import expect
@@ -464,11 +477,7 @@ def _walk_every_page(server, page):
 
     # ---- hostile class names are text, never HTML
     goto(page, "Data")
-    page.get_by_role("radio", name="Use a local folder").click()
-    box = page.get_by_label("Folder on the server")
-    box.fill(str(server["hostile"]))
-    box.press("Enter")
-    page.get_by_role("button", name="Use this folder").click()
+    use_local_folder(page, server["hostile"], checked=None)
     expect(page.get_by_text(XSS, exact=True).first).to_be_visible()
     wait_idle(page)
     no_exception(page)
@@ -502,12 +511,7 @@ def _showcase(server, page):
 
     page.goto(server["url"] + "/data")
     expect(heading(page, "Data")).to_be_visible()
-    page.get_by_role("radio", name="Use a local folder").click()
-    box = page.get_by_label("Folder on the server")
-    box.fill(str(HOTDOG_MINI))
-    box.press("Enter")
-    page.get_by_role("button", name="Use this folder").click()
-    expect(page.get_by_text("Folder checked")).to_be_visible()
+    use_local_folder(page, HOTDOG_MINI)
     shoot(page, server, "data", "Data", ["What is in it", "Images per class", "Augmentation preview"])
 
     # The chapter's defaults (batch 128, 5 epochs) with frozen features at 160 px: the
@@ -675,12 +679,7 @@ def _new_user_walk(server, page):
     # ---- Data: nothing installed yet; the photos' folder, then it is the one in use
     goto(page, "Data")
     expect(page.get_by_text("No data set yet")).to_be_visible()
-    page.get_by_role("radio", name="Use a local folder").click()
-    box = page.get_by_label("Folder on the server")
-    box.fill(str(photos))
-    box.press("Enter")
-    page.get_by_role("button", name="Use this folder").click()
-    expect(page.get_by_text("Folder checked")).to_be_visible()
+    use_local_folder(page, photos)
     # the tab the user was using stays open after the rerun
     expect(page.get_by_role("radio", name="Use a local folder")).to_be_checked()
     shoot(page, server, "newuser-1-data", "Data", ["What is in it", "Images per class"])
@@ -757,7 +756,8 @@ def _new_user_walk(server, page):
     assert runpick.score(best) == max(scores)[0], scores
     # the closed picker shows the best run, its accuracy first
     expect(page.get_by_role("combobox", name="Run (best first)")).to_have_value(
-        re.compile(rf"^test acc {runpick.score(best):.3f}.*{best.run_id}$"))
+        re.compile(rf"^{runpick.score(best):.3f} · "))
+    expect(page.get_by_text(f"run {best.run_id} ·")).to_be_visible()  # its id in full, below the picker
     photo_files = [sorted(p for p in (photos / "test" / c).iterdir() if p.is_file())[0]
                    for c in sorted(d.name for d in (photos / "test").iterdir() if d.is_dir())]
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(

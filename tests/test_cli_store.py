@@ -154,6 +154,22 @@ def test_intact_fake_run_predicts_with_model_json_classes(tmp_path, capsys, real
     assert code == 0 and set(item["probabilities"]) == set(CLASSES)
 
 
+def test_a_wise_ft_run_says_its_weights_are_a_mix_and_lists_the_mix_accuracy(tmp_path, capsys, real_params, photo):
+    """model.params of a WiSE-FT run is not the last epoch's own weights: predict says which, and
+    `runs` shows the mix's accuracy (the one every page shows), labelled, beside the last epoch's in JSON."""
+    d = fake_run(tmp_path / "runs", "mixed", params=real_params)  # last epoch 0.82
+    info = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**info, "wise": {"alpha": 0.6, "test_acc": 0.92}}))
+    code, _, err = run_cli(capsys, "predict", "--run", d, photo)
+    assert code == 0 and "run mixed, WiSE-FT mix of the last epoch (2 of 2), alpha 0.6" in err
+    code, out, _ = run_cli(capsys, "runs", "--runs-dir", tmp_path / "runs")
+    header, line = out.splitlines()
+    assert "test acc (saved model)" in header and "0.920 WiSE-FT mix" in line and "0.820" not in line
+    code, out, _ = run_cli(capsys, "runs", "--runs-dir", tmp_path / "runs", "--json")
+    [r] = json.loads(out)["runs"]
+    assert (r["accuracy"], r["accuracy_weights"], r["test_acc"]) == (0.92, "wise", 0.82)
+
+
 # ------------------------------------------------------------------ --json errors of every command
 
 def test_json_errors_are_one_document_on_stdout(tmp_path, capsys):

@@ -105,6 +105,10 @@ def test_evaluate_and_runs_json(finished_run, tiny_dataset, tmp_path, capsys):
     [r] = json.loads(out)["runs"]
     assert {"run_id", "status", "mode", "source", "test_acc", "created"} <= r.keys()
     assert r["run_id"] == finished_run.run_id and r["status"] == "finished" and r["test_acc"] == finished_run.test_acc
+    # "accuracy" is the run's as every page shows it (its saved model's), "test_acc" the last epoch's
+    summary = RunStore(runs_dir).summary(finished_run.run_id)
+    assert (r["accuracy"], r["accuracy_weights"]) == (summary.accuracy, summary.accuracy_weights)
+    assert r["accuracy"] is not None
     code, out, _ = run_cli(capsys, "runs", "--runs-dir", runs_dir)
     assert finished_run.run_id in out
     code, out, _ = run_cli(capsys, "runs", "--runs-dir", runs_dir, "--delete", finished_run.run_id, "--json")

@@ -281,7 +281,7 @@ STATES = ["no data set", "data set chosen", "finished run", "compared runs", "st
 EXPECT = {
     ("pages/train.py", "compared runs"): ["Thí nghiệm so sánh:", "epoch tốt nhất", "Ảnh kiểm tra bị phân loại sai",
                                           "Các nguồn khác"],
-    ("pages/predict.py", "compared runs"): ["Lượt chạy (tốt nhất trước)", "epoch tốt nhất"],
+    ("pages/predict.py", "compared runs"): ["Lượt chạy (tốt nhất trước)", "độ chính xác kiểm tra (mô hình đã lưu)"],
     ("pages/home.py", "compared runs"): ["Các lượt chạy gần nhất"],
     ("pages/train.py", "starting job"): ["Đang chạy", "Đang giải mã ảnh 5/24", "Đang nạp mô hình gốc"],
     ("pages/train.py", "stopping job"): ["Đang dừng", "Sẽ dừng sau batch này", "Epoch 2/2"],

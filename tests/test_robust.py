@@ -105,6 +105,58 @@ def test_wise_ft_is_skipped_with_a_sentence_when_no_class_is_an_imagenet_class(t
     assert res.test_acc == res.epochs[-1].test_acc  # the fine-tuned weights, untouched
 
 
+def test_weights_that_overflowed_end_the_run_as_diverged_unmixed_and_unsaved(tiny_dataset, hotdog_home):
+    """lr 1e6 on frozen features: each epoch's loss is finite (measured before the update) but the
+    last update overflows the output layer to inf. The run is diverged (nothing saved, nothing
+    ranked) and no mix of inf weights is ever made (numpy warned "invalid value" doing it)."""
+    import warnings
+
+    from hotdog.runs import RunStore
+    from hotdog.train import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = train(_tiny_config(tiny_dataset, lr=1e6, freeze=True, wise_alpha=0.6, epochs=3, batch_size=6))
+    assert res.status == "diverged", res.message
+    assert "the weights became non-finite (inf or NaN) in epoch" in res.message and "learning rate 1e+06" in res.message
+    assert not (Path(res.run_dir) / "model.params").exists()
+    summary = RunStore(Path(res.run_dir).parent).summary(res.run_id)
+    assert summary.status == "diverged" and summary.accuracy == summary.test_acc  # the last recorded epoch's
+
+
+def test_the_wise_mix_is_skipped_for_weights_that_are_not_finite(tiny_dataset, hotdog_home, tmp_path):
+    """robust_check on a network holding inf (a run that diverged unnoticed): the fine-tuned
+    weights are kept exactly as they are, wise.json says why, and numpy never warns."""
+    import warnings
+
+    import mxnet as mx
+
+    from hotdog import models, robust
+    from hotdog.data import load_splits
+    from hotdog.runs import read_wise
+
+    cfg = _tiny_config(tiny_dataset, wise_alpha=0.5, proxy_eval=True)
+    splits = load_splits(tiny_dataset)
+    net = models.build_finetune(SRC, 2, bn_mode="update", init_output_from_imagenet=True,
+                                class_names=splits.classes, init_items=splits.train)
+    w = net.output.weight.data().asnumpy()
+    w[0, :3] = [np.inf, -np.inf, np.nan]
+    net.output.weight.set_data(mx.nd.array(w))
+    before = robust.current_state(net)
+    assert not robust.finite_state(before)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        report = robust.robust_check(net, cfg, splits, models.get_spec(SRC).preprocess.scaled(32), [mx.cpu()],
+                                     run_dir)
+    assert report.curve is None and report.wise_skipped == robust.NOT_FINITE and robust.NOT_FINITE in report.notes
+    assert all(s["alpha"] is None for s in report.sources)
+    after = robust.current_state(net)
+    assert all(np.array_equal(after[k], before[k], equal_nan=True) for k in before)  # kept, not turned to NaN
+    assert read_wise(run_dir)[0] == {"skipped": robust.NOT_FINITE}
+
+
 class _Toy:
     """A two-part network like the fine-tune ones: copied ``features``, a new ``output``."""
 

@@ -381,3 +381,28 @@ def test_store_names_match_the_engine():
     assert runs.READ_STATES == runs.STATES + ("damaged",) and "damaged" not in runs.STATES
     with pytest.raises(ValueError):
         RunStore(".").write_status("x", "damaged")  # a reader-only state
+
+
+# ------------------------------------------------------------------ the one accuracy of a run
+
+def test_a_runs_accuracy_is_its_saved_models(tmp_path):
+    """RunSummary.accuracy (every page, the CLI, the ranking): the best epoch's when the run kept
+    one, else model.params's (a WiSE-FT mix when model.json says so), else the last epoch's."""
+    from hotdog.runpick import score
+
+    d = fake_run(tmp_path, "plain")  # last epoch 0.82
+    s = RunStore(tmp_path).summary("plain")
+    assert (s.accuracy, s.accuracy_weights, s.test_acc) == (0.82, "last", 0.82)
+    info = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**info, "wise": {"alpha": 0.6, "test_acc": 0.9}}))
+    s = RunStore(tmp_path).summary("plain")
+    assert (s.accuracy, s.accuracy_weights, s.test_acc) == (0.9, "wise", 0.82) and score(s) == 0.9
+    (d / "model-best.params").write_bytes(b"w")
+    (d / "model.json").write_text(json.dumps({**info, "wise": {"alpha": 0.6, "test_acc": 0.9},
+                                              "best": {"params": "model-best.params", "epoch": 1, "val_acc": 1.0,
+                                                       "test_acc": 0.81}}))
+    s = RunStore(tmp_path).summary("plain")
+    assert (s.accuracy, s.accuracy_weights) == (0.81, "best") and score(s) == 0.81
+    assert {k: s.to_dict()[k] for k in ("accuracy", "accuracy_weights", "test_acc")} == {
+        "accuracy": 0.81, "accuracy_weights": "best", "test_acc": 0.82}
+    assert RunStore(tmp_path).summary("gone").accuracy is None

@@ -8,22 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
+from app_helpers import assert_clean, new_app
 from conftest import make_dataset
-
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
-
-
-def new_app(timeout: float = 300) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=timeout)
-    at.run()
-    return at
-
-
-def assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not [e.value for e in at.error if "unexpected error" in e.value]
 
 
 @pytest.fixture

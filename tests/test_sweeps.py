@@ -59,6 +59,7 @@ def _wait(job, timeout=300):
     return state
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the frozen lr-1e6 point once mixed inf weights (WiSE-FT)
 def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_features(tiny_dataset, hotdog_home):
     from hotdog import train as train_mod
 
@@ -83,8 +84,12 @@ def test_sweep_in_the_job_goes_on_past_a_diverged_point_and_shares_frozen_featur
     summary = sweeps.summarize(sweep_id)
     status = {(p["values"]["lr"], p["values"]["freeze"]): p["status"] for p in summary["points"]}
     assert status[(1e6, False)] == "diverged"  # marked diverged, and the sweep went on
+    assert status[(1e6, True)] == "diverged"  # finite losses, but the last update overflowed the weights
     assert status[(1e-3, False)] == status[(1e-3, True)] == "finished"
-    assert summary["best"]["test_acc"] is not None and summary["done"] == 4 and summary["complete"]
+    assert summary["best"]["accuracy"] is not None and summary["done"] == 4 and summary["complete"]
+    # a point's accuracy is its run's, the one every page shows (the saved model's)
+    by_run = {r.run_id: r for r in RunStore().list()}
+    assert all(p["accuracy"] == by_run[p["run_id"]].accuracy for p in summary["points"])
     # the frozen points extracted features once (train + test split): the second read them from
     # the on-disk feature cache (hotdog_home is this test's own, so it started empty)
     assert len(phases) == 2
@@ -171,7 +176,7 @@ def _fake_summary(accs: dict, grid: dict, seconds: dict | None = None) -> dict:
     for (mode, freeze, lr), per_seed in accs.items():
         for seed, acc in enumerate(per_seed):
             points.append({"index": len(points), "values": {"lr": lr, "mode": mode, "freeze": freeze, "seed": seed},
-                           "status": "diverged" if acc is None else "finished", "test_acc": acc,
+                           "status": "diverged" if acc is None else "finished", "accuracy": acc,
                            "seconds": (seconds or {}).get((mode, freeze), 10.0), "run_id": f"r{len(points)}",
                            "epochs": [], "config": {"lr": lr, "mode": mode, "freeze": freeze and mode == "finetune",
                                                     "lr_mult": 10.0 if mode == "finetune" else 1.0}})
@@ -226,7 +231,7 @@ def test_sweep_progress_says_point_epoch_and_eta():
 def test_findings_ignore_points_not_measured_yet():
     summary = _fake_summary({("finetune", False, 1e-3): [0.9], ("finetune", False, 1e-2): [0.5]},
                             {"lr": [1e-3, 1e-2, 1e-1]})
-    summary["points"].append({**summary["points"][-1], "index": 2, "status": "pending", "test_acc": None,
+    summary["points"].append({**summary["points"][-1], "index": 2, "status": "pending", "accuracy": None,
                               "values": {"lr": 1e-1, "seed": 0}, "config": {**summary["points"][-1]["config"],
                                                                            "lr": 1e-1}})
     assert sweeps.findings(summary) == ["All points: best test accuracy 0.90 at lr 0.001; from lr 0.01 on it falls "

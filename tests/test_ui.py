@@ -133,11 +133,22 @@ def test_job_view_of_a_running_sequence_and_of_idle():
     assert stopping["label"].endswith("stopping…") and stopping["message"] == "Stopping…"
 
 
-def test_job_end_message_per_end_state():
+def test_job_end_message_per_end_state(hotdog_home):
+    import json
+
+    from test_runs import fake_run
+
     cfg = SimpleNamespace(mode="scratch")
-    done = JobState(state="finished", run_id="r1", config=cfg, result=SimpleNamespace(test_acc=0.875),
+    run = fake_run(hotdog_home / "runs", "r1")  # last epoch 0.82; its saved model a WiSE-FT mix at 0.875
+    info = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**info, "wise": {"alpha": 0.6, "test_acc": 0.875}}))
+    done = JobState(state="finished", run_id="r1", config=cfg, result=SimpleNamespace(test_acc=0.82),
                     started=0.0, ended=75.0)
-    assert ui.job_end_message(done) == ("success", "Run finished (from scratch): r1, test accuracy 0.875 (1m 15s)")
+    assert ui.job_end_message(done) == (
+        "success", "Run finished (from scratch): r1, test acc (saved model) 0.875: WiSE-FT mix (1m 15s)")
+    gone = JobState(state="finished", run_id="r9", config=cfg, result=SimpleNamespace(test_acc=0.82),
+                    started=0.0, ended=75.0)
+    assert ui.job_end_message(gone) == ("success", "Run finished (from scratch): r9 (1m 15s)")  # unreadable: no number rather than the last epoch under the saved model's name
     stopped = JobState(state="stopped", run_id="r2", config=cfg, epochs=[1, 2])
     assert ui.job_end_message(stopped) == (
         "info", "Run stopped: r2: stopped by request after 2 completed epochs; the weights after epoch 2 are kept.")

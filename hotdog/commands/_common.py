@@ -36,3 +36,34 @@ def print_per_photo(docs, describe) -> None:
     for the others (the per-photo commands share this layout)."""
     for d in docs:
         print(f"{d['path']}: error: {d['error']}" if "error" in d else describe(d))
+
+
+# A run's accuracy, as every command and page shows it: hotdog.runs.RunSummary.accuracy (the saved
+# model's), named with the weights it is of. ``test_acc`` in a document stays the last epoch's.
+WEIGHT_WORDS = {"best": "best epoch", "wise": "WiSE-FT mix", "last": "last epoch"}
+
+
+def accuracy_fields(summary) -> dict:
+    """{"accuracy", "accuracy_weights"} of a RunSummary, for a --json document."""
+    return {"accuracy": summary.accuracy, "accuracy_weights": summary.accuracy_weights}
+
+
+def run_accuracy_fields(run_dir) -> dict:
+    """:func:`accuracy_fields` of the run in ``run_dir`` (both None when it cannot be read)."""
+    from pathlib import Path
+
+    from hotdog.errors import HotdogError
+    from hotdog.runs import RunStore
+
+    d = Path(run_dir)
+    try:
+        return accuracy_fields(RunStore(d.parent).summary(d.name))
+    except HotdogError:
+        return {"accuracy": None, "accuracy_weights": None}
+
+
+def accuracy_text(fields: dict) -> str:
+    """'test acc (saved model) 0.920, WiSE-FT mix' ('' when not recorded)."""
+    if not isinstance(fields.get("accuracy"), (int, float)):
+        return ""
+    return f"test acc (saved model) {fields['accuracy']:.3f}, {WEIGHT_WORDS.get(fields['accuracy_weights'], '?')}"

@@ -1,7 +1,8 @@
 """``sweep`` and ``lr-find``: the chapter's exercises as sweeps, and the learning-rate finder.
 
 ``sweep --json`` prints one document: ``{"sweep_id", "points": [{"run_id", "config",
-"values", "status", "test_acc", "epochs"}], "best", "findings"}``; ``lr-find --json``:
+"values", "status", "accuracy", "test_acc", "epochs"}], "best", "findings"}`` (``accuracy``: the
+run's, i.e. its saved model's test accuracy as every page shows it; ``test_acc``: the last epoch's); ``lr-find --json``:
 ``{"lrs", "losses", "suggested_lr", ...}``.
 """
 
@@ -11,7 +12,7 @@ import signal
 import sys
 import threading
 
-from hotdog.commands._common import add_json_flag, emit_json
+from hotdog.commands._common import accuracy_text, add_json_flag, emit_json, run_accuracy_fields
 from hotdog.errors import ConfigError
 
 
@@ -62,11 +63,11 @@ def _print_summary(summary: dict) -> None:
 
     print(f"sweep {summary['sweep_id']}: {summary['done']}/{summary['total']} points done")
     for p in summary["points"]:
-        acc = f"{p['test_acc']:.3f}" if isinstance(p["test_acc"], (int, float)) else "-"
+        acc = f"{p['accuracy']:.3f}" if isinstance(p["accuracy"], (int, float)) else "-"
         values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p["values"].items())
         print(f"  {p['index'] + 1:>3}  {p['status']:<9} {acc:>6}  {values}  {p['run_id'] or ''}")
     if summary["best"]:
-        print(f"best: point {summary['best']['index'] + 1}, test accuracy {summary['best']['test_acc']:.3f}")
+        print(f"best: point {summary['best']['index'] + 1}, test acc (saved model) {summary['best']['accuracy']:.3f}")
     for sentence in sweeps.findings(summary):
         print(sentence)
 
@@ -118,7 +119,8 @@ def cmd_sweep(args) -> int:
         print("\nstopping after the current batch (Ctrl-C again to abort)", file=sys.stderr)
 
     def on_point(p, result):
-        acc = f", test acc {result.test_acc:.3f}" if result.test_acc is not None else ""
+        acc = accuracy_text(run_accuracy_fields(result.run_dir))
+        acc = f", {acc}" if acc else ""
         print(f"point {p.number}/{total}: {result.status}{acc} ({result.seconds:.0f} s) run {result.run_id}",
               file=sys.stderr)
 

@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 
 from hotdog import runpick
-from hotdog.commands._common import add_json_flag, emit_json, progress_bar
+from hotdog.commands._common import (WEIGHT_WORDS, accuracy_fields, accuracy_text, add_json_flag, emit_json,
+                                     progress_bar, run_accuracy_fields)
 from hotdog.errors import HotdogError
 
 log = logging.getLogger("hotdog.train")
@@ -174,10 +175,13 @@ def cmd_train(args) -> int:
             signal.signal(signal.SIGINT, old)
         if bar is not None:
             bar.close()
+    acc = run_accuracy_fields(result.run_dir)  # the saved model's; result.test_acc is the last epoch's
     if args.json:
-        emit_json({**result.to_dict(), "memory": prepared.memory.to_dict() if prepared.memory else None})
+        emit_json({**result.to_dict(), **acc, "memory": prepared.memory.to_dict() if prepared.memory else None})
     else:
         print(f"run {result.run_id}: {result.status}: {result.message}")
+        if result.status == "finished" and accuracy_text(acc):
+            print(accuracy_text(acc))
         print(f"saved in {result.run_dir}")
     if result.status == "finished":
         return 0
@@ -212,6 +216,9 @@ def _weights_label(run_dir: Path, weights: str) -> str:
         val = best.get("val_acc")
         return (f"best-epoch weights (epoch {best['epoch']} of {total}"
                 + (f", val acc {val:.3f}" if isinstance(val, (int, float)) else "") + ")")
+    wise = (rec.model or {}).get("wise")
+    if wise:  # model.params is not the last epoch's own weights
+        return f"WiSE-FT mix of the last epoch ({len(rec.metrics)} of {total}), alpha {wise['alpha']:g}"
     return f"last-epoch weights (epoch {len(rec.metrics)} of {total})"
 
 def _resolve_run(run: str, runs_dir) -> Path:
@@ -287,6 +294,8 @@ def cmd_predict(args) -> int:
 
 # ------------------------------------------------------------------------------- runs
 
+# "accuracy" is the run's (its saved model's, as every page shows; "accuracy_weights": best | wise |
+# last says which); "test_acc" the last epoch's, "best_*" the best epoch by validation.
 _RUN_KEYS = ("run_id", "status", "mode", "source", "data", "lr", "lr_mult", "epochs", "epochs_done",
              "test_acc", "created", "message", "warning", "best_epoch", "best_val_acc", "best_test_acc")
 
@@ -301,26 +310,26 @@ def cmd_runs(args) -> int:
             print(f"deleted run {args.delete}")
     runs = store.list()
     if args.json:
-        emit_json({"runs": [{k: getattr(s, k) for k in _RUN_KEYS} for s in runs]})
+        emit_json({"runs": [{**{k: getattr(s, k) for k in _RUN_KEYS}, **accuracy_fields(s)} for s in runs]})
         return 0
     if not runs:
         print(f"no runs in {store.root}")
         return 0
     import time
 
-    # "test acc" is the last epoch's (model.params); "best" the best epoch by validation
-    # (model-best.params, runs with --val-fraction): its epoch and the test acc recorded then.
+    # The run's accuracy (its saved model's) and which weights those are: the best epoch by
+    # validation (model-best.params, runs with --val-fraction), a WiSE-FT mix or the last epoch.
     print(f"{'run id':<24} {'status':<9} {'mode':<9} {'data':<14} {'lr':>7} {'epochs':>6} {'test acc':>8} "
-          f"{'best (val)':>12}  created")
+          f"{'(saved model)':<16}  created")
     for s in runs:
-        acc = f"{s.test_acc:.3f}" if isinstance(s.test_acc, (int, float)) else "-"
+        acc = f"{s.accuracy:.3f}" if s.accuracy is not None else "-"
         lr = f"{s.lr:g}" if isinstance(s.lr, (int, float)) else "-"
         ep = f"{s.epochs_done}/{s.epochs}" if s.epochs else "-"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-"
-        best = f"e{s.best_epoch} {s.best_test_acc:.3f}" if s.best_epoch and isinstance(s.best_test_acc, (int, float)) \
-            else "-"
+        of = (f"best epoch {s.best_epoch}" if s.accuracy_weights == "best" else WEIGHT_WORDS[s.accuracy_weights]) \
+            if s.accuracy is not None else "-"
         print(f"{s.run_id:<24} {s.status:<9} {str(s.mode):<9} {str(s.data)[:14]:<14} {lr:>7} {ep:>6} {acc:>8} "
-              f"{best:>12}  {when}"
+              f"{of:<16}  {when}"
               + (f"  ({s.message})" if s.status in ("failed", "diverged", "damaged") and s.message else "")
               + (f"  [{s.warning}]" if s.warning else ""))
     return 0
