@@ -159,7 +159,35 @@ def browser():
 def new_page(browser):
     pg = browser.new_context(viewport={"width": WIDTH, "height": HEIGHT}).new_page()
     pg.set_default_timeout(UI)
+    sent = [0]  # messages the browser sent the app (widget values ride on rerun requests)
+
+    def on_socket(ws):
+        if "_stcore/stream" in ws.url:
+            ws.on("framesent", lambda _payload: sent.__setitem__(0, sent[0] + 1))
+
+    pg.on("websocket", on_socket)
+    pg.hd_sent = sent
     return pg
+
+
+def press_and_commit(page, widget, *keys: str) -> None:
+    """Press ``keys`` on a widget, then wait until the browser has sent the rerun carrying the
+    new value and the app has settled. A slider commits 200 ms after its last move (Streamlit's
+    debounce): on a busy machine a page switch right after the keys could overtake it, and the
+    value never reached the session."""
+    before = widget.get_attribute("aria-valuetext")
+    for key in keys[:-1]:
+        widget.press(key)
+    n = page.hd_sent[0]
+    widget.press(keys[-1])
+    if widget.get_attribute("aria-valuetext") == before:
+        wait_idle(page)  # already there: nothing to send
+        return
+    deadline = time.monotonic() + UI / 1000
+    while page.hd_sent[0] == n:  # Playwright delivers events while it waits
+        assert time.monotonic() < deadline, "the browser never sent the widget's new value"
+        page.wait_for_timeout(50)
+    wait_idle(page)
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +309,8 @@ def shoot(page, server, name: str, label: str, must_see: list[str]) -> Path:
 
     expect(heading(page, label)).to_be_visible()
     for text in must_see:
-        expect(page.get_by_text(text, exact=False).first).to_be_visible()
+        # the first *visible* match: a data frame's cells hold text too, in hidden DOM copies
+        expect(page.get_by_text(text, exact=False).filter(visible=True).first).to_be_visible()
     wait_idle(page)
     no_exception(page)
     # Streamlit scrolls inside its main container, so a "full page" shot would stop at the
@@ -354,10 +383,10 @@ def _walk_every_page(server, page):
     epochs.fill("1")
     epochs.press("Enter")
     batch = sidebar.get_by_role("slider", name="Batch size")
-    batch.press("Home")
+    press_and_commit(page, batch, "Home")
     open_more_settings(page)
     size = sidebar.get_by_role("slider", name="Image size")
-    size.press("Home")
+    press_and_commit(page, size, "Home")
     # The knobs reached the server: they survive a page switch (they persist in the session).
     goto(page, "Home")
     goto(page, "Train")
@@ -456,7 +485,7 @@ def _walk_every_page(server, page):
     exp_size = sidebar.get_by_role("slider", name="Image size")
     if not exp_size.is_visible():
         sidebar.get_by_text("More settings").click()
-    exp_size.press("Home")
+    press_and_commit(page, exp_size, "Home")
     expect(exp_size).to_have_attribute("aria-valuetext", "32")
     page.get_by_text("Custom grid", exact=True).click()
     lrs = page.get_by_role("textbox", name="Learning rates")
@@ -526,9 +555,7 @@ def _showcase(server, page):
     expect(freeze).to_be_checked()
     open_more_settings(page)
     size = sidebar.get_by_role("slider", name="Image size")
-    size.press("Home")
-    for _ in range(4):
-        size.press("ArrowRight")  # 32 -> 160
+    press_and_commit(page, size, "Home", *["ArrowRight"] * 4)  # 32 -> 160
     goto(page, "Home")  # the knobs reached the server: they survive a page switch
     goto(page, "Train")
     open_more_settings(page)
@@ -725,9 +752,7 @@ def _new_user_walk(server, page):
     epochs.press("Enter")
     open_more_settings(page)
     size = sidebar.get_by_role("slider", name="Image size")
-    size.press("Home")
-    size.press("ArrowRight")
-    size.press("ArrowRight")
+    press_and_commit(page, size, "Home", "ArrowRight", "ArrowRight")
     expect(size).to_have_attribute("aria-valuetext", "96")
     expect(epochs).to_have_value("1")
     wait_idle(page)
