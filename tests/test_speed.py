@@ -212,3 +212,59 @@ def test_peer_bench_skips_cleanly_without_torch():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("peer_bench skipped:")
+
+
+# ----------------------------------------------------------------------- ReLU6 formulation
+
+def test_relu6_equals_clip_values_and_gradient():
+    """``_relu6`` (maximum then clip, for speed) computes clip(x, 0, 6) and its gradient on
+    every kind of input; NaN stays NaN (only its gradient and the sign of a zero differ)."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    from hotdog.efficientnet import _relu6
+
+    vals = np.array([-np.inf, -1e30, -7, -1, -1e-30, 0, 1e-30, 0.5, 3, 5.9999995, 6, 6.0000005, 7, 1e30, np.inf],
+                    dtype="float32")
+    rng = np.random.RandomState(0)
+    x_np = np.concatenate([vals, rng.normal(0, 4, 2000).astype("float32")]).reshape(1, 1, -1, 5)
+    head = rng.normal(size=x_np.shape).astype("float32")
+    grads, outs = [], []
+    for fn in (lambda F, x: F.clip(x, 0.0, 6.0), _relu6):
+        x = mx.nd.array(x_np)
+        x.attach_grad()
+        with autograd.record():
+            y = fn(mx.nd, x)
+        y.backward(mx.nd.array(head))
+        outs.append(y.asnumpy())
+        grads.append(x.grad.asnumpy())
+    assert np.array_equal(outs[0], outs[1])
+    assert np.array_equal(grads[0], grads[1])
+    nan = mx.nd.array([np.nan])
+    assert np.isnan(_relu6(mx.nd, nan).asnumpy()).all()
+
+
+def test_relu6_network_step_equals_clip_network():
+    """One hybridized (static_alloc) training step of EfficientNet-Lite0 with the product's
+    ReLU6 and with plain ``clip``: equal loss and equal weights after the step."""
+    import mxnet as mx
+
+    from hotdog import efficientnet
+    from hotdog.hybrid import hybridize_for_training
+
+    rng = np.random.RandomState(1)
+    batches = [(mx.nd.array(rng.normal(0, 2, (4, 3, 40, 40)).astype("float32")),
+                mx.nd.array(rng.randint(0, 2, 4)))]
+    eval_x = [mx.nd.array(rng.normal(0, 2, (3, 3, 40, 40)).astype("float32"))]
+    fast, slow = _twin_nets()
+    l0, o0, w0 = _train_and_eval(fast, hybridize_for_training, batches, eval_x)
+    real = efficientnet._relu6
+    efficientnet._relu6 = lambda F, x: F.clip(x, 0.0, 6.0)
+    try:
+        l1, o1, w1 = _train_and_eval(slow, hybridize_for_training, batches, eval_x)
+    finally:
+        efficientnet._relu6 = real
+    assert np.array_equal(l0[0], l1[0])
+    np.testing.assert_allclose(o0[0], o1[0], rtol=0, atol=1e-5)
+    for k in w0:
+        np.testing.assert_allclose(w0[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
