@@ -69,6 +69,34 @@ def _relu6(F, x):
     return F.clip(F.maximum(x, 0.0), 0.0, 6.0)
 
 
+# oneDNN 2.4 (MXNet 1.9.1) computes a depthwise weight gradient with its jit kernel only for
+# kernels at most 3 wide; a 5x5 one falls back to per-channel im2col + gemm, ~18% of a training
+# step. So wide depthwise convolutions run as two narrow ones (columns 0-2 and 3-4) that add up.
+SPLIT_WIDE_DEPTHWISE = True
+_JIT_MAX_KW = 3
+
+
+class _SplitDepthwise(nn.Conv2D):
+    """A depthwise Conv2D wider than 3 computed as a 3-wide and a (k-3)-wide depthwise
+    convolution over the width-padded input, summed. Same parameter (one k x k weight, same
+    name), same result up to float summation order (tests/test_speed.py)."""
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        kw = self._kwargs["kernel"][1]
+        ph, pw = self._kwargs["pad"]
+        if pw:
+            x = F.pad(x, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, 0, 0, pw, pw))
+        common = dict(stride=self._kwargs["stride"], pad=(ph, 0), num_filter=self._channels,
+                      num_group=self._kwargs["num_group"], no_bias=True)
+        left = F.Convolution(F.slice_axis(x, axis=3, begin=0, end=_JIT_MAX_KW - kw),
+                             F.slice_axis(weight, axis=3, begin=0, end=_JIT_MAX_KW),
+                             kernel=(self._kwargs["kernel"][0], _JIT_MAX_KW), **common)
+        right = F.Convolution(F.slice_axis(x, axis=3, begin=_JIT_MAX_KW, end=None),
+                              F.slice_axis(weight, axis=3, begin=_JIT_MAX_KW, end=None),
+                              kernel=(self._kwargs["kernel"][0], kw - _JIT_MAX_KW), **common)
+        return left + right
+
+
 class SamePadConv(nn.HybridBlock):
     """Conv2D with TensorFlow 'SAME' padding for any input size, hybridizable.
 
@@ -93,8 +121,10 @@ class SamePadConv(nn.HybridBlock):
         self.parity: tuple[bool, bool] | None = None  # (odd height, odd width) of the input
         pad = kernel // 2 if stride == 1 else 0
         with self.name_scope():
-            self.conv = nn.Conv2D(channels, kernel, strides=stride, padding=pad, groups=groups,
-                                  use_bias=False, in_channels=in_channels)
+            wide_dw = SPLIT_WIDE_DEPTHWISE and kernel > _JIT_MAX_KW and groups == channels == in_channels
+            self.conv = (_SplitDepthwise if wide_dw else nn.Conv2D)(
+                channels, kernel, strides=stride, padding=pad, groups=groups, use_bias=False,
+                in_channels=in_channels)
 
     def hybrid_forward(self, F, x):
         if self._s == 1:

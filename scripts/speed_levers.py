@@ -9,7 +9,8 @@ medians, not the absolute img/s. Prints one JSON line with medians, ratios to th
 setting and the load average.
 
 A setting is ``name`` or ``name:KEY=VALUE,KEY=VALUE``; keys in upper case are environment
-variables, ``relu6=<variant>`` picks a ReLU6 formulation from ``VARIANTS`` below.
+variables, ``relu6=<variant>`` picks a ReLU6 formulation (``_variant``), ``split=0`` turns
+off the split of 5-wide depthwise convolutions.
 
     python scripts/speed_levers.py --batch 16 --rounds 5 base relu6old:relu6=clip
 """
@@ -59,6 +60,8 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
     from hotdog.bench_timing import raw_step
     from hotdog.hybrid import hybridize_for_training
 
+    if opts.get("split") == "0":
+        efficientnet.SPLIT_WIDE_DEPTHWISE = False
     if opts.get("relu6"):
         efficientnet._relu6 = _variant(opts["relu6"])
     mx.random.seed(0)

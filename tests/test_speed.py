@@ -268,3 +268,77 @@ def test_relu6_network_step_equals_clip_network():
     np.testing.assert_allclose(o0[0], o1[0], rtol=0, atol=1e-5)
     for k in w0:
         np.testing.assert_allclose(w0[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+# ----------------------------------------------------------------------- wide depthwise split
+
+@pytest.mark.parametrize("stride,size", [(1, 9), (1, 6), (2, 10), (2, 11)])
+def test_split_wide_depthwise_equals_one_convolution(stride, size):
+    """A 5x5 depthwise SamePadConv run as 3-wide + 2-wide convolutions gives the output, the
+    input gradient and the weight gradient of the single 5x5 convolution."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    from hotdog import efficientnet as E
+
+    convs = []
+    for split in (True, False):
+        E_split, E.SPLIT_WIDE_DEPTHWISE = E.SPLIT_WIDE_DEPTHWISE, split
+        try:
+            convs.append(E.SamePadConv(16, 16, 5, stride, groups=16))
+        finally:
+            E.SPLIT_WIDE_DEPTHWISE = E_split
+    assert type(convs[0].conv) is E._SplitDepthwise and type(convs[1].conv) is mx.gluon.nn.Conv2D
+    rng = np.random.RandomState(stride * 100 + size)
+    w = rng.normal(size=(16, 1, 5, 5)).astype("float32")
+    x_np = rng.normal(size=(2, 16, size, size + 1)).astype("float32")
+    head = None
+    got = []
+    for conv in convs:
+        conv.initialize()
+        conv.conv.weight.set_data(mx.nd.array(w))
+        E.configure_same_padding(conv, x_np.shape)
+        conv.hybridize(static_alloc=True)
+        x = mx.nd.array(x_np)
+        x.attach_grad()
+        with autograd.record():
+            y = conv(x)
+        head = rng.normal(size=y.shape).astype("float32") if head is None else head
+        y.backward(mx.nd.array(head))
+        got.append((y.asnumpy(), x.grad.asnumpy(), conv.conv.weight.grad().asnumpy()))
+    assert got[0][0].shape == got[1][0].shape == (2, 16, -(-size // stride), -(-(size + 1) // stride))
+    for a, b in zip(*got):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_split_keeps_parameter_names_and_network_step():
+    """The split network has the same parameter names (checkpoints and the PyTorch name map
+    keep working) and one training step gives the loss and weights of the unsplit one, up to
+    float summation order: within 1e-5 of the step's largest weight change (about 1 here)."""
+    import mxnet as mx
+
+    from hotdog import efficientnet as E
+    from hotdog.hybrid import hybridize_for_training
+
+    rng = np.random.RandomState(2)
+    # 96 px: at smaller sizes the last BatchNorms see a handful of values and amplify rounding.
+    batches = [(mx.nd.array(rng.rand(4, 3, 96, 96).astype("float32")), mx.nd.array([0, 1, 1, 0]))]
+    split, _ = _twin_nets()
+    E.SPLIT_WIDE_DEPTHWISE = False
+    try:
+        plain, _ = _twin_nets()
+    finally:
+        E.SPLIT_WIDE_DEPTHWISE = True
+    assert sum(isinstance(b, E._SplitDepthwise) for b in E._walk(split)) == sum(1 for b in E.BLOCKS if b[3] == 5)
+    assert not any(isinstance(b, E._SplitDepthwise) for b in E._walk(plain))
+    assert list(split._collect_params_with_prefix()) == list(plain._collect_params_with_prefix())
+    for p, q in zip(split.collect_params().values(), plain.collect_params().values()):
+        q.set_data(p.data())
+    before = {k.split("_", 1)[1]: p.data().asnumpy() for k, p in plain.collect_params().items()}
+    l0, o0, w0 = _train_and_eval(split, hybridize_for_training, batches, [batches[0][0]])
+    l1, o1, w1 = _train_and_eval(plain, hybridize_for_training, batches, [batches[0][0]])
+    np.testing.assert_allclose(l0[0], l1[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(o0[0], o1[0], rtol=0, atol=1e-5)
+    scale = max(1.0, max(np.abs(w1[k] - before[k]).max() for k in w1))
+    for k in w0:
+        np.testing.assert_allclose(w0[k], w1[k], rtol=0, atol=1e-5 * scale, err_msg=k)
