@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -82,7 +83,7 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
             t0 = time.perf_counter()
             step()
             out.append(time.perf_counter() - t0)
-        conn.send(out)
+        conn.send((out, resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
 
 
 def main(argv=None) -> int:
@@ -101,17 +102,26 @@ def main(argv=None) -> int:
         for _, env, opts in settings:
             parent, child = ctx.Pipe()
             p = ctx.Process(target=_child, args=(child, env, opts, args.batch, args.size), daemon=True)
-            p.start()
+            saved = dict(os.environ)
+            os.environ.update(env)  # the child's C runtime (malloc tunables) reads it at start
+            try:
+                p.start()
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
             child.close()
             procs.append(p)
             conns.append(parent)
             parent.recv()  # one at a time: builds do not compete with each other
         samples = [[] for _ in settings]
+        faults = [[] for _ in settings]  # minor page faults at the end of each round
         for r in range(args.rounds):
             order = range(len(settings)) if r % 2 == 0 else reversed(range(len(settings)))
             for i in order:
                 conns[i].send(args.steps)
-                samples[i].extend(conns[i].recv())
+                times, minflt = conns[i].recv()
+                samples[i].extend(times)
+                faults[i].append(minflt)
             print(f"round {r + 1}: " + "  ".join(
                 f"{s[0]} {args.batch / statistics.median(v):.2f}" for s, v in zip(settings, samples)),
                 file=sys.stderr, flush=True)
@@ -130,6 +140,8 @@ def main(argv=None) -> int:
     print(json.dumps({
         "img_s": {k: round(v, 3) for k, v in img_s.items()},
         "ratio_to_" + base: {k: round(v / img_s[base], 3) for k, v in img_s.items()},
+        "page_faults_per_step": {s[0]: round((f[-1] - f[0]) / (args.steps * (len(f) - 1)))
+                                 for s, f in zip(settings, faults) if len(f) > 1},
         "batch": args.batch, "size": args.size, "rounds": args.rounds, "steps": args.steps,
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
