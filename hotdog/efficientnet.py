@@ -20,6 +20,7 @@ the SHA-256 of the source checkpoint, so the (sub-second) conversion runs once p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -57,32 +58,43 @@ HEAD_CHANNELS = 1280
 
 
 def _relu6(F, x):
-    # Not F.clip(x, 0, 6) alone: MXNet 1.9.1's clip kernel branches per element, and on
-    # pre-activations (about half below 0) the mispredictions make it ~10x slower than
-    # vectorized ops (101.6 ms vs 18.8 ms on 16x96x112x112 floats, one thread). After
-    # maximum(x, 0) almost nothing is clipped, the branches predict well, and the backward
-    # of clip writes a fresh plain-layout gradient (minimum(.., 6) would write into a oneDNN
-    # blocked buffer in place, and BatchNorm's backward then mixes 8- and 16-channel blocks
-    # and falls back to oneDNN's reference kernel). Same values as clip for every input
-    # (NaN stays NaN; -0.0 becomes +0.0) and the same gradient except at NaN
-    # (tests/test_speed.py; README "Training speed and threads").
+    """ReLU6 as inference graphs, oneDNN fusion (conv + clip) and ONNX export expect it."""
+    return F.clip(x, 0.0, 6.0)
+
+
+def _relu6_training(F, x):
+    """The same values and gradient, fast in training (``set_training_kernels``).
+
+    MXNet 1.9.1's ``clip`` kernel branches per element; on raw pre-activations (about half
+    below 0) the mispredictions make it ~10x slower than vectorized ops (101.6 vs 18.8 ms on
+    16x96x112x112 floats, one thread). After ``maximum(x, 0)`` almost nothing is clipped, so
+    the branches predict well, and the backward of ``clip`` writes a fresh plain-layout
+    gradient (``minimum(.., 6)`` would write into a oneDNN blocked buffer in place, and
+    BatchNorm's backward then mixes 8- and 16-channel blocks and falls back to oneDNN's
+    reference kernel). Equal to ``clip`` for every input (NaN stays NaN; -0.0 becomes +0.0),
+    same gradient except at NaN (tests/test_speed.py).
+    """
     return F.clip(F.maximum(x, 0.0), 0.0, 6.0)
 
 
 # oneDNN 2.4 (MXNet 1.9.1) computes a depthwise weight gradient with its jit kernel only for
-# kernels at most 3 wide; a 5x5 one falls back to per-channel im2col + gemm, ~18% of a training
-# step. So wide depthwise convolutions run as two narrow ones (columns 0-2 and 3-4) that add up.
-SPLIT_WIDE_DEPTHWISE = True
+# kernels at most 3 wide; a 5x5 one falls back to per-channel im2col + gemm, ~18% of a
+# training step. So in training, wide depthwise convolutions run as two narrow ones.
 _JIT_MAX_KW = 3
 
 
-class _SplitDepthwise(nn.Conv2D):
-    """A depthwise Conv2D wider than 3 computed as a 3-wide and a (k-3)-wide depthwise
-    convolution over the width-padded input, summed. Same parameter (one k x k weight, same
-    name), same result up to float summation order (tests/test_speed.py)."""
+class _WideDepthwise(nn.Conv2D):
+    """A depthwise Conv2D wider than 3. With ``split`` (training, ``set_training_kernels``)
+    it runs as a 3-wide and a (k-3)-wide depthwise convolution over the width-padded input,
+    summed: same single k x k parameter and name, same result up to float summation order
+    (tests/test_speed.py). Without it, the plain convolution (inference graphs and export)."""
+
+    split = False
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        kw = self._kwargs["kernel"][1]
+        if not self.split:
+            return super().hybrid_forward(F, x, weight, bias)
+        kh, kw = self._kwargs["kernel"]
         ph, pw = self._kwargs["pad"]
         if pw:
             x = F.pad(x, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, 0, 0, pw, pw))
@@ -90,10 +102,10 @@ class _SplitDepthwise(nn.Conv2D):
                       num_group=self._kwargs["num_group"], no_bias=True)
         left = F.Convolution(F.slice_axis(x, axis=3, begin=0, end=_JIT_MAX_KW - kw),
                              F.slice_axis(weight, axis=3, begin=0, end=_JIT_MAX_KW),
-                             kernel=(self._kwargs["kernel"][0], _JIT_MAX_KW), **common)
+                             kernel=(kh, _JIT_MAX_KW), **common)
         right = F.Convolution(F.slice_axis(x, axis=3, begin=_JIT_MAX_KW, end=None),
                               F.slice_axis(weight, axis=3, begin=_JIT_MAX_KW, end=None),
-                              kernel=(self._kwargs["kernel"][0], kw - _JIT_MAX_KW), **common)
+                              kernel=(kh, kw - _JIT_MAX_KW), **common)
         return left + right
 
 
@@ -121,8 +133,8 @@ class SamePadConv(nn.HybridBlock):
         self.parity: tuple[bool, bool] | None = None  # (odd height, odd width) of the input
         pad = kernel // 2 if stride == 1 else 0
         with self.name_scope():
-            wide_dw = SPLIT_WIDE_DEPTHWISE and kernel > _JIT_MAX_KW and groups == channels == in_channels
-            self.conv = (_SplitDepthwise if wide_dw else nn.Conv2D)(
+            wide_dw = kernel > _JIT_MAX_KW and groups == channels == in_channels
+            self.conv = (_WideDepthwise if wide_dw else nn.Conv2D)(
                 channels, kernel, strides=stride, padding=pad, groups=groups, use_bias=False,
                 in_channels=in_channels)
 
@@ -153,6 +165,8 @@ def _bn(channels):
 
 
 class ConvBNReLU6(nn.HybridBlock):
+    fast_relu6 = False  # set per network by set_training_kernels
+
     def __init__(self, in_channels, channels, kernel, stride, groups=1, act=True, **kwargs):
         super().__init__(**kwargs)
         self._act = act
@@ -162,7 +176,9 @@ class ConvBNReLU6(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         x = self.bn(self.conv(x))
-        return _relu6(F, x) if self._act else x
+        if not self._act:
+            return x
+        return _relu6_training(F, x) if self.fast_relu6 else _relu6(F, x)
 
 
 class MBConv(nn.HybridBlock):
@@ -223,6 +239,47 @@ def configure_same_padding(block: nn.Block, x) -> bool:
             if isinstance(b, nn.HybridBlock):
                 b._clear_cached_op()
     return changed
+
+def set_training_kernels(block: nn.Block, relu6: bool = True, split_depthwise: bool = True) -> bool:
+    """Switch the EfficientNet blocks under ``block`` to the training formulations
+    (:func:`_relu6_training`, :class:`_WideDepthwise` split), or back. Same parameters and
+    values; only the graph differs, so cached graphs are dropped when anything changed.
+    Not for inference copies: oneDNN's inference fusion expects conv + BN + ``clip``.
+    Returns whether anything changed (False for networks without such blocks)."""
+    changed = False
+    blocks = list(_walk(block))
+    for b in blocks:
+        if isinstance(b, ConvBNReLU6) and b.fast_relu6 != relu6:
+            b.fast_relu6, changed = relu6, True
+        if isinstance(b, _WideDepthwise) and b.split != split_depthwise:
+            b.split, changed = split_depthwise, True
+    if changed:
+        for b in blocks:
+            if isinstance(b, nn.HybridBlock):
+                b._clear_cached_op()
+    return changed
+
+
+@contextlib.contextmanager
+def inference_kernels(block: nn.Block):
+    """Trace ``block`` with the inference formulations while inside (for symbol tracing of
+    inference copies: oneDNN fuses conv + BN + ``clip``, not the training split). The flags
+    are restored afterwards without dropping ``block``'s cached training graph: symbol
+    tracing does not use it."""
+    missing = object()
+    saved = [(b, attr, b.__dict__.get(attr, missing)) for b in _walk(block)
+             for cls, attr in ((ConvBNReLU6, "fast_relu6"), (_WideDepthwise, "split")) if isinstance(b, cls)]
+    for b, attr, _ in saved:
+        setattr(b, attr, False)
+    try:
+        yield block
+    finally:
+        for b, attr, value in saved:
+            if value is missing:
+                del b.__dict__[attr]  # back to the class default
+            else:
+                setattr(b, attr, value)
+
 
 class EfficientNetLite0(nn.HybridBlock):
     """EfficientNet-Lite0 with the chapter's ``features`` / ``output`` split."""

@@ -9,10 +9,11 @@ medians, not the absolute img/s. Prints one JSON line with medians, ratios to th
 setting and the load average.
 
 A setting is ``name`` or ``name:KEY=VALUE,KEY=VALUE``; keys in upper case are environment
-variables, ``relu6=<variant>`` picks a ReLU6 formulation (``_variant``), ``split=0`` turns
-off the split of 5-wide depthwise convolutions.
+variables; ``relu6=clip`` runs the inference ReLU6 (plain ``clip``) in training,
+``relu6=<name>`` another formulation from ``_variant``; ``split=0`` keeps 5x5 depthwise
+convolutions whole.
 
-    python scripts/speed_levers.py --batch 16 --rounds 5 base relu6old:relu6=clip
+    python scripts/speed_levers.py --batch 16 --rounds 5 now before:relu6=clip,split=0
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _variant(name: str):
-    """The ReLU6 formulations compared (``None``: the product's own)."""
-    def clip(F, x):
-        return F.clip(x, 0.0, 6.0)
-
+    """Other ReLU6 formulations, tried in place of the training one (``relu6=<name>``)."""
     def maxmin(F, x):
         return F.minimum(F.maximum(x, 0.0), 6.0)
 
-    return {"clip": clip, "maxmin": maxmin}.get(name)
+    def actclip(F, x):
+        return F.clip(F.Activation(x, act_type="relu"), 0.0, 6.0)
+
+    return {"maxmin": maxmin, "actclip": actclip}[name]
 
 
 def parse_setting(text: str) -> tuple[str, dict, dict]:
@@ -61,14 +62,14 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
     from hotdog.bench_timing import raw_step
     from hotdog.hybrid import hybridize_for_training
 
-    if opts.get("split") == "0":
-        efficientnet.SPLIT_WIDE_DEPTHWISE = False
-    if opts.get("relu6"):
-        efficientnet._relu6 = _variant(opts["relu6"])
+    if opts.get("relu6") not in (None, "clip", "fast"):
+        efficientnet._relu6_training = _variant(opts["relu6"])
     mx.random.seed(0)
     net = efficientnet.EfficientNetLite0(classes=2)
     net.initialize(mx.init.Xavier())
     hybridize_for_training(net)
+    efficientnet.set_training_kernels(net, relu6=opts.get("relu6") != "clip",
+                                      split_depthwise=opts.get("split") != "0")
     x = mx.nd.random.normal(shape=(batch, 3, size, size))
     y = mx.nd.array(np.arange(batch) % 2)
     step = raw_step(net, x, y, lr=0.01, wd=1e-4)

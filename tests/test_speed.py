@@ -56,6 +56,7 @@ def test_static_alloc_training_equals_plain_hybridize():
     step, the outputs and the weights equal the plain ``hybridize()`` path."""
     import mxnet as mx
 
+    from hotdog.efficientnet import set_training_kernels
     from hotdog.hybrid import hybridize_for_training
 
     rng = np.random.RandomState(0)
@@ -66,7 +67,8 @@ def test_static_alloc_training_equals_plain_hybridize():
     batches = [batch(4), batch(3), batch(4)]
     eval_x = [mx.nd.array(rng.rand(n, 3, 32, 32).astype("float32")) for n in (5, 2)]
     plain, static = _twin_nets()
-    l0, o0, w0 = _train_and_eval(plain, lambda n: n.hybridize(), batches, eval_x)
+    # the same graph (training kernels, tested separately below), planned or not
+    l0, o0, w0 = _train_and_eval(plain, lambda n: (set_training_kernels(n), n.hybridize()), batches, eval_x)
     l1, o1, w1 = _train_and_eval(static, hybridize_for_training, batches, eval_x)
     assert np.array_equal(l0[0], l1[0])  # first step bitwise
     for a, b in zip(l0, l1):
@@ -214,15 +216,15 @@ def test_peer_bench_skips_cleanly_without_torch():
     assert proc.stdout.startswith("peer_bench skipped:")
 
 
-# ----------------------------------------------------------------------- ReLU6 formulation
+# ----------------------------------------------------------------------- training kernels
 
-def test_relu6_equals_clip_values_and_gradient():
-    """``_relu6`` (maximum then clip, for speed) computes clip(x, 0, 6) and its gradient on
-    every kind of input; NaN stays NaN (only its gradient and the sign of a zero differ)."""
+def test_relu6_training_equals_clip_values_and_gradient():
+    """The training ReLU6 (maximum then clip, for speed) computes clip(x, 0, 6) and its
+    gradient on every kind of input; NaN stays NaN."""
     import mxnet as mx
     from mxnet import autograd
 
-    from hotdog.efficientnet import _relu6
+    from hotdog.efficientnet import _relu6, _relu6_training
 
     vals = np.array([-np.inf, -1e30, -7, -1, -1e-30, 0, 1e-30, 0.5, 3, 5.9999995, 6, 6.0000005, 7, 1e30, np.inf],
                     dtype="float32")
@@ -230,7 +232,7 @@ def test_relu6_equals_clip_values_and_gradient():
     x_np = np.concatenate([vals, rng.normal(0, 4, 2000).astype("float32")]).reshape(1, 1, -1, 5)
     head = rng.normal(size=x_np.shape).astype("float32")
     grads, outs = [], []
-    for fn in (lambda F, x: F.clip(x, 0.0, 6.0), _relu6):
+    for fn in (_relu6, _relu6_training):
         x = mx.nd.array(x_np)
         x.attach_grad()
         with autograd.record():
@@ -240,37 +242,37 @@ def test_relu6_equals_clip_values_and_gradient():
         grads.append(x.grad.asnumpy())
     assert np.array_equal(outs[0], outs[1])
     assert np.array_equal(grads[0], grads[1])
-    nan = mx.nd.array([np.nan])
-    assert np.isnan(_relu6(mx.nd, nan).asnumpy()).all()
+    assert np.isnan(_relu6_training(mx.nd, mx.nd.array([np.nan])).asnumpy()).all()
+
+
+def _hybridize_with(**kernels):
+    """hybridize_for_training, then some training kernels switched back off."""
+    from hotdog.efficientnet import set_training_kernels
+    from hotdog.hybrid import hybridize_for_training
+
+    def go(net):
+        hybridize_for_training(net)
+        set_training_kernels(net, **kernels)
+    return go
 
 
 def test_relu6_network_step_equals_clip_network():
-    """One hybridized (static_alloc) training step of EfficientNet-Lite0 with the product's
-    ReLU6 and with plain ``clip``: equal loss and equal weights after the step."""
+    """One hybridized (static_alloc) training step of EfficientNet-Lite0 with the training
+    ReLU6 and with plain ``clip``: bitwise-equal loss, equal outputs and weights."""
     import mxnet as mx
-
-    from hotdog import efficientnet
-    from hotdog.hybrid import hybridize_for_training
 
     rng = np.random.RandomState(1)
     batches = [(mx.nd.array(rng.normal(0, 2, (4, 3, 40, 40)).astype("float32")),
                 mx.nd.array(rng.randint(0, 2, 4)))]
     eval_x = [mx.nd.array(rng.normal(0, 2, (3, 3, 40, 40)).astype("float32"))]
     fast, slow = _twin_nets()
-    l0, o0, w0 = _train_and_eval(fast, hybridize_for_training, batches, eval_x)
-    real = efficientnet._relu6
-    efficientnet._relu6 = lambda F, x: F.clip(x, 0.0, 6.0)
-    try:
-        l1, o1, w1 = _train_and_eval(slow, hybridize_for_training, batches, eval_x)
-    finally:
-        efficientnet._relu6 = real
+    l0, o0, w0 = _train_and_eval(fast, _hybridize_with(split_depthwise=False), batches, eval_x)
+    l1, o1, w1 = _train_and_eval(slow, _hybridize_with(relu6=False, split_depthwise=False), batches, eval_x)
     assert np.array_equal(l0[0], l1[0])
     np.testing.assert_allclose(o0[0], o1[0], rtol=0, atol=1e-5)
     for k in w0:
         np.testing.assert_allclose(w0[k], w1[k], rtol=0, atol=1e-5, err_msg=k)
 
-
-# ----------------------------------------------------------------------- wide depthwise split
 
 @pytest.mark.parametrize("stride,size", [(1, 9), (1, 6), (2, 10), (2, 11)])
 def test_split_wide_depthwise_equals_one_convolution(stride, size):
@@ -281,14 +283,9 @@ def test_split_wide_depthwise_equals_one_convolution(stride, size):
 
     from hotdog import efficientnet as E
 
-    convs = []
-    for split in (True, False):
-        E_split, E.SPLIT_WIDE_DEPTHWISE = E.SPLIT_WIDE_DEPTHWISE, split
-        try:
-            convs.append(E.SamePadConv(16, 16, 5, stride, groups=16))
-        finally:
-            E.SPLIT_WIDE_DEPTHWISE = E_split
-    assert type(convs[0].conv) is E._SplitDepthwise and type(convs[1].conv) is mx.gluon.nn.Conv2D
+    convs = [E.SamePadConv(16, 16, 5, stride, groups=16) for _ in range(2)]
+    assert type(convs[0].conv) is E._WideDepthwise
+    assert E.set_training_kernels(convs[0]) and not E.set_training_kernels(convs[1], split_depthwise=False)
     rng = np.random.RandomState(stride * 100 + size)
     w = rng.normal(size=(16, 1, 5, 5)).astype("float32")
     x_np = rng.normal(size=(2, 16, size, size + 1)).astype("float32")
@@ -311,34 +308,54 @@ def test_split_wide_depthwise_equals_one_convolution(stride, size):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_split_keeps_parameter_names_and_network_step():
-    """The split network has the same parameter names (checkpoints and the PyTorch name map
-    keep working) and one training step gives the loss and weights of the unsplit one, up to
-    float summation order: within 1e-5 of the step's largest weight change (about 1 here)."""
+def test_split_network_step_equals_unsplit():
+    """One training step with the split gives the loss and weights of the unsplit network,
+    up to float summation order: within 1e-5 of the step's largest weight change (about 1)."""
     import mxnet as mx
-
-    from hotdog import efficientnet as E
-    from hotdog.hybrid import hybridize_for_training
 
     rng = np.random.RandomState(2)
     # 96 px: at smaller sizes the last BatchNorms see a handful of values and amplify rounding.
     batches = [(mx.nd.array(rng.rand(4, 3, 96, 96).astype("float32")), mx.nd.array([0, 1, 1, 0]))]
-    split, _ = _twin_nets()
-    E.SPLIT_WIDE_DEPTHWISE = False
-    try:
-        plain, _ = _twin_nets()
-    finally:
-        E.SPLIT_WIDE_DEPTHWISE = True
-    assert sum(isinstance(b, E._SplitDepthwise) for b in E._walk(split)) == sum(1 for b in E.BLOCKS if b[3] == 5)
-    assert not any(isinstance(b, E._SplitDepthwise) for b in E._walk(plain))
-    assert list(split._collect_params_with_prefix()) == list(plain._collect_params_with_prefix())
-    for p, q in zip(split.collect_params().values(), plain.collect_params().values()):
-        q.set_data(p.data())
+    split, plain = _twin_nets()
     before = {k.split("_", 1)[1]: p.data().asnumpy() for k, p in plain.collect_params().items()}
-    l0, o0, w0 = _train_and_eval(split, hybridize_for_training, batches, [batches[0][0]])
-    l1, o1, w1 = _train_and_eval(plain, hybridize_for_training, batches, [batches[0][0]])
+    l0, o0, w0 = _train_and_eval(split, _hybridize_with(), batches, [batches[0][0]])
+    l1, o1, w1 = _train_and_eval(plain, _hybridize_with(split_depthwise=False), batches, [batches[0][0]])
     np.testing.assert_allclose(l0[0], l1[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(o0[0], o1[0], rtol=0, atol=1e-5)
     scale = max(1.0, max(np.abs(w1[k] - before[k]).max() for k in w1))
     for k in w0:
         np.testing.assert_allclose(w0[k], w1[k], rtol=0, atol=1e-5 * scale, err_msg=k)
+
+
+def _ops(sym) -> set:
+    return {node["op"] for node in json.loads(sym.tojson())["nodes"]}
+
+
+def test_training_net_uses_fast_kernels_and_inference_copies_do_not():
+    """hybridize_for_training switches the graph to the training kernels; a fresh network and
+    the inference copy of a training network trace today's graph (conv + BN + clip, one 5x5
+    convolution: what oneDNN fuses and ONNX exports), and copying leaves the training
+    network's flags as they were."""
+    import mxnet as mx
+
+    from hotdog import efficientnet as E
+    from hotdog.hybrid import hybridize_for_training
+    from hotdog.inference import inference_copy
+
+    net, _ = _twin_nets()
+    x = mx.nd.random.uniform(shape=(2, 3, 32, 32))
+    E.configure_same_padding(net, x)
+    data = mx.sym.var("data")
+    plain_ops = _ops(net(data))
+    assert "_maximum_scalar" not in plain_ops and "slice_axis" not in plain_ops and "clip" in plain_ops
+    hybridize_for_training(net)
+    train_ops = _ops(net(data))
+    assert {"_maximum_scalar", "slice_axis", "clip"} <= train_ops
+    n_split = sum(isinstance(b, E._WideDepthwise) and b.split for b in E._walk(net))
+    assert n_split == sum(1 for b in E.BLOCKS if b[3] == 5)
+    copy = inference_copy(net, example=x)
+    assert _ops(copy._cached_graph[1]) == plain_ops  # a SymbolBlock keeps its traced symbol here
+    with E.inference_kernels(net):
+        assert _ops(net(data)) == plain_ops
+    assert _ops(net(data)) == train_ops  # restored
+    np.testing.assert_allclose(copy(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-5)
