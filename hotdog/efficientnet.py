@@ -62,21 +62,6 @@ def _relu6(F, x):
     return F.clip(x, 0.0, 6.0)
 
 
-def _relu6_training(F, x):
-    """The same values and gradient, fast in training (``set_training_kernels``).
-
-    MXNet 1.9.1's ``clip`` kernel branches per element; on raw pre-activations (about half
-    below 0) the mispredictions make it ~10x slower than vectorized ops (101.6 vs 18.8 ms on
-    16x96x112x112 floats, one thread). After ``maximum(x, 0)`` almost nothing is clipped, so
-    the branches predict well, and the backward of ``clip`` writes a fresh plain-layout
-    gradient (``minimum(.., 6)`` would write into a oneDNN blocked buffer in place, and
-    BatchNorm's backward then mixes 8- and 16-channel blocks and falls back to oneDNN's
-    reference kernel). Equal to ``clip`` for every input (NaN stays NaN; -0.0 becomes +0.0),
-    same gradient except at NaN (tests/test_speed.py).
-    """
-    return F.clip(F.maximum(x, 0.0), 0.0, 6.0)
-
-
 # oneDNN 2.4 (MXNet 1.9.1) computes a depthwise weight gradient with its jit kernel only for
 # kernels at most 3 wide; a 5x5 one falls back to per-channel im2col + gemm, ~18% of a
 # training step. So in training, wide depthwise convolutions run as two narrow ones.
@@ -165,8 +150,6 @@ def _bn(channels):
 
 
 class ConvBNReLU6(nn.HybridBlock):
-    fast_relu6 = False  # set per network by set_training_kernels
-
     def __init__(self, in_channels, channels, kernel, stride, groups=1, act=True, **kwargs):
         super().__init__(**kwargs)
         self._act = act
@@ -174,11 +157,29 @@ class ConvBNReLU6(nn.HybridBlock):
             self.conv = SamePadConv(in_channels, channels, kernel, stride, groups)
             self.bn = _bn(channels)
 
+    @property
+    def fast_relu6(self) -> bool:
+        """Training formulation of ReLU6 (``set_training_kernels``): ``clip`` of oneDNN's
+        BatchNorm with fused relu instead of ``clip`` of BatchNorm.
+
+        Why: MXNet 1.9.1's ``clip`` kernel branches per element; on raw pre-activations
+        (about half below 0) the mispredictions make it ~10x slower than vectorized ops
+        (101.6 vs 18.8 ms on 16x96x112x112 floats, one thread). After a relu almost nothing
+        is clipped and the branches predict well; the relu fused into oneDNN's BatchNorm
+        costs no extra pass. Bitwise-equal values, gradients and running statistics
+        (tests/test_speed.py). Inference graphs keep BatchNorm + ``clip``: oneDNN's
+        inference fusion folds conv + BatchNorm + ``clip``.
+        """
+        return bool(self._act and self.bn.fuse_relu)
+
+    @fast_relu6.setter
+    def fast_relu6(self, on: bool) -> None:
+        if self._act:
+            self.bn.fuse_relu = bool(on)
+
     def hybrid_forward(self, F, x):
-        x = self.bn(self.conv(x))
-        if not self._act:
-            return x
-        return _relu6_training(F, x) if self.fast_relu6 else _relu6(F, x)
+        x = self.bn(self.conv(x))  # with fast_relu6, BatchNorm applies the relu
+        return _relu6(F, x) if self._act else x
 
 
 class MBConv(nn.HybridBlock):
@@ -240,21 +241,29 @@ def configure_same_padding(block: nn.Block, x) -> bool:
                 b._clear_cached_op()
     return changed
 
+def _switches(block: nn.Block):
+    """(block, attribute) of every training-kernel switch under ``block``."""
+    for b in _walk(block):
+        if isinstance(b, ConvBNReLU6) and b._act:
+            yield b, "fast_relu6"
+        elif isinstance(b, _WideDepthwise):
+            yield b, "split"
+
+
 def set_training_kernels(block: nn.Block, relu6: bool = True, split_depthwise: bool = True) -> bool:
     """Switch the EfficientNet blocks under ``block`` to the training formulations
-    (:func:`_relu6_training`, :class:`_WideDepthwise` split), or back. Same parameters and
+    (``ConvBNReLU6.fast_relu6``, :class:`_WideDepthwise` split), or back. Same parameters and
     values; only the graph differs, so cached graphs are dropped when anything changed.
-    Not for inference copies: oneDNN's inference fusion expects conv + BN + ``clip``.
-    Returns whether anything changed (False for networks without such blocks)."""
+    Not for inference copies (:func:`inference_kernels`). Returns whether anything changed
+    (False for networks without such blocks)."""
+    want = {"fast_relu6": relu6, "split": split_depthwise}
     changed = False
-    blocks = list(_walk(block))
-    for b in blocks:
-        if isinstance(b, ConvBNReLU6) and b.fast_relu6 != relu6:
-            b.fast_relu6, changed = relu6, True
-        if isinstance(b, _WideDepthwise) and b.split != split_depthwise:
-            b.split, changed = split_depthwise, True
+    for b, attr in _switches(block):
+        if getattr(b, attr) != want[attr]:
+            setattr(b, attr, want[attr])
+            changed = True
     if changed:
-        for b in blocks:
+        for b in _walk(block):
             if isinstance(b, nn.HybridBlock):
                 b._clear_cached_op()
     return changed
@@ -263,22 +272,17 @@ def set_training_kernels(block: nn.Block, relu6: bool = True, split_depthwise: b
 @contextlib.contextmanager
 def inference_kernels(block: nn.Block):
     """Trace ``block`` with the inference formulations while inside (for symbol tracing of
-    inference copies: oneDNN fuses conv + BN + ``clip``, not the training split). The flags
-    are restored afterwards without dropping ``block``'s cached training graph: symbol
-    tracing does not use it."""
-    missing = object()
-    saved = [(b, attr, b.__dict__.get(attr, missing)) for b in _walk(block)
-             for cls, attr in ((ConvBNReLU6, "fast_relu6"), (_WideDepthwise, "split")) if isinstance(b, cls)]
+    inference copies: oneDNN fuses conv + BN + ``clip``, not the training kernels). The
+    switches are restored afterwards without dropping ``block``'s cached training graph:
+    symbol tracing does not use it."""
+    saved = [(b, attr, getattr(b, attr)) for b, attr in _switches(block)]
     for b, attr, _ in saved:
         setattr(b, attr, False)
     try:
         yield block
     finally:
         for b, attr, value in saved:
-            if value is missing:
-                del b.__dict__[attr]  # back to the class default
-            else:
-                setattr(b, attr, value)
+            setattr(b, attr, value)
 
 
 class EfficientNetLite0(nn.HybridBlock):

@@ -9,9 +9,8 @@ medians, not the absolute img/s. Prints one JSON line with medians, ratios to th
 setting and the load average.
 
 A setting is ``name`` or ``name:KEY=VALUE,KEY=VALUE``; keys in upper case are environment
-variables; ``relu6=clip`` runs the inference ReLU6 (plain ``clip``) in training,
-``relu6=<name>`` another formulation from ``_variant``; ``split=0`` keeps 5x5 depthwise
-convolutions whole.
+variables; ``relu6=clip`` trains with the inference ReLU6 (BatchNorm, then ``clip``),
+``split=0`` keeps 5x5 depthwise convolutions whole (``efficientnet.set_training_kernels``).
 
     python scripts/speed_levers.py --batch 16 --rounds 5 now before:relu6=clip,split=0
 """
@@ -29,17 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _variant(name: str):
-    """Other ReLU6 formulations, tried in place of the training one (``relu6=<name>``)."""
-    def maxmin(F, x):
-        return F.minimum(F.maximum(x, 0.0), 6.0)
-
-    def actclip(F, x):
-        return F.clip(F.Activation(x, act_type="relu"), 0.0, 6.0)
-
-    return {"maxmin": maxmin, "actclip": actclip}[name]
 
 
 def parse_setting(text: str) -> tuple[str, dict, dict]:
@@ -62,8 +50,6 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
     from hotdog.bench_timing import raw_step
     from hotdog.hybrid import hybridize_for_training
 
-    if opts.get("relu6") not in (None, "clip", "fast"):
-        efficientnet._relu6_training = _variant(opts["relu6"])
     mx.random.seed(0)
     net = efficientnet.EfficientNetLite0(classes=2)
     net.initialize(mx.init.Xavier())

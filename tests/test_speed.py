@@ -218,31 +218,42 @@ def test_peer_bench_skips_cleanly_without_torch():
 
 # ----------------------------------------------------------------------- training kernels
 
-def test_relu6_training_equals_clip_values_and_gradient():
-    """The training ReLU6 (maximum then clip, for speed) computes clip(x, 0, 6) and its
-    gradient on every kind of input; NaN stays NaN."""
+def test_fast_relu6_block_is_bitwise_equal():
+    """ConvBNReLU6 with the training ReLU6 (BatchNorm with fused relu, then clip): output,
+    input gradient, parameter gradients and running statistics bitwise equal to BatchNorm +
+    clip, on pre-activations spanning both clip bounds."""
     import mxnet as mx
     from mxnet import autograd
 
-    from hotdog.efficientnet import _relu6, _relu6_training
+    from hotdog import efficientnet as E
 
-    vals = np.array([-np.inf, -1e30, -7, -1, -1e-30, 0, 1e-30, 0.5, 3, 5.9999995, 6, 6.0000005, 7, 1e30, np.inf],
-                    dtype="float32")
     rng = np.random.RandomState(0)
-    x_np = np.concatenate([vals, rng.normal(0, 4, 2000).astype("float32")]).reshape(1, 1, -1, 5)
-    head = rng.normal(size=x_np.shape).astype("float32")
-    grads, outs = [], []
-    for fn in (_relu6, _relu6_training):
+    blocks = [E.ConvBNReLU6(8, 16, 3, 1) for _ in range(2)]
+    blocks[0].fast_relu6 = True
+    assert blocks[0].fast_relu6 and not blocks[1].fast_relu6
+    # beta 3, gamma 4: BatchNorm outputs N(3, 4^2), well below 0 and above 6
+    got = []
+    head = rng.normal(size=(4, 16, 12, 12)).astype("float32")
+    x_np = rng.normal(0, 3, (4, 8, 12, 12)).astype("float32")
+    w = rng.normal(size=(16, 8, 3, 3)).astype("float32")
+    for b in blocks:
+        b.initialize(mx.init.One())
+        b.conv.conv.weight.set_data(mx.nd.array(w))
+        b.bn.beta.set_data(mx.nd.full((16,), 3.0))
+        b.bn.gamma.set_data(mx.nd.full((16,), 4.0))
+        b.hybridize(static_alloc=True)
         x = mx.nd.array(x_np)
         x.attach_grad()
         with autograd.record():
-            y = fn(mx.nd, x)
+            y = b(x)
         y.backward(mx.nd.array(head))
-        outs.append(y.asnumpy())
-        grads.append(x.grad.asnumpy())
-    assert np.array_equal(outs[0], outs[1])
-    assert np.array_equal(grads[0], grads[1])
-    assert np.isnan(_relu6_training(mx.nd, mx.nd.array([np.nan])).asnumpy()).all()
+        grads = [p.grad().asnumpy() for p in b.collect_params().values() if p.grad_req != "null"]
+        got.append([y.asnumpy(), x.grad.asnumpy(), b.bn.running_mean.data().asnumpy(),
+                    b.bn.running_var.data().asnumpy()] + grads)
+    out = got[0][0]
+    assert (out == 0).mean() > 0.1 and (out == 6).mean() > 0.1  # both bounds exercised
+    for a, b in zip(*got):
+        assert np.array_equal(a, b)
 
 
 def _hybridize_with(**kernels):
@@ -347,10 +358,11 @@ def test_training_net_uses_fast_kernels_and_inference_copies_do_not():
     E.configure_same_padding(net, x)
     data = mx.sym.var("data")
     plain_ops = _ops(net(data))
-    assert "_maximum_scalar" not in plain_ops and "slice_axis" not in plain_ops and "clip" in plain_ops
+    assert "_contrib_BatchNormWithReLU" not in plain_ops and "slice_axis" not in plain_ops
+    assert "clip" in plain_ops
     hybridize_for_training(net)
     train_ops = _ops(net(data))
-    assert {"_maximum_scalar", "slice_axis", "clip"} <= train_ops
+    assert {"_contrib_BatchNormWithReLU", "slice_axis", "clip"} <= train_ops
     n_split = sum(isinstance(b, E._WideDepthwise) and b.split for b in E._walk(net))
     assert n_split == sum(1 for b in E.BLOCKS if b[3] == 5)
     copy = inference_copy(net, example=x)
