@@ -150,6 +150,15 @@ def _bn(channels):
 
 
 class ConvBNReLU6(nn.HybridBlock):
+    # Training formulation of ReLU6 (set_training_kernels): clip(maximum(x, 0), 0, 6).
+    # Why: MXNet 1.9.1's clip kernel branches per element; on raw pre-activations (about
+    # half below 0) the mispredictions make it ~10x slower than vectorized ops (101.6 vs
+    # 18.8 ms on 16x96x112x112 floats, one thread). After maximum(x, 0) almost nothing is
+    # clipped and the branches predict well. Same values and gradients as clip, and NaN stays
+    # NaN so divergence is still detected (oneDNN's relu, e.g. BatchNorm with fused relu,
+    # would turn NaN into 0). Inference graphs keep clip: oneDNN fuses conv + BN + clip.
+    fast_relu6 = False
+
     def __init__(self, in_channels, channels, kernel, stride, groups=1, act=True, **kwargs):
         super().__init__(**kwargs)
         self._act = act
@@ -157,29 +166,11 @@ class ConvBNReLU6(nn.HybridBlock):
             self.conv = SamePadConv(in_channels, channels, kernel, stride, groups)
             self.bn = _bn(channels)
 
-    @property
-    def fast_relu6(self) -> bool:
-        """Training formulation of ReLU6 (``set_training_kernels``): ``clip`` of oneDNN's
-        BatchNorm with fused relu instead of ``clip`` of BatchNorm.
-
-        Why: MXNet 1.9.1's ``clip`` kernel branches per element; on raw pre-activations
-        (about half below 0) the mispredictions make it ~10x slower than vectorized ops
-        (101.6 vs 18.8 ms on 16x96x112x112 floats, one thread). After a relu almost nothing
-        is clipped and the branches predict well; the relu fused into oneDNN's BatchNorm
-        costs no extra pass. Bitwise-equal values, gradients and running statistics
-        (tests/test_speed.py). Inference graphs keep BatchNorm + ``clip``: oneDNN's
-        inference fusion folds conv + BatchNorm + ``clip``.
-        """
-        return bool(self._act and self.bn.fuse_relu)
-
-    @fast_relu6.setter
-    def fast_relu6(self, on: bool) -> None:
-        if self._act:
-            self.bn.fuse_relu = bool(on)
-
     def hybrid_forward(self, F, x):
-        x = self.bn(self.conv(x))  # with fast_relu6, BatchNorm applies the relu
-        return _relu6(F, x) if self._act else x
+        x = self.bn(self.conv(x))
+        if not self._act:
+            return x
+        return _relu6(F, F.maximum(x, 0.0) if self.fast_relu6 else x)
 
 
 class MBConv(nn.HybridBlock):
@@ -244,7 +235,7 @@ def configure_same_padding(block: nn.Block, x) -> bool:
 def _switches(block: nn.Block):
     """(block, attribute) of every training-kernel switch under ``block``."""
     for b in _walk(block):
-        if isinstance(b, ConvBNReLU6) and b._act:
+        if isinstance(b, ConvBNReLU6):
             yield b, "fast_relu6"
         elif isinstance(b, _WideDepthwise):
             yield b, "split"

@@ -43,6 +43,10 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
     os.environ.update(env)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.path.insert(0, str(ROOT))
+    if opts.get("malloc") != "0":  # as the training worker and the CLI do, before MXNet loads
+        from hotdog import malloc_tuning
+
+        malloc_tuning.apply()
     import mxnet as mx
     import numpy as np
 
@@ -56,6 +60,8 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
     hybridize_for_training(net)
     efficientnet.set_training_kernels(net, relu6=opts.get("relu6") != "clip",
                                       split_depthwise=opts.get("split") != "0")
+    if opts.get("static_shape") == "1":
+        net.hybridize(static_alloc=True, static_shape=True)
     x = mx.nd.random.normal(shape=(batch, 3, size, size))
     y = mx.nd.array(np.arange(batch) % 2)
     step = raw_step(net, x, y, lr=0.01, wd=1e-4)

@@ -218,10 +218,10 @@ def test_peer_bench_skips_cleanly_without_torch():
 
 # ----------------------------------------------------------------------- training kernels
 
-def test_fast_relu6_block_is_bitwise_equal():
-    """ConvBNReLU6 with the training ReLU6 (BatchNorm with fused relu, then clip): output,
-    input gradient, parameter gradients and running statistics bitwise equal to BatchNorm +
-    clip, on pre-activations spanning both clip bounds."""
+def test_fast_relu6_block_is_bitwise_equal_and_keeps_nan():
+    """ConvBNReLU6 with the training ReLU6 (maximum, then clip): output, input gradient,
+    parameter gradients and running statistics bitwise equal to BatchNorm + clip, on
+    pre-activations spanning both clip bounds; a NaN stays NaN (divergence detection)."""
     import mxnet as mx
     from mxnet import autograd
 
@@ -230,8 +230,6 @@ def test_fast_relu6_block_is_bitwise_equal():
     rng = np.random.RandomState(0)
     blocks = [E.ConvBNReLU6(8, 16, 3, 1) for _ in range(2)]
     blocks[0].fast_relu6 = True
-    assert blocks[0].fast_relu6 and not blocks[1].fast_relu6
-    # beta 3, gamma 4: BatchNorm outputs N(3, 4^2), well below 0 and above 6
     got = []
     head = rng.normal(size=(4, 16, 12, 12)).astype("float32")
     x_np = rng.normal(0, 3, (4, 8, 12, 12)).astype("float32")
@@ -239,6 +237,7 @@ def test_fast_relu6_block_is_bitwise_equal():
     for b in blocks:
         b.initialize(mx.init.One())
         b.conv.conv.weight.set_data(mx.nd.array(w))
+        # beta 3, gamma 4: BatchNorm outputs N(3, 4^2), well below 0 and above 6
         b.bn.beta.set_data(mx.nd.full((16,), 3.0))
         b.bn.gamma.set_data(mx.nd.full((16,), 4.0))
         b.hybridize(static_alloc=True)
@@ -254,6 +253,10 @@ def test_fast_relu6_block_is_bitwise_equal():
     assert (out == 0).mean() > 0.1 and (out == 6).mean() > 0.1  # both bounds exercised
     for a, b in zip(*got):
         assert np.array_equal(a, b)
+    bad = x_np.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with autograd.predict_mode():
+        assert np.isnan(blocks[0](mx.nd.array(bad)).asnumpy()).any()
 
 
 def _hybridize_with(**kernels):
@@ -358,11 +361,10 @@ def test_training_net_uses_fast_kernels_and_inference_copies_do_not():
     E.configure_same_padding(net, x)
     data = mx.sym.var("data")
     plain_ops = _ops(net(data))
-    assert "_contrib_BatchNormWithReLU" not in plain_ops and "slice_axis" not in plain_ops
-    assert "clip" in plain_ops
+    assert "_maximum_scalar" not in plain_ops and "slice_axis" not in plain_ops and "clip" in plain_ops
     hybridize_for_training(net)
     train_ops = _ops(net(data))
-    assert {"_contrib_BatchNormWithReLU", "slice_axis", "clip"} <= train_ops
+    assert {"_maximum_scalar", "slice_axis", "clip"} <= train_ops
     n_split = sum(isinstance(b, E._WideDepthwise) and b.split for b in E._walk(net))
     assert n_split == sum(1 for b in E.BLOCKS if b[3] == 5)
     copy = inference_copy(net, example=x)
@@ -371,3 +373,49 @@ def test_training_net_uses_fast_kernels_and_inference_copies_do_not():
         assert _ops(net(data)) == plain_ops
     assert _ops(net(data)) == train_ops  # restored
     np.testing.assert_allclose(copy(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------- malloc tuning
+
+MALLOC_PROBE = (
+    "import json, resource; from hotdog import malloc_tuning; t = malloc_tuning.apply();"
+    "import mxnet as mx, numpy as np; from mxnet import autograd, gluon;"
+    "from hotdog.efficientnet import EfficientNetLite0; from hotdog.hybrid import hybridize_for_training;"
+    "mx.random.seed(5); net = EfficientNetLite0(classes=2); net.initialize(mx.init.Xavier());"
+    "hybridize_for_training(net); rng = np.random.RandomState(5);"
+    "x = mx.nd.array(rng.rand(3, 3, 40, 40).astype('float32')); y = mx.nd.array([0, 1, 0]);"
+    "tr = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.1});"
+    "losses = []\n"
+    "for _ in range(2):\n"
+    "    with autograd.record(): l = gluon.loss.SoftmaxCrossEntropyLoss()(net(x), y)\n"
+    "    l.backward(); tr.step(3); losses.append(l.asnumpy().tolist())\n"
+    "print(json.dumps({'tuning': t.to_dict(), 'losses': losses,"
+    " 'w': float(net.features[0].conv.conv.weight.data().sum().asscalar())}))"
+)
+
+
+def test_malloc_tuning_applies_keeps_results_and_yields_to_the_user():
+    """In a fresh process the tuning applies (glibc) and training gives bitwise the results
+    of a process with glibc's defaults; a user's MALLOC_* setting is left alone."""
+    import os
+    import platform
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    base["OMP_NUM_THREADS"] = "1"
+    tuned = _run(MALLOC_PROBE, base)
+    user = _run(MALLOC_PROBE, {**base, "MALLOC_ARENA_MAX": "4"})
+    assert user["tuning"] == {"applied": False, "reason": "user setting MALLOC_ARENA_MAX kept"}
+    if platform.libc_ver()[0] == "glibc":
+        assert tuned["tuning"]["applied"] is True
+    assert tuned["losses"] == user["losses"] and tuned["w"] == user["w"]
+
+
+def test_training_processes_tune_malloc_before_mxnet():
+    """The training worker and ``python -m hotdog`` apply it before anything imports MXNet;
+    the app process (streamlit_app.py) does not (its memory must go back to the system)."""
+    main = (ROOT / "hotdog" / "__main__.py").read_text()
+    assert main.index("malloc_tuning.apply()") < main.index("from hotdog.cli import")
+    worker = (ROOT / "hotdog" / "worker.py").read_text()
+    entry = worker[worker.index("def _child_entry"):worker.index("def _child_main")]
+    assert entry.index("malloc_tuning.apply()") < entry.index("_child_main(")
+    assert "malloc_tuning" not in (ROOT / "streamlit_app.py").read_text()
