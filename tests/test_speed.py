@@ -419,3 +419,21 @@ def test_training_processes_tune_malloc_before_mxnet():
     entry = worker[worker.index("def _child_entry"):worker.index("def _child_main")]
     assert entry.index("malloc_tuning.apply()") < entry.index("_child_main(")
     assert "malloc_tuning" not in (ROOT / "streamlit_app.py").read_text()
+
+
+def test_training_kernels_only_on_cpu(monkeypatch):
+    """A network whose parameters live on a GPU keeps today's graph (the kernels work around
+    oneDNN costs and were measured on CPU only)."""
+    import mxnet as mx
+
+    from hotdog import efficientnet as E
+    from hotdog import hybrid
+
+    net, other = _twin_nets()
+    hybrid.hybridize_for_training(net)
+    assert all(getattr(b, a) for b, a in E._switches(net))
+    param = next(iter(other.collect_params().values()))
+    monkeypatch.setattr(type(param), "list_ctx", lambda self: [mx.gpu(0)])
+    assert not hybrid.on_cpu(other)
+    hybrid.hybridize_for_training(other)
+    assert not any(getattr(b, a) for b, a in E._switches(other))
