@@ -232,6 +232,7 @@ def configure_same_padding(block: nn.Block, x) -> bool:
                 b._clear_cached_op()
     return changed
 
+
 def _switches(block: nn.Block):
     """(block, attribute) of every training-kernel switch under ``block``."""
     for b in _walk(block):

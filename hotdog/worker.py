@@ -69,7 +69,7 @@ def _child_entry() -> None:
     from hotdog import malloc_tuning, threads
 
     threads.apply("worker")  # the parent's decision, inherited through the environment
-    malloc_tuning.apply()  # this process trains and exits: keep freed memory for reuse
+    malloc_tuning.apply()  # this process only trains; _release() hands memory back after each run
     inbox = Connection(int(sys.argv[1]), writable=False)
     outbox = Connection(int(sys.argv[2]), readable=False)
     _child_main(inbox, outbox)
