@@ -9,10 +9,14 @@ medians, not the absolute img/s. Prints one JSON line with medians, ratios to th
 setting and the load average.
 
 A setting is ``name`` or ``name:KEY=VALUE,KEY=VALUE``; keys in upper case are environment
-variables; ``relu6=clip`` trains with the inference ReLU6 (BatchNorm, then ``clip``),
-``split=0`` keeps 5x5 depthwise convolutions whole (``efficientnet.set_training_kernels``).
+variables (set before the child starts); ``relu6=clip`` trains with the inference ReLU6
+(BatchNorm, then ``clip``), ``split=0`` keeps 5x5 depthwise convolutions whole
+(``efficientnet.set_training_kernels``), ``malloc=0`` leaves glibc's malloc defaults
+(``hotdog.malloc_tuning``, applied otherwise, as the training worker does),
+``static_shape=1`` adds ``static_shape`` to the hybridization. Each child also reports its
+minor page faults per step.
 
-    python scripts/speed_levers.py --batch 16 --rounds 5 now before:relu6=clip,split=0
+    python scripts/speed_levers.py --batch 16 --rounds 5 now before:relu6=clip,split=0,malloc=0
 """
 
 from __future__ import annotations
