@@ -20,6 +20,7 @@ the SHA-256 of the source checkpoint, so the (sub-second) conversion runs once p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -57,7 +58,40 @@ HEAD_CHANNELS = 1280
 
 
 def _relu6(F, x):
+    """ReLU6 as inference graphs, oneDNN fusion (conv + clip) and ONNX export expect it."""
     return F.clip(x, 0.0, 6.0)
+
+
+# oneDNN 2.4 (MXNet 1.9.1) computes a depthwise weight gradient with its jit kernel only for
+# kernels at most 3 wide; a 5x5 one falls back to per-channel im2col + gemm, ~18% of a
+# training step. So in training, wide depthwise convolutions run as two narrow ones.
+_JIT_MAX_KW = 3
+
+
+class _WideDepthwise(nn.Conv2D):
+    """A depthwise Conv2D wider than 3. With ``split`` (training, ``set_training_kernels``)
+    it runs as a 3-wide and a (k-3)-wide depthwise convolution over the width-padded input,
+    summed: same single k x k parameter and name, same result up to float summation order
+    (tests/test_speed.py). Without it, the plain convolution (inference graphs and export)."""
+
+    split = False
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        if not self.split:
+            return super().hybrid_forward(F, x, weight, bias)
+        kh, kw = self._kwargs["kernel"]
+        ph, pw = self._kwargs["pad"]
+        if pw:
+            x = F.pad(x, mode="constant", constant_value=0, pad_width=(0, 0, 0, 0, 0, 0, pw, pw))
+        common = dict(stride=self._kwargs["stride"], pad=(ph, 0), num_filter=self._channels,
+                      num_group=self._kwargs["num_group"], no_bias=True)
+        left = F.Convolution(F.slice_axis(x, axis=3, begin=0, end=_JIT_MAX_KW - kw),
+                             F.slice_axis(weight, axis=3, begin=0, end=_JIT_MAX_KW),
+                             kernel=(kh, _JIT_MAX_KW), **common)
+        right = F.Convolution(F.slice_axis(x, axis=3, begin=_JIT_MAX_KW, end=None),
+                              F.slice_axis(weight, axis=3, begin=_JIT_MAX_KW, end=None),
+                              kernel=(kh, kw - _JIT_MAX_KW), **common)
+        return left + right
 
 
 class SamePadConv(nn.HybridBlock):
@@ -84,8 +118,10 @@ class SamePadConv(nn.HybridBlock):
         self.parity: tuple[bool, bool] | None = None  # (odd height, odd width) of the input
         pad = kernel // 2 if stride == 1 else 0
         with self.name_scope():
-            self.conv = nn.Conv2D(channels, kernel, strides=stride, padding=pad, groups=groups,
-                                  use_bias=False, in_channels=in_channels)
+            wide_dw = kernel > _JIT_MAX_KW and groups == channels == in_channels
+            self.conv = (_WideDepthwise if wide_dw else nn.Conv2D)(
+                channels, kernel, strides=stride, padding=pad, groups=groups, use_bias=False,
+                in_channels=in_channels)
 
     def hybrid_forward(self, F, x):
         if self._s == 1:
@@ -114,6 +150,15 @@ def _bn(channels):
 
 
 class ConvBNReLU6(nn.HybridBlock):
+    # Training formulation of ReLU6 (set_training_kernels): clip(maximum(x, 0), 0, 6).
+    # Why: MXNet 1.9.1's clip kernel branches per element; on raw pre-activations (about
+    # half below 0) the mispredictions make it ~10x slower than vectorized ops (101.6 vs
+    # 18.8 ms on 16x96x112x112 floats, one thread). After maximum(x, 0) almost nothing is
+    # clipped and the branches predict well. Same values and gradients as clip, and NaN stays
+    # NaN so divergence is still detected (oneDNN's relu, e.g. BatchNorm with fused relu,
+    # would turn NaN into 0). Inference graphs keep clip: oneDNN fuses conv + BN + clip.
+    fast_relu6 = False
+
     def __init__(self, in_channels, channels, kernel, stride, groups=1, act=True, **kwargs):
         super().__init__(**kwargs)
         self._act = act
@@ -123,7 +168,9 @@ class ConvBNReLU6(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         x = self.bn(self.conv(x))
-        return _relu6(F, x) if self._act else x
+        if not self._act:
+            return x
+        return _relu6(F, F.maximum(x, 0.0) if self.fast_relu6 else x)
 
 
 class MBConv(nn.HybridBlock):
@@ -184,6 +231,51 @@ def configure_same_padding(block: nn.Block, x) -> bool:
             if isinstance(b, nn.HybridBlock):
                 b._clear_cached_op()
     return changed
+
+
+def _switches(block: nn.Block):
+    """(block, attribute) of every training-kernel switch under ``block``."""
+    for b in _walk(block):
+        if isinstance(b, ConvBNReLU6):
+            yield b, "fast_relu6"
+        elif isinstance(b, _WideDepthwise):
+            yield b, "split"
+
+
+def set_training_kernels(block: nn.Block, relu6: bool = True, split_depthwise: bool = True) -> bool:
+    """Switch the EfficientNet blocks under ``block`` to the training formulations
+    (``ConvBNReLU6.fast_relu6``, :class:`_WideDepthwise` split), or back. Same parameters and
+    values; only the graph differs, so cached graphs are dropped when anything changed.
+    Not for inference copies (:func:`inference_kernels`). Returns whether anything changed
+    (False for networks without such blocks)."""
+    want = {"fast_relu6": relu6, "split": split_depthwise}
+    changed = False
+    for b, attr in _switches(block):
+        if getattr(b, attr) != want[attr]:
+            setattr(b, attr, want[attr])
+            changed = True
+    if changed:
+        for b in _walk(block):
+            if isinstance(b, nn.HybridBlock):
+                b._clear_cached_op()
+    return changed
+
+
+@contextlib.contextmanager
+def inference_kernels(block: nn.Block):
+    """Trace ``block`` with the inference formulations while inside (for symbol tracing of
+    inference copies: oneDNN fuses conv + BN + ``clip``, not the training kernels). The
+    switches are restored afterwards without dropping ``block``'s cached training graph:
+    symbol tracing does not use it."""
+    saved = [(b, attr, getattr(b, attr)) for b, attr in _switches(block)]
+    for b, attr, _ in saved:
+        setattr(b, attr, False)
+    try:
+        yield block
+    finally:
+        for b, attr, value in saved:
+            setattr(b, attr, value)
+
 
 class EfficientNetLite0(nn.HybridBlock):
     """EfficientNet-Lite0 with the chapter's ``features`` / ``output`` split."""

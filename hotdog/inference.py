@@ -96,8 +96,11 @@ def inference_copy(
         from hotdog.efficientnet import configure_same_padding
 
         configure_same_padding(net, example)
+    from hotdog.efficientnet import inference_kernels
+
     data = mx.sym.var("data", dtype="float32")
-    out = net(data)
+    with inference_kernels(net):  # a training network's fast kernels would defeat oneDNN fusion
+        out = net(data)
     block = gluon.SymbolBlock(out, data)
     source = net.collect_params()
     for name, param in block.collect_params().items():

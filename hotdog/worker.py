@@ -66,9 +66,10 @@ class WorkerDied(HotdogError):
 
 def _child_entry() -> None:
     """``python -c ... _child_entry() IN_FD OUT_FD``: the worker process's main."""
-    from hotdog import threads
+    from hotdog import malloc_tuning, threads
 
     threads.apply("worker")  # the parent's decision, inherited through the environment
+    malloc_tuning.apply()  # this process only trains; _release() hands memory back after each run
     inbox = Connection(int(sys.argv[1]), writable=False)
     outbox = Connection(int(sys.argv[2]), readable=False)
     _child_main(inbox, outbox)

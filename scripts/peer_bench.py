@@ -54,9 +54,10 @@ def _timer(fn, n: int) -> list[float]:
 
 def _project_child(batch: int, size: int):
     sys.path.insert(0, str(ROOT))
-    from hotdog import threads
+    from hotdog import malloc_tuning, threads
 
     threads.apply("peer_bench")
+    malloc_tuning.apply()  # as the training worker and the CLI run
     import mxnet as mx
     import numpy as np
     from mxnet import autograd, gluon
