@@ -41,8 +41,10 @@ def make_dataset(root: Path, per_class: dict[str, int] | None = None, classes=No
 @pytest.fixture(autouse=True)
 def _own_feature_cache(tmp_path, monkeypatch):
     """Every test starts with an empty on-disk feature cache of its own (hotdog.featcache),
-    so no test reads features another test (or the user) stored."""
+    so no test reads features another test (or the user) stored; likewise spilled decoded
+    photos (hotdog.data.spill)."""
     monkeypatch.setenv("HOTDOG_FEATURE_CACHE_DIR", str(tmp_path / "feature-cache"))
+    monkeypatch.setenv("HOTDOG_DECODED_SPILL_DIR", str(tmp_path / "decoded-spill"))
 
 
 @pytest.fixture

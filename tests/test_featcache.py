@@ -277,10 +277,9 @@ def test_decoded_photos_stay_under_the_cap(tmp_path):
             np.testing.assert_array_equal(ds[i][0].asnumpy(), unbounded[i][0].asnumpy())
             assert cache.nbytes <= 10 * one
     s = cache.stats()
-    assert s["photos"] == 10 and s["evictions"] >= 100 and cache.nbytes == 10 * one
+    # a set past the cap goes to the on-disk spill (tests/test_decoded_spill.py), not memory
+    assert s["spilling"] and s["spilled"] >= 50 and cache.nbytes < 10 * one
     assert unbounded.decoded_cache.nbytes == 60 * one  # a set that fits is decoded once, as before
-    # the most recently used photos are the ones kept
-    assert all((str(items[i][0]), None) in cache for i in range(50, 60))
 
 
 def test_decoded_cache_cap_from_the_environment(monkeypatch):

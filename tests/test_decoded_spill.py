@@ -1,0 +1,291 @@
+"""Decoded photos past the memory cap: spilled to disk once, read back exactly, memory flat;
+damaged entries decoded again; the spill's cap, leftovers of killed writers, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+
+import numpy as np
+import pytest
+from conftest import make_image
+
+from hotdog.data import ImageListDataset
+from hotdog.data import transforms as transforms_mod
+from hotdog.data.decoded import SAMPLE_PHOTOS, DecodedCache
+from hotdog.data.spill import CAP_ENV, DIR_ENV, HEADER, SpillStore, entry_key, open_spill
+
+ONE = 40 * 30 * 3  # bytes of one decoded 40x30 photo
+
+
+@pytest.fixture
+def photos(tmp_path):
+    return [(make_image(tmp_path / "photos" / f"{i}.png", (i * 4, 100, 200), size=(40, 30), seed=i), i % 2)
+            for i in range(40)]
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Counts the real decodes ImageListDataset makes."""
+    calls = []
+    real = transforms_mod.decode_image
+
+    def counting(path, *a, **kw):
+        calls.append(str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(transforms_mod, "decode_image", counting)
+    return calls
+
+
+def fresh(items, i, min_side=None):
+    """What a decode without any store gives."""
+    return ImageListDataset(items, cache_decoded=False, min_side=min_side)._decoded(i)
+
+
+def assert_same(a, b):
+    assert a.dtype == b.dtype == np.uint8 and a.shape == b.shape and a.flags.c_contiguous
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_set_past_the_cap_is_spilled_once_and_memory_stays_flat(tmp_path, photos, decodes):
+    refs = [fresh(photos, i) for i in range(40)]
+    decodes.clear()
+    spill = SpillStore(tmp_path / "spill", 2**30)
+    cache = DecodedCache(cap_bytes=10 * ONE, spill=spill)
+    ds = ImageListDataset(photos, cache=cache)
+    assert ds.preload() == []
+    assert len(decodes) == 40
+    # decided after a few photos: the rest never entered memory (an LRU would hold 10)
+    assert cache.spilling and cache.nbytes < SAMPLE_PHOTOS * ONE and cache.stats()["spilled"] >= 40 - SAMPLE_PHOTOS
+    for _ in range(2):  # two epochs: nothing decoded again, memory unchanged
+        for i in range(len(ds)):
+            assert_same(ds._decoded(i), refs[i])
+    assert len(decodes) == 40
+    assert cache.nbytes < SAMPLE_PHOTOS * ONE and spill.stats()["reads"] >= 2 * (40 - SAMPLE_PHOTOS)
+
+
+def test_a_set_that_fits_stays_in_memory_as_before(tmp_path, photos):
+    spill = SpillStore(tmp_path / "spill", 2**30)
+    cache = DecodedCache(cap_bytes=40 * ONE, spill=spill)
+    ds = ImageListDataset(photos, cache=cache)
+    ds.preload()
+    assert not cache.spilling and cache.nbytes == 40 * ONE and not (tmp_path / "spill").exists()
+
+
+def test_spilled_jpeg_reads_back_exactly_as_a_fresh_decode_also_in_the_next_run(tmp_path, decodes):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i, (w, h) in enumerate([(300, 200), (97, 301), (640, 480), (50, 50)] * 4):
+        arr = np.clip(rng.normal(128, 60, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = tmp_path / "jpg" / f"{i}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(arr).save(path, quality=80)
+        items.append((path, 0))
+    root = tmp_path / "spill"
+    run1 = ImageListDataset(items, min_side=73, cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
+    run1.preload()
+    assert run1.decoded_cache.stats()["spilled"] == 16
+    decodes.clear()
+    # the next run (a new store, as in a new process) reads every photo from disk, decodes none
+    run2 = ImageListDataset(items, min_side=73, cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
+    run2.preload()
+    got = [run2._decoded(i) for i in range(16)]
+    assert decodes == [] and run2.decoded_cache.stats()["spill_hits"] >= 16
+    for i in range(16):
+        assert_same(got[i], fresh(items, i, min_side=73))
+    # another min_side is another entry, not a wrong-size read
+    other = ImageListDataset(items, min_side=50, cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
+    assert_same(other._decoded(2), fresh(items, 2, min_side=50))
+
+
+def test_an_edited_photo_is_another_entry(tmp_path, photos):
+    path = photos[0][0]
+    before = entry_key(path, None, 10**8)
+    make_image(path, (0, 0, 0), size=(41, 30), seed=99)
+    assert entry_key(path, None, 10**8) != before
+    assert entry_key(path, 64, 10**8) != entry_key(path, None, 10**8) != entry_key(path, None, 10**7)
+    assert entry_key(tmp_path / "missing.png", None, 10**8) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_pixel", "flip_header", "empty", "other_key"])
+def test_damaged_spill_entries_are_decoded_again_never_used(tmp_path, photos, decodes, damage):
+    root = tmp_path / "spill"
+    ds = ImageListDataset(photos, cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
+    ds.preload()
+    store = SpillStore(root, 2**30)
+    key = entry_key(photos[5][0], None, ds.max_pixels)
+    path = store.path_of(key)
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[:-7]
+    elif damage == "flip_pixel":
+        raw[HEADER.size + 100] ^= 0xFF
+    elif damage == "flip_header":
+        raw[8] ^= 0x01  # the height
+    elif damage == "empty":
+        raw = bytearray()
+    else:  # a whole, valid-looking entry of another photo under this name
+        raw = bytearray(store.path_of(entry_key(photos[6][0], None, ds.max_pixels)).read_bytes())
+    path.write_bytes(bytes(raw))
+    assert store.read(key) is None and store.stats()["damaged"] == 1 and not path.exists()
+    decodes.clear()
+    again = ImageListDataset(photos, cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
+    again.preload()
+    assert decodes == [str(photos[5][0])]  # only the damaged one is decoded again, and rewritten
+    assert_same(again._decoded(5), fresh(photos, 5))
+    assert_same(SpillStore(root, 2**30).read(key), fresh(photos, 5))
+
+
+def test_spilling_off_keeps_a_fixed_subset_without_churn(tmp_path, photos, decodes, monkeypatch):
+    monkeypatch.setenv(CAP_ENV, "0")
+    assert open_spill() is None
+    cache = DecodedCache(cap_bytes=10 * ONE)
+    ds = ImageListDataset(photos, cache=cache)
+    ds.preload()
+    held = {k for k in range(40) if ds._key(photos[k][0]) in cache}
+    assert len(held) == 10 and cache.nbytes == 10 * ONE
+    decodes.clear()
+    for _ in range(2):
+        for i in range(40):
+            assert_same(ds._decoded(i), fresh(photos, i))
+    # the same 10 photos stay (no eviction), the other 30 are decoded at each use
+    assert {k for k in range(40) if ds._key(photos[k][0]) in cache} == held
+    assert len(decodes) == 2 * (30 + 40)
+    assert not (tmp_path / "decoded-spill").exists()
+
+
+def test_the_spill_cap_evicts_other_runs_entries_first_never_its_own(tmp_path, photos):
+    root = tmp_path / "spill"
+    entry = HEADER.size + ONE
+    old = ImageListDataset(photos[:20], cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
+    old.preload()
+    files = sorted(root.glob("*/*.px"))
+    assert len(files) == 20
+    for n, f in enumerate(files):  # an earlier run, its entries last used long ago
+        os.utime(f, (1e9 + n, 1e9 + n))
+    spill = SpillStore(root, 30 * entry)
+    new = ImageListDataset(photos[20:], cache=DecodedCache(cap_bytes=1, spill=spill))
+    new.preload()
+    s = spill.stats()
+    # room for the new run's 20 photos: the 10 least recently used old entries went
+    assert s["written"] == 20 and s["evicted"] == 10 and not s["full"]
+    assert set(files[10:]) <= set(root.glob("*/*.px")) and not set(files[:10]) & set(root.glob("*/*.px"))
+    # a run larger than the cap stops spilling rather than evict what it wrote
+    small = SpillStore(tmp_path / "small", 12 * entry)
+    cache = DecodedCache(cap_bytes=5 * ONE, spill=small)
+    ds = ImageListDataset(photos, cache=cache)
+    ds.preload()
+    s = small.stats()
+    assert s["written"] == 12 and s["full"] and s["evicted"] == 0
+    assert len(list((tmp_path / "small").glob("*/*.px"))) == 12
+    assert cache.nbytes <= 5 * ONE  # what the disk refused is kept in memory only while it fits
+    for i in range(40):
+        assert_same(ds._decoded(i), fresh(photos, i))
+
+
+def test_cap_and_folder_from_the_environment(tmp_path, monkeypatch, hotdog_home):
+    monkeypatch.delenv(DIR_ENV, raising=False)
+    monkeypatch.setenv(CAP_ENV, "1.5")
+    store = open_spill()
+    assert store.cap_bytes == int(1.5 * 2**20) and store.root == hotdog_home / "cache" / "decoded"
+    for bad in ("-3", "nan", "lots"):
+        monkeypatch.setenv(CAP_ENV, bad)
+        assert open_spill().cap_bytes == 4096 * 2**20
+    monkeypatch.setenv(DIR_ENV, str(tmp_path / "big-disk"))
+    assert open_spill().root == tmp_path / "big-disk"
+
+
+def test_a_spilling_store_pickled_into_a_worker_reads_the_same_folder(tmp_path, photos):
+    cache = DecodedCache(cap_bytes=1, spill=SpillStore(tmp_path / "spill", 2**30))
+    ds = ImageListDataset(photos, cache=cache)
+    ds.preload()
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.decoded_cache.spilling and len(copy.decoded_cache) == 0
+    assert_same(copy._decoded(7), fresh(photos, 7))
+    assert copy.decoded_cache.stats()["spill_hits"] == 1
+
+
+def _half_write_then_hang(root: str, key: bytes, ready) -> None:
+    """In a child: start a real spill write, stop after the header, wait to be killed."""
+    import time
+
+    import hotdog.data.spill as spill_mod
+
+    real_open = open
+
+    class Half:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(bytes(data)[:20])
+            self.fh.flush()
+            ready.set()
+            while True:
+                time.sleep(0.05)
+
+    spill_mod.open = lambda p, mode="r", *a, **kw: Half(real_open(p, mode, *a, **kw))
+    SpillStore(root, 2**30).write(key, np.full((30, 40, 3), 7, np.uint8))
+
+
+def test_kill_9_mid_write_leaves_no_entry_and_the_leftover_goes(tmp_path):
+    root, key = tmp_path / "spill", bytes(range(20))
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_half_write_then_hang, args=(str(root), key, ready))
+    proc.start()
+    try:
+        assert ready.wait(120), "the writer never started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    store = SpillStore(root, 2**30)
+    leftovers = list(root.glob("*/.*.tmp"))
+    assert len(leftovers) == 1 and store.read(key) is None
+    os.utime(leftovers[0], (1e9, 1e9))  # old enough to be a dead writer's
+    assert store.write(key, np.full((30, 40, 3), 7, np.uint8))
+    assert not list(root.glob("*/.*.tmp"))
+    assert_same(store.read(key), np.full((30, 40, 3), 7, np.uint8))
+
+
+def _spill_writer(root: str, rounds: int) -> None:
+    store = SpillStore(root, 2**30)
+    for r in range(rounds):
+        for k in range(20):
+            store.write(bytes([k]) * 20, np.full((30 + k, 40, 3), k, np.uint8))
+
+
+def test_concurrent_writers_of_the_same_entries(tmp_path):
+    root = tmp_path / "spill"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_spill_writer, args=(str(root), 10)) for _ in range(2)]
+    threads = [threading.Thread(target=_spill_writer, args=(str(root), 10)) for _ in range(2)]
+    for w in [*procs, *threads]:
+        w.start()
+    reader = SpillStore(root, 2**30)
+    while any(p.is_alive() for p in procs) or any(t.is_alive() for t in threads):
+        for k in range(20):
+            got = reader.read(bytes([k]) * 20)  # readers take no lock: a whole entry or none
+            if got is not None:
+                assert_same(got, np.full((30 + k, 40, 3), k, np.uint8))
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    for t in threads:
+        t.join(60)
+    assert reader.stats()["damaged"] == 0
+    assert len(list(root.glob("*/*.px"))) == 20 and not list(root.glob("*/.*.tmp"))
