@@ -39,33 +39,29 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; when the block succeeds, the file written there
     replaces ``path`` atomically. On any error the temp file is removed and an ``OSError``
     becomes a StorageError naming the file (for writers that need a path, e.g. MXNet's
-    ``save_parameters``). ``durable=False`` skips the fsyncs: still atomic against a crash
-    of the process, not against a power cut (for caches that checksum what they read)."""
+    ``save_parameters``)."""
     path = Path(path)
     tmp = _tmp_name(path)
     try:
         yield tmp
-        if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as err:
         raise StorageError(f"cannot write {path.name}: {err.strerror or err}") from err
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    if durable:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix
-    (``durable``: see :func:`atomic_path`)."""
-    with atomic_path(path, durable) as tmp:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix."""
+    with atomic_path(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)

@@ -113,33 +113,39 @@ def test_an_edited_photo_is_another_entry(tmp_path, photos):
     assert entry_key(tmp_path / "missing.png", None, 10**8) is None
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_pixel", "flip_header", "empty", "other_key"])
-def test_damaged_spill_entries_are_decoded_again_never_used(tmp_path, photos, decodes, damage):
+@pytest.mark.parametrize("damage", ["flip_pixel", "other_key", "flip_header", "zero_header", "truncate"])
+def test_damaged_spill_records_are_decoded_again_never_used(tmp_path, photos, decodes, damage):
     root = tmp_path / "spill"
     ds = ImageListDataset(photos, cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
     ds.preload()
     store = SpillStore(root, 2**30)
     key = entry_key(photos[5][0], None, ds.max_pixels)
-    path = store.path_of(key)
-    raw = bytearray(path.read_bytes())
-    if damage == "truncate":
-        raw = raw[:-7]
-    elif damage == "flip_pixel":
-        raw[HEADER.size + 100] ^= 0xFF
+    seg, off = store.locate(key)
+    raw = bytearray(seg.read_bytes())
+    if damage == "flip_pixel":
+        raw[off + HEADER.size + 100] ^= 0xFF
+    elif damage == "other_key":  # a whole, valid-looking record of another photo in its place
+        seg6, off6 = store.locate(entry_key(photos[6][0], None, ds.max_pixels))
+        raw[off:off + HEADER.size + ONE] = seg6.read_bytes()[off6:off6 + HEADER.size + ONE]
     elif damage == "flip_header":
-        raw[8] ^= 0x01  # the height
-    elif damage == "empty":
-        raw = bytearray()
-    else:  # a whole, valid-looking entry of another photo under this name
-        raw = bytearray(store.path_of(entry_key(photos[6][0], None, ds.max_pixels)).read_bytes())
-    path.write_bytes(bytes(raw))
-    assert store.read(key) is None and store.stats()["damaged"] == 1 and not path.exists()
+        raw[off + 8] ^= 0x01  # the height
+    elif damage == "zero_header":
+        raw[off:off + HEADER.size] = bytes(HEADER.size)
+    else:
+        raw = raw[:off + HEADER.size + 50]
+    seg.write_bytes(bytes(raw))
+    assert store.read(key) is None and store.stats()["damaged"] == 1
+    assert store.read(key) is None  # forgotten: not read again
     decodes.clear()
     again = ImageListDataset(photos, cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
     again.preload()
-    assert decodes == [str(photos[5][0])]  # only the damaged one is decoded again, and rewritten
-    assert_same(again._decoded(5), fresh(photos, 5))
-    assert_same(SpillStore(root, 2**30).read(key), fresh(photos, 5))
+    if damage in ("flip_pixel", "other_key"):
+        assert decodes == [str(photos[5][0])]  # only the damaged one is decoded again
+    else:  # a bad header hides the rest of its segment too: those are decoded again as well
+        assert str(photos[5][0]) in decodes
+    for i in range(40):
+        assert_same(again._decoded(i), fresh(photos, i))
+    assert_same(SpillStore(root, 2**30).read(key), fresh(photos, 5))  # and appended anew
 
 
 def test_spilling_off_keeps_a_fixed_subset_without_churn(tmp_path, photos, decodes, monkeypatch):
@@ -160,30 +166,38 @@ def test_spilling_off_keeps_a_fixed_subset_without_churn(tmp_path, photos, decod
     assert not (tmp_path / "decoded-spill").exists()
 
 
-def test_the_spill_cap_evicts_other_runs_entries_first_never_its_own(tmp_path, photos):
+def test_the_spill_cap_evicts_other_runs_segments_first_never_its_own(tmp_path, photos):
     root = tmp_path / "spill"
     entry = HEADER.size + ONE
-    old = ImageListDataset(photos[:20], cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30)))
+    old = ImageListDataset(photos[:20], cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30, 5 * entry)))
     old.preload()
-    files = sorted(root.glob("*/*.px"))
-    assert len(files) == 20
-    for n, f in enumerate(files):  # an earlier run, its entries last used long ago
+    segs = sorted(root.glob("*.seg"))
+    assert len(segs) == 4
+    for n, f in enumerate(segs):  # an earlier run's, last used long ago
         os.utime(f, (1e9 + n, 1e9 + n))
-    spill = SpillStore(root, 30 * entry)
-    new = ImageListDataset(photos[20:], cache=DecodedCache(cap_bytes=1, spill=spill))
-    new.preload()
+    first = {entry_key(p, None, old.max_pixels) for p, _ in photos[:5]}
+    oldest = {SpillStore(root).locate(k)[0] for k in first}
+    assert oldest == {segs[0]}  # the photos the new run also uses are in the oldest segment
+    spill = SpillStore(root, 22 * entry, 5 * entry)
+    items = photos[:5] + photos[20:]
+    new = ImageListDataset(items, cache=DecodedCache(cap_bytes=1, spill=spill))
+    new.preload(threads=1)  # reads those 5 first, then writes
     s = spill.stats()
-    # room for the new run's 20 photos: the 10 least recently used old entries went
-    assert s["written"] == 20 and s["evicted"] == 10 and not s["full"]
-    assert set(files[10:]) <= set(root.glob("*/*.px")) and not set(files[:10]) & set(root.glob("*/*.px"))
-    # a run larger than the cap stops spilling rather than evict what it wrote
-    small = SpillStore(tmp_path / "small", 12 * entry)
+    # room for the new run's photos: every old segment went except the one this run read
+    # from, and what still does not fit is not spilled (it never removes what it uses)
+    assert s["reads"] == 5 and s["evicted"] == 3 and s["written"] == 17 and s["full"]
+    left = set(root.glob("*.seg"))
+    assert segs[0] in left and not set(segs[1:]) & left
+    for i in range(25):
+        assert_same(new._decoded(i), fresh(items, i))
+    # a run larger than the cap stops spilling rather than remove what it wrote
+    small = SpillStore(tmp_path / "small", 12 * entry, 5 * entry)
     cache = DecodedCache(cap_bytes=5 * ONE, spill=small)
     ds = ImageListDataset(photos, cache=cache)
     ds.preload()
     s = small.stats()
     assert s["written"] == 12 and s["full"] and s["evicted"] == 0
-    assert len(list((tmp_path / "small").glob("*/*.px"))) == 12
+    assert sum(f.stat().st_size for f in (tmp_path / "small").glob("*.seg")) == 12 * entry
     assert cache.nbytes <= 5 * ONE  # what the disk refused is kept in memory only while it fits
     for i in range(40):
         assert_same(ds._decoded(i), fresh(photos, i))
@@ -211,40 +225,30 @@ def test_a_spilling_store_pickled_into_a_worker_reads_the_same_folder(tmp_path, 
     assert copy.decoded_cache.stats()["spill_hits"] == 1
 
 
-def _half_write_then_hang(root: str, key: bytes, ready) -> None:
-    """In a child: start a real spill write, stop after the header, wait to be killed."""
+def _write_three_then_hang_in_the_fourth(root: str, ready) -> None:
+    """In a child: three whole records, then half of the fourth, then wait to be killed."""
     import time
 
-    import hotdog.data.spill as spill_mod
+    store = SpillStore(root, 2**30)
+    for k in range(3):
+        store.write(bytes([k]) * 20, np.full((30, 40, 3), k, np.uint8))
+    real = os.pwritev
 
-    real_open = open
+    def half(fd, buffers, offset):
+        real(fd, [bytes(buffers[0]), bytes(buffers[1])[:100]], offset)
+        ready.set()
+        while True:
+            time.sleep(0.05)
 
-    class Half:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def write(self, data):
-            self.fh.write(bytes(data)[:20])
-            self.fh.flush()
-            ready.set()
-            while True:
-                time.sleep(0.05)
-
-    spill_mod.open = lambda p, mode="r", *a, **kw: Half(real_open(p, mode, *a, **kw))
-    SpillStore(root, 2**30).write(key, np.full((30, 40, 3), 7, np.uint8))
+    os.pwritev = half
+    store.write(bytes([3]) * 20, np.full((30, 40, 3), 3, np.uint8))
 
 
-def test_kill_9_mid_write_leaves_no_entry_and_the_leftover_goes(tmp_path):
-    root, key = tmp_path / "spill", bytes(range(20))
+def test_kill_9_mid_write_leaves_no_record_and_the_whole_ones_stay(tmp_path):
+    root = tmp_path / "spill"
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
-    proc = ctx.Process(target=_half_write_then_hang, args=(str(root), key, ready))
+    proc = ctx.Process(target=_write_three_then_hang_in_the_fourth, args=(str(root), ready))
     proc.start()
     try:
         assert ready.wait(120), "the writer never started"
@@ -254,12 +258,11 @@ def test_kill_9_mid_write_leaves_no_entry_and_the_leftover_goes(tmp_path):
         if proc.is_alive():
             proc.kill()
     store = SpillStore(root, 2**30)
-    leftovers = list(root.glob("*/.*.tmp"))
-    assert len(leftovers) == 1 and store.read(key) is None
-    os.utime(leftovers[0], (1e9, 1e9))  # old enough to be a dead writer's
-    assert store.write(key, np.full((30, 40, 3), 7, np.uint8))
-    assert not list(root.glob("*/.*.tmp"))
-    assert_same(store.read(key), np.full((30, 40, 3), 7, np.uint8))
+    for k in range(3):
+        assert_same(store.read(bytes([k]) * 20), np.full((30, 40, 3), k, np.uint8))
+    assert store.read(bytes([3]) * 20) is None and store.stats()["damaged"] == 0  # never indexed
+    assert store.write(bytes([3]) * 20, np.full((30, 40, 3), 3, np.uint8))
+    assert_same(SpillStore(root, 2**30).read(bytes([3]) * 20), np.full((30, 40, 3), 3, np.uint8))
 
 
 def _spill_writer(root: str, rounds: int) -> None:
@@ -269,23 +272,27 @@ def _spill_writer(root: str, rounds: int) -> None:
             store.write(bytes([k]) * 20, np.full((30 + k, 40, 3), k, np.uint8))
 
 
-def test_concurrent_writers_of_the_same_entries(tmp_path):
+def test_concurrent_writers_of_the_same_photos(tmp_path):
     root = tmp_path / "spill"
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_spill_writer, args=(str(root), 10)) for _ in range(2)]
-    threads = [threading.Thread(target=_spill_writer, args=(str(root), 10)) for _ in range(2)]
+    procs = [ctx.Process(target=_spill_writer, args=(str(root), 3)) for _ in range(2)]
+    threads = [threading.Thread(target=_spill_writer, args=(str(root), 3)) for _ in range(2)]
     for w in [*procs, *threads]:
         w.start()
-    reader = SpillStore(root, 2**30)
     while any(p.is_alive() for p in procs) or any(t.is_alive() for t in threads):
+        reader = SpillStore(root, 2**30)  # a new reader sees the records written so far
         for k in range(20):
-            got = reader.read(bytes([k]) * 20)  # readers take no lock: a whole entry or none
+            got = reader.read(bytes([k]) * 20)  # readers take no lock: a whole record or none
             if got is not None:
                 assert_same(got, np.full((30 + k, 40, 3), k, np.uint8))
+        assert reader.stats()["damaged"] == 0
+        reader.close()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
     for t in threads:
         t.join(60)
-    assert reader.stats()["damaged"] == 0
-    assert len(list(root.glob("*/*.px"))) == 20 and not list(root.glob("*/.*.tmp"))
+    reader = SpillStore(root, 2**30)
+    for k in range(20):
+        assert_same(reader.read(bytes([k]) * 20), np.full((30 + k, 40, 3), k, np.uint8))
+    assert len(list(root.glob("*.seg"))) == 4  # one per writer: writers never share a file

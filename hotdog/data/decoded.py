@@ -137,17 +137,23 @@ class DecodedCache:
                 return
             self._offered += 1
             self._offered_bytes += size
+            held: list = []
             if not self.spilling and self._overflows(size):
                 self.spilling = self._store() is not None
                 if self.spilling:
                     mean = self._offered_bytes / self._offered
-                    self._spill.reserve(max(0, len(self._expected) - self._offered + 1), mean)
+                    self._spill.reserve(max(0, len(self._expected) - self._offered) + len(self._items) + 1, mean)
                     self._expected = set()
+                    held = list(self._items.items())  # the few seen before the decision: on disk too
             if not self.spilling:
                 self._keep_if_it_fits(key, arr)  # no spill: a fixed subset, evicting nothing (no churn)
                 return
-            if on_disk:
-                return
+        for k, a in held:  # so the next run finds every photo on disk
+            entry = self._entry(k)
+            if entry is not None:
+                self._spill.write(entry, a)
+        if on_disk:
+            return
         entry = self._entry(key)
         if entry is not None and self._spill.write(entry, arr):
             with self._lock:

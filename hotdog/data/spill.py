@@ -4,30 +4,35 @@
 larger than the cap used to churn an LRU: over a shuffled pass the hit rate of an LRU is
 about cap / N, so past the cap it held ``cap`` bytes for almost nothing and decoded nearly
 every photo again each epoch. Instead, when the set will not fit, each photo is decoded once
-(by the run's preload) and written here, already shrunk to the run's ``min_side``; later
-reads are plain file reads (no ``mmap``, so they never count in the process's RSS: the page
-cache is the operating system's) and give exactly the array a fresh decode gives.
+and written here, already shrunk to the run's ``min_side``; later reads are plain
+positioned reads (``os.preadv``, no ``mmap``, so they never count in the process's RSS: the
+page cache is the operating system's) and give exactly the array a fresh decode gives.
 
-**Entries.** One file per photo, ``<root>/<2 hex>/<38 hex>.px``: a 44-byte header (magic,
-format, height, width, channels, CRC-32 of the pixels, the entry's own key) and the raw HWC
-uint8 pixels. The key (SHA-1) covers the photo's absolute path, size, mtime, inode and
-device, the decode's ``min_side`` and ``max_pixels``, Pillow's version and the format, so an
-edited, replaced or differently decoded photo is another entry.
+**Records and segments.** Photos are appended to segment files (``<root>/*.seg``, at most
+``segment_bytes`` each, default 256 MB); a process appends only to segments it created, so
+writers never share a file. A record is a 44-byte header (magic, format, height, width,
+channels, CRC-32 of the pixels, the record's key) and the raw HWC uint8 pixels. One record
+costs one ``pwritev`` (a file per photo cost ~0.4 ms of create + rename per photo, half a
+decode). The key (SHA-1) covers the photo's absolute path, size, mtime, inode and device,
+the decode's ``min_side`` and ``max_pixels``, Pillow's version and the format, so an edited,
+replaced or differently decoded photo is another record. A process finds the records of
+earlier runs by reading the segments' headers once, on its first look-up.
 
-**Safety.** Each entry is written to a temp file and renamed over (``fileio.atomic_path``,
-without fsync: a crashed or ``kill -9``-ed writer leaves the old entry or none, and a power
-cut that tears one is caught by the checksum). Every read checks the header, the length and
-the CRC-32; a truncated or damaged entry is removed and the photo decoded again, never used.
-Two runs writing the same entry write the same bytes; the last rename wins.
+**Safety.** Every read checks the header, the key, the length and the CRC-32: a truncated or
+damaged record is decoded again (and appended anew), never used. A writer killed with
+``kill -9`` leaves at most a partial record at the end of its segment, which no header scan
+passes and no read accepts. No lock is needed to read or append; the folder's lock
+(``fileio.file_lock``) is held only while removing segments.
 
 **Cap.** ``HOTDOG_DECODED_SPILL_MB`` (default 4096; ``0`` turns spilling off, then a set
 that does not fit is decoded again for every use past the memory cap). Folder:
 ``HOTDOG_DECODED_SPILL_DIR``, else ``HOTDOG_HOME/cache/decoded``. Before its first write a
-run makes room under the folder's lock (``fileio.file_lock``): entries not used since the
-run started go, least recently used first (a read marks an entry used, once per process),
-together with temp files a killed writer left. A run never evicts what it wrote itself: past
-the cap it stops spilling. Two runs filling the folder at once may overshoot the cap until
-the next run's clean-up. Deleting the folder is always safe.
+run makes room for what it expects to write: whole segments not used since the run started
+go, least recently used first (a run marks a segment used the first time it reads from it).
+A run never removes what it wrote itself: past the cap it stops spilling. Two runs filling
+the folder at once may overshoot the cap until the next run's clean-up. Deleting the folder
+is always safe (a reader holding a removed segment open still reads it; one that has not
+opened it yet decodes again).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import struct
 import threading
 import time
@@ -50,13 +56,13 @@ CAP_ENV = "HOTDOG_DECODED_SPILL_MB"
 DIR_ENV = "HOTDOG_DECODED_SPILL_DIR"
 # A 20,000-photo set at 64 px input takes ~0.7 GB, the chapter's hotdog.zip at 224 px ~0.8 GB.
 DEFAULT_CAP_MB = 4096
+SEGMENT_BYTES = 256 * 2**20
 FORMAT = 1
 MAGIC = b"HDSP"
 # magic, format, reserved, height, width, channels (0: a 2-D array), CRC-32 of the pixels, key
 HEADER = struct.Struct("<4sHHIIII20s")
-SUFFIX = ".px"
-# A temp file this old is a killed writer's leftover (a write takes milliseconds).
-STALE_TMP_SECONDS = 600
+SUFFIX = ".seg"
+MAX_SIDE = 1 << 16  # larger header fields are damage, not a photo
 
 
 def cap_bytes_from_env() -> int:
@@ -80,7 +86,7 @@ def default_root() -> Path:
 
 
 def entry_key(path: str | os.PathLike, min_side: int | None, max_pixels: int) -> bytes | None:
-    """The entry's SHA-1 for this decode of this file, or None when the file cannot be
+    """The record's SHA-1 for this decode of this file, or None when the file cannot be
     stat'ed (then it is never spilled)."""
     import PIL
 
@@ -94,154 +100,228 @@ def entry_key(path: str | os.PathLike, min_side: int | None, max_pixels: int) ->
     return hashlib.sha1(text.encode("utf-8", "surrogateescape")).digest()
 
 
+def _payload_size(h: int, w: int, c: int) -> int:
+    return h * w * max(c, 1)
+
+
+def _header_ok(magic, fmt, h, w, c) -> bool:
+    return magic == MAGIC and fmt == FORMAT and 0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE and c in (0, 1, 2, 3, 4)
+
+
 class SpillStore:
     """Decoded photos on disk under ``root``, at most ``cap_bytes`` in all (see the module
-    docstring). Thread-safe; picklable (a spawned DataLoader worker reads the same folder)."""
+    docstring). Thread-safe; picklable (a spawned DataLoader worker reads the same folder);
+    a forked process starts a segment of its own before it writes."""
 
-    def __init__(self, root: str | os.PathLike | None = None, cap_bytes: int | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, cap_bytes: int | None = None,
+                 segment_bytes: int = SEGMENT_BYTES):
         self.root = Path(root) if root is not None else default_root()
         self.cap_bytes = cap_bytes_from_env() if cap_bytes is None else max(0, int(cap_bytes))
-        self._lock = threading.Lock()
-        self._scan_lock = threading.Lock()
+        self.segment_bytes = max(HEADER.size + 1, int(segment_bytes))
         self._started = time.time()
-        self._room: int | None = None  # bytes this process may still write (None: not scanned yet)
-        self._scans = 0
+        self._lock = threading.Lock()
+        self._reset_writer()
+        self._index: dict[bytes, tuple[str, int]] | None = None  # key -> (segment name, offset)
+        self._fds: dict[str, int] = {}  # segment name -> fd for reading
+        self._used: set[str] = set()
+        self._room: int | None = None  # bytes this process may still write (None: not made yet)
         self._want = 0
         self.full = self.cap_bytes == 0
-        self._dirs: set[str] = set()
-        self._touched: set[bytes] = set()
         self.written = self.written_bytes = self.reads = self.damaged = self.refused = self.evicted = 0
 
+    def _reset_writer(self) -> None:
+        self._pid = os.getpid()
+        self._seg: str | None = None
+        self._seg_fd: int | None = None
+        self._seg_end = 0
+        self._own: set[str] = set()
+
     def __getstate__(self):
-        return {"root": str(self.root), "cap_bytes": self.cap_bytes}
+        return {"root": str(self.root), "cap_bytes": self.cap_bytes, "segment_bytes": self.segment_bytes}
 
     def __setstate__(self, state):
-        self.__init__(state["root"], state["cap_bytes"])
+        self.__init__(state["root"], state["cap_bytes"], state["segment_bytes"])
 
-    def path_of(self, key: bytes) -> Path:
-        h = key.hex()
-        return self.root / h[:2] / (h[2:] + SUFFIX)
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def close(self) -> None:
+        fds = list(self._fds.values())
+        if self._seg_fd is not None and self._pid == os.getpid():
+            fds.append(self._seg_fd)
+        self._fds, self._seg_fd, self._seg = {}, None, None
+        for fd in set(fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def reserve(self, photos: int, mean_bytes: float) -> None:
         """How much this run expects to write: room for it is made before the first write."""
         with self._lock:
             self._want = max(self._want, int(photos * (mean_bytes + HEADER.size)))
 
+    # -- finding records
+    def _segments(self) -> list[os.DirEntry]:
+        try:
+            return [e for e in os.scandir(self.root) if e.name.endswith(SUFFIX)]
+        except OSError:
+            return []
+
+    def _ensure_index(self) -> dict:
+        """Key -> (segment, offset) of every record the segments hold now (first call only)."""
+        if self._index is not None:
+            return self._index
+        index: dict[bytes, tuple[str, int]] = {}
+        # Oldest segment first (names start with their creation time), so where a photo was
+        # written again (after damage, or by two runs) the newest record wins.
+        for entry in sorted(self._segments(), key=lambda e: e.name):
+            fd = self._fd(entry.name)
+            if fd is None:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                off = 0
+                while off + HEADER.size <= size:
+                    magic, fmt, _, h, w, c, _crc, key = HEADER.unpack(os.pread(fd, HEADER.size, off))
+                    end = off + HEADER.size + _payload_size(h, w, c)
+                    if not _header_ok(magic, fmt, h, w, c) or end > size:
+                        break  # a killed writer's partial record, or damage: nothing past it is trusted
+                    index[key] = (entry.name, off)
+                    off = end
+            except (OSError, struct.error):
+                continue
+        with self._lock:
+            if self._index is None:
+                self._index = index
+            else:  # another thread indexed meanwhile
+                for key, where in index.items():
+                    self._index.setdefault(key, where)
+            return self._index
+
+    def _fd(self, name: str) -> int | None:
+        fd = self._fds.get(name)
+        if fd is None:
+            try:
+                fd = os.open(self.root / name, os.O_RDONLY)
+            except OSError:
+                return None
+            with self._lock:
+                if name in self._fds:  # another thread opened it meanwhile
+                    os.close(fd)
+                    fd = self._fds[name]
+                else:
+                    self._fds[name] = fd
+        return fd
+
     # -- reading
     def read(self, key: bytes) -> np.ndarray | None:
-        """The stored array, verified, or None (missing, or damaged: then removed)."""
-        path = self.path_of(key)
-        try:
-            with open(path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                buf = bytearray(size)
-                got = fh.readinto(buf)
-        except OSError:
+        """The stored array, verified, or None (missing, or damaged: then forgotten)."""
+        where = self._ensure_index().get(key)
+        if where is None:
             return None
-        arr = _parse(buf, got, key)
+        name, off = where
+        arr = None
+        fd = self._fd(name)
+        if fd is not None:
+            with contextlib.suppress(OSError, struct.error):
+                arr = _read_record(fd, off, key)
         if arr is None:
-            log.warning("decoded-photo spill entry %s is damaged; decoding the photo again", path.name)
+            log.warning("decoded-photo spill record in %s is missing or damaged; decoding the photo again", name)
             with self._lock:
                 self.damaged += 1
-            with contextlib.suppress(OSError):
-                path.unlink()
+                if self._index.get(key) == where:
+                    del self._index[key]
             return None
         with self._lock:
             self.reads += 1
-            first = key not in self._touched
-            self._touched.add(key)
-        if first:  # marks it used by this run: the clean-up of another run keeps it
+            first = name not in self._used
+            self._used.add(name)
+        if first:  # marks the segment used by this run: another run's clean-up keeps it
             with contextlib.suppress(OSError):
-                os.utime(path)
+                os.utime(self.root / name)
         return arr
 
     # -- writing
     def write(self, key: bytes, arr: np.ndarray) -> bool:
-        """Store ``arr`` (uint8, 2-D or HWC); False when spilling is off, the cap is reached
+        """Append ``arr`` (uint8, 2-D or HWC); False when spilling is off, the cap is reached
         or the disk refuses (the caller keeps or re-decodes the photo instead)."""
-        from hotdog.errors import StorageError
-        from hotdog.fileio import atomic_path
-
         arr = np.ascontiguousarray(arr)
-        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or 0 in arr.shape or max(arr.shape[:2]) > MAX_SIDE:
             raise ValueError(f"only 2-D or HWC uint8 photos are spilled, not {arr.dtype} {arr.shape}")
+        index = self._ensure_index()
         size = HEADER.size + arr.nbytes
-        if not self._take_room(size):
-            with self._lock:
-                self.refused += 1
-            return False
         h, w = arr.shape[:2]
         c = arr.shape[2] if arr.ndim == 3 else 0
         pixels = memoryview(arr).cast("B")
         header = HEADER.pack(MAGIC, FORMAT, 0, h, w, c, zlib.crc32(pixels) & 0xFFFFFFFF, key)
-        path = self.path_of(key)
         try:
-            if path.parent.name not in self._dirs:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._dirs.add(path.parent.name)
-            with atomic_path(path, durable=False) as tmp:
-                with open(tmp, "wb") as fh:
-                    fh.write(header)
-                    fh.write(pixels)
-        except (StorageError, OSError) as err:
+            with self._lock:
+                if os.getpid() != self._pid:  # a forked child: never append to the parent's segment
+                    self._reset_writer()
+                    self._room, self.full = None, self.cap_bytes == 0
+                if not self._take_room_locked(size):
+                    self.refused += 1
+                    return False
+                if self._seg_fd is None or self._seg_end + size > self.segment_bytes:
+                    self._new_segment_locked()
+                name, fd, off = self._seg, self._seg_fd, self._seg_end
+                self._seg_end += size
+            if os.pwritev(fd, [header, pixels], off) != size:
+                raise OSError("short write (disk full?)")
+        except OSError as err:
             log.warning("cannot spill decoded photos to %s (%s); decoding them again instead", self.root, err)
             with self._lock:
                 self.full = True
                 self.refused += 1
             return False
         with self._lock:
+            index[key] = (name, off)
             self.written += 1
             self.written_bytes += size
-            self._touched.add(key)
         return True
 
-    def _take_room(self, size: int) -> bool:
-        with self._lock:
-            if self.full:
-                return False
-            if self._room is not None and self._room >= size:
-                self._room -= size
-                return True
-            may_scan = self._scans < 2
-        if not may_scan:
-            with self._lock:
-                self.full = True
+    def _new_segment_locked(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._seg, self._seg_fd, self._seg_end = name, fd, 0
+        self._own.add(name)
+        self._used.add(name)
+        self._fds[name] = fd
+
+    def _take_room_locked(self, size: int) -> bool:
+        if self.full:
             return False
-        with self._scan_lock:
-            with self._lock:  # another thread may have scanned meanwhile
-                if self._room is not None and self._room >= size:
-                    self._room -= size
-                    return True
-                if self.full or self._scans >= 2:
-                    self.full = True
-                    return False
-                self._scans += 1
-                want = max(self._want - self.written_bytes, size)
-            room = self._make_room(want)
-            with self._lock:
-                self._room = room
-                if room < size:
-                    self.full = True
-                    return False
-                self._room -= size
-                return True
+        if self._room is None:
+            self._room = self._make_room(max(self._want, size))
+        if self._room < size:
+            self.full = True
+            return False
+        self._room -= size
+        return True
 
     def _make_room(self, want: int) -> int:
-        """Evict entries not used by this run (oldest first) until ``want`` more bytes fit;
-        returns the room left (0 when the folder cannot be locked)."""
+        """Remove segments not used by this run (least recently used first) until ``want``
+        more bytes fit; the room left (0 when the folder cannot be locked)."""
         from hotdog.errors import StorageError
         from hotdog.fileio import file_lock
 
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with file_lock(self.root / ".lock", timeout=60):
-                entries, total = self._entries()
-                entries.sort()
-                for mtime, size, path in entries:
-                    if total + want <= self.cap_bytes or mtime >= self._started:
-                        break
+                segs = []
+                for e in self._segments():
                     with contextlib.suppress(OSError):
-                        os.unlink(path)
+                        st = e.stat()
+                        segs.append((st.st_mtime, st.st_size, e.name))
+                total = sum(s[1] for s in segs)
+                for mtime, size, name in sorted(segs):
+                    if total + want <= self.cap_bytes:
+                        break
+                    if name in self._used or mtime >= self._started:
+                        continue
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.root / name)
                         total -= size
                         self.evicted += 1
         except (StorageError, OSError) as err:
@@ -250,48 +330,27 @@ class SpillStore:
             return 0
         return max(0, self.cap_bytes - total)
 
-    def _entries(self) -> tuple[list[tuple[float, int, str]], int]:
-        """(last use, bytes, path) of every entry, and their total; removes stale temp files."""
-        out, total, now = [], 0, time.time()
-        try:
-            subs = [d for d in os.scandir(self.root) if d.is_dir() and len(d.name) == 2]
-        except OSError:
-            return out, total
-        for sub in subs:
-            try:
-                files = list(os.scandir(sub.path))
-            except OSError:
-                continue
-            for f in files:
-                try:
-                    st = f.stat()
-                except OSError:
-                    continue
-                if f.name.endswith(SUFFIX):
-                    out.append((st.st_mtime, st.st_size, f.path))
-                    total += st.st_size
-                elif f.name.endswith(".tmp") and now - st.st_mtime > STALE_TMP_SECONDS:
-                    with contextlib.suppress(OSError):
-                        os.unlink(f.path)
-        return out, total
+    def locate(self, key: bytes) -> tuple[Path, int] | None:
+        """(segment file, offset) of the record of ``key`` (for tests and repairs)."""
+        where = self._ensure_index().get(key)
+        return None if where is None else (self.root / where[0], where[1])
 
     def stats(self) -> dict:
         with self._lock:
             return {"root": str(self.root), "cap_mb": self.cap_bytes / 2**20, "written": self.written,
                     "written_mb": self.written_bytes / 2**20, "reads": self.reads, "damaged": self.damaged,
-                    "refused": self.refused, "evicted": self.evicted, "full": self.full}
+                    "refused": self.refused, "evicted": self.evicted, "full": self.full,
+                    "segments_written": len(self._own)}
 
 
-def _parse(buf: bytearray, got: int, key: bytes) -> np.ndarray | None:
-    if got != len(buf) or len(buf) < HEADER.size:
+def _read_record(fd: int, off: int, key: bytes) -> np.ndarray | None:
+    magic, fmt, _, h, w, c, crc, stored = HEADER.unpack(os.pread(fd, HEADER.size, off))
+    if not _header_ok(magic, fmt, h, w, c) or stored != key:
         return None
-    magic, fmt, _, h, w, c, crc, stored_key = HEADER.unpack_from(buf)
-    if magic != MAGIC or fmt != FORMAT or stored_key != key or h * w * max(c, 1) != len(buf) - HEADER.size:
+    buf = bytearray(_payload_size(h, w, c))
+    if os.preadv(fd, [buf], off + HEADER.size) != len(buf) or zlib.crc32(buf) & 0xFFFFFFFF != crc:
         return None
-    pixels = memoryview(buf)[HEADER.size:]
-    if zlib.crc32(pixels) & 0xFFFFFFFF != crc:
-        return None
-    arr = np.frombuffer(buf, np.uint8, offset=HEADER.size)
+    arr = np.frombuffer(buf, np.uint8)
     return arr.reshape((h, w, c) if c else (h, w))
 
 
