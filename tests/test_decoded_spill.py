@@ -170,7 +170,7 @@ def test_the_spill_cap_evicts_other_runs_segments_first_never_its_own(tmp_path, 
     root = tmp_path / "spill"
     entry = HEADER.size + ONE
     old = ImageListDataset(photos[:20], cache=DecodedCache(cap_bytes=1, spill=SpillStore(root, 2**30, 5 * entry)))
-    old.preload()
+    old.preload(threads=1)  # in order: photos 0-4 fill the first segment
     segs = sorted(root.glob("*.seg"))
     assert len(segs) == 4
     for n, f in enumerate(segs):  # an earlier run's, last used long ago
