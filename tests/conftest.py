@@ -38,6 +38,25 @@ def make_dataset(root: Path, per_class: dict[str, int] | None = None, classes=No
     return root
 
 
+def kill_9_when_ready(target, *args) -> None:
+    """Run ``target(*args, ready)`` in a forked child, wait until it sets ``ready`` (it then
+    hangs mid-write), and end it with ``kill -9``."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=target, args=(*args, ready))
+    proc.start()
+    try:
+        assert ready.wait(120), "the writer never started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+
+
 @pytest.fixture(autouse=True)
 def _own_feature_cache(tmp_path, monkeypatch):
     """Every test starts with an empty on-disk feature cache of its own (hotdog.featcache),

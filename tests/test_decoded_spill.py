@@ -6,12 +6,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import signal
 import threading
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import kill_9_when_ready, make_image
 
 from hotdog.data import ImageListDataset
 from hotdog.data import transforms as transforms_mod
@@ -246,17 +245,7 @@ def _write_three_then_hang_in_the_fourth(root: str, ready) -> None:
 
 def test_kill_9_mid_write_leaves_no_record_and_the_whole_ones_stay(tmp_path):
     root = tmp_path / "spill"
-    ctx = multiprocessing.get_context("fork")
-    ready = ctx.Event()
-    proc = ctx.Process(target=_write_three_then_hang_in_the_fourth, args=(str(root), ready))
-    proc.start()
-    try:
-        assert ready.wait(120), "the writer never started"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join(30)
-    finally:
-        if proc.is_alive():
-            proc.kill()
+    kill_9_when_ready(_write_three_then_hang_in_the_fourth, str(root))
     store = SpillStore(root, 2**30)
     for k in range(3):
         assert_same(store.read(bytes([k]) * 20), np.full((30, 40, 3), k, np.uint8))

@@ -22,10 +22,13 @@ copy-on-write copy of it when they fork, spawned ones the same spill folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CAP_ENV = "HOTDOG_DECODED_CACHE_MB"
 # Enough for hotdog-mini (250 photos, ~65 MB) and a third of the chapter's hotdog.zip at
@@ -36,16 +39,22 @@ SAMPLE_PHOTOS = 8
 _FROM_ENV = "env"  # a string: it survives pickling into spawned workers
 
 
+def mb_from_env(name: str, default_mb: float) -> int:
+    """Bytes from an environment variable in MB (unset, unreadable, negative or NaN: the default)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        mb = float(raw) if raw else default_mb
+    except ValueError:
+        log.warning("%s=%r is not a number of MB; using %s", name, raw, default_mb)
+        mb = default_mb
+    if not mb >= 0:  # negative or NaN
+        mb = default_mb
+    return int(mb * 2**20)
+
+
 def default_cap_bytes() -> int:
     """The cap from ``HOTDOG_DECODED_CACHE_MB`` (an unreadable or negative value: the default)."""
-    raw = os.environ.get(CAP_ENV, "").strip()
-    try:
-        mb = float(raw) if raw else DEFAULT_CAP_MB
-    except ValueError:
-        mb = DEFAULT_CAP_MB
-    if not mb >= 0:  # negative or NaN
-        mb = DEFAULT_CAP_MB
-    return int(mb * 2**20)
+    return mb_from_env(CAP_ENV, DEFAULT_CAP_MB)
 
 
 class DecodedCache:
@@ -63,6 +72,7 @@ class DecodedCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self._keys: dict = {}  # key -> spill entry key (None: not spillable)
+        self._on_disk: set = set()  # keys held in memory that were read from the spill
         self._expected: set = set()  # keys datasets will put (emptied once the set spills)
         self._offered = 0
         self._offered_bytes = 0
@@ -144,11 +154,15 @@ class DecodedCache:
                     mean = self._offered_bytes / self._offered
                     self._spill.reserve(max(0, len(self._expected) - self._offered) + len(self._items) + 1, mean)
                     self._expected = set()
-                    held = list(self._items.items())  # the few seen before the decision: on disk too
+                    # the few seen before the decision go on disk too (the next run finds them)
+                    held = [(k, a) for k, a in self._items.items() if k not in self._on_disk]
+                    self._on_disk = set()
             if not self.spilling:
-                self._keep_if_it_fits(key, arr)  # no spill: a fixed subset, evicting nothing (no churn)
+                # no spill: a fixed subset, evicting nothing (no churn)
+                if self._keep_if_it_fits(key, arr) and on_disk:
+                    self._on_disk.add(key)
                 return
-        for k, a in held:  # so the next run finds every photo on disk
+        for k, a in held:
             entry = self._entry(k)
             if entry is not None:
                 self._spill.write(entry, a)
@@ -162,12 +176,13 @@ class DecodedCache:
         with self._lock:
             self._keep_if_it_fits(key, arr)  # the disk refused it
 
-    def _keep_if_it_fits(self, key, arr: np.ndarray) -> None:
+    def _keep_if_it_fits(self, key, arr: np.ndarray) -> bool:
         if self._bytes + arr.nbytes <= self.cap_bytes:
             self._items[key] = arr
             self._bytes += int(arr.nbytes)
-        else:
-            self.not_kept += 1
+            return True
+        self.not_kept += 1
+        return False
 
     def _overflows(self, size: int) -> bool:
         """This photo does not fit, or (after a few) the projection says the set will not."""

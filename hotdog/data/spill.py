@@ -67,15 +67,9 @@ MAX_SIDE = 1 << 16  # larger header fields are damage, not a photo
 
 def cap_bytes_from_env() -> int:
     """``HOTDOG_DECODED_SPILL_MB`` in bytes (unreadable or negative: the default)."""
-    raw = os.environ.get(CAP_ENV, "").strip()
-    try:
-        mb = float(raw) if raw else DEFAULT_CAP_MB
-    except ValueError:
-        log.warning("%s=%r is not a number of MB; using %d", CAP_ENV, raw, DEFAULT_CAP_MB)
-        mb = DEFAULT_CAP_MB
-    if not mb >= 0:  # negative or NaN
-        mb = DEFAULT_CAP_MB
-    return int(mb * 2**20)
+    from hotdog.data.decoded import mb_from_env
+
+    return mb_from_env(CAP_ENV, DEFAULT_CAP_MB)
 
 
 def default_root() -> Path:
@@ -156,9 +150,12 @@ class SpillStore:
                 os.close(fd)
 
     def reserve(self, photos: int, mean_bytes: float) -> None:
-        """How much this run expects to write: room for it is made before the first write."""
+        """How much a data set about to spill will write: room for it is made before its
+        first write (the store is shared by the runs of a process: each makes room anew)."""
         with self._lock:
-            self._want = max(self._want, int(photos * (mean_bytes + HEADER.size)))
+            self._want = int(photos * (mean_bytes + HEADER.size))
+            if self.cap_bytes > 0:
+                self._room, self.full = None, False
 
     # -- finding records
     def _segments(self) -> list[os.DirEntry]:
@@ -354,7 +351,19 @@ def _read_record(fd: int, off: int, key: bytes) -> np.ndarray | None:
     return arr.reshape((h, w, c) if c else (h, w))
 
 
+_SHARED: dict[tuple[str, int], SpillStore] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 def open_spill() -> SpillStore | None:
-    """The store runs use, or None when ``HOTDOG_DECODED_SPILL_MB=0`` turns spilling off."""
-    store = SpillStore()
-    return store if store.cap_bytes > 0 else None
+    """The store runs use, or None when ``HOTDOG_DECODED_SPILL_MB=0`` turns spilling off.
+    One per folder and cap in a process, so the segments' headers are read once, not by
+    every dataset's store."""
+    root, cap = default_root(), cap_bytes_from_env()
+    if cap == 0:
+        return None
+    with _SHARED_LOCK:
+        store = _SHARED.get((str(root), cap))
+        if store is None:
+            store = _SHARED[(str(root), cap)] = SpillStore(root, cap)
+        return store
