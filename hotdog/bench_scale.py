@@ -352,8 +352,10 @@ def compare(small: dict, large: dict) -> dict:
             # speed_ratio is the older name of img_s_ratio
             out[stage] = {"rss_ratio": rss, "rss_meets": rss <= 1.5, "img_s_ratio": speed, "img_s_meets": meets,
                           "speed_ratio": speed, "speed_meets": meets}
+    # a stage either size ran but that gave no figures (its process died): not a pass
+    out["not_compared"] = [k for k in STAGES if k not in out and (small.get(k) or large.get(k))]
     verdicts = [out["scan_meets"]] + [out[k][m] for k in STAGES if k in out for m in ("rss_meets", "img_s_meets")]
-    out["all_meet"] = all(v is True for v in verdicts)
+    out["all_meet"] = not out["not_compared"] and all(v is True for v in verdicts)
     return out
 
 
@@ -372,6 +374,8 @@ def format_scales(result: dict) -> str:
                 speed = "n/a" if x["img_s_ratio"] is None else f"{x['img_s_ratio']:.2f}"
                 lines.append(f"    {stage}: peak RSS {x['rss_ratio']:.2f}x ({'meets' if x['rss_meets'] else 'misses'}"
                              f" <= 1.5x), img/s {speed}x ({'meets' if x['img_s_meets'] else 'misses'} >= 0.9x)")
+        if c["not_compared"]:
+            lines.append(f"    not compared (no figures): {', '.join(c['not_compared'])}")
         lines.append(f"  all targets met: {'yes' if c['all_meet'] else 'no'}")
     return "\n".join(lines)
 

@@ -41,8 +41,10 @@ def test_compare_applies_the_targets():
     assert got["scan_meets"] and got["pipeline"]["rss_meets"] is False and got["pipeline"]["speed_meets"]
     assert got["full"]["rss_meets"] and got["full"]["speed_meets"] is False and "frozen" not in got
     assert got["pipeline"]["img_s_ratio"] == got["pipeline"]["speed_ratio"] == 0.95
-    assert got["pipeline"]["rss_ratio"] == 3.0 and got["all_meet"] is False
+    assert got["pipeline"]["rss_ratio"] == 3.0 and got["all_meet"] is False and got["not_compared"] == ["frozen"]
     large["pipeline"]["peak_rss_mb"], large["full"]["images_per_sec"] = 140.0, 46.0
+    assert bench_scale.compare(small, large)["all_meet"] is False  # the frozen stage died
+    del large["frozen"]
     assert bench_scale.compare(small, large)["all_meet"] is True
 
 
