@@ -220,6 +220,7 @@ class _Set:
     def __init__(self, settings: ScaleSettings, progress: Callable[[str], None]):
         from hotdog import paths
         from hotdog.data.decoded import default_cap_bytes
+        from hotdog.data.spill import cap_bytes_from_env as spill_cap_bytes
 
         self.settings, self.n = settings, check_n(settings.n)
         if settings.keep:
@@ -231,6 +232,7 @@ class _Set:
         self.progress = progress
         self.out: dict = {"n": self.n, "input_size": settings.input_size, "batch_size": BATCH_SIZE,
                           "batches": settings.batches, "decoded_cache_cap_mb": default_cap_bytes() / 2**20,
+                          "decoded_spill_cap_mb": spill_cap_bytes() / 2**20,
                           "kept_at": str(self.base) if settings.keep else None}
 
     def build_and_scan(self) -> None:
@@ -394,6 +396,11 @@ def format_scale(result: dict) -> str:
             lines.append(f"  {stage}: {r['error']}")
             continue
         ips = r.get("images_per_sec")
-        lines.append(f"  {stage}: {ips:.1f} img/s, peak RSS {r['peak_rss_mb']:.0f} MB" if ips else
-                     f"  {stage}: no speed, peak RSS {r['peak_rss_mb']:.0f} MB")
+        line = (f"  {stage}: {ips:.1f} img/s, peak RSS {r['peak_rss_mb']:.0f} MB" if ips else
+                f"  {stage}: no speed, peak RSS {r['peak_rss_mb']:.0f} MB")
+        store = r.get("decoded_cache") or {}
+        if store:
+            line += (f" (decoded photos: {store.get('held_mb', 0):.1f} MB in memory, "
+                     f"{store.get('spilled', 0)} spilled to disk)")
+        lines.append(line)
     return "\n".join(lines)

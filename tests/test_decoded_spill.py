@@ -285,3 +285,16 @@ def test_concurrent_writers_of_the_same_photos(tmp_path):
     for k in range(20):
         assert_same(reader.read(bytes([k]) * 20), np.full((30 + k, 40, 3), k, np.uint8))
     assert len(list(root.glob("*.seg"))) == 4  # one per writer: writers never share a file
+
+
+def test_an_unusable_spill_folder_costs_decodes_not_the_run(tmp_path, photos, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the spill folder should be")
+    spill = SpillStore(blocker / "spill", 2**30)
+    cache = DecodedCache(cap_bytes=10 * ONE, spill=spill)
+    ds = ImageListDataset(photos, cache=cache)
+    assert ds.preload() == []
+    assert spill.stats()["full"] and spill.stats()["written"] == 0
+    assert cache.nbytes <= 10 * ONE and "decoding photos again instead" in caplog.text
+    for i in range(40):
+        assert_same(ds._decoded(i), fresh(photos, i))
