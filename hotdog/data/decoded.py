@@ -71,7 +71,6 @@ class DecodedCache:
         self._items: dict = {}
         self._bytes = 0
         self._lock = threading.Lock()
-        self._keys: dict = {}  # key -> spill entry key (None: not spillable)
         self._on_disk: set = set()  # keys held in memory that were read from the spill
         self._expected: set = set()  # keys datasets will put (emptied once the set spills)
         self._offered = 0
@@ -104,16 +103,14 @@ class DecodedCache:
             self._spill_arg = self._spill
         return self._spill
 
-    def _entry(self, key) -> bytes | None:
-        got = self._keys.get(key, False)
-        if got is False:
-            got = None
-            if isinstance(key, tuple) and len(key) == 3:
-                from hotdog.data.spill import entry_key
+    @staticmethod
+    def _entry(key) -> bytes | None:
+        # Not memoised: a few µs per use, and a memo would cost ~300 bytes a photo
+        if isinstance(key, tuple) and len(key) == 3:
+            from hotdog.data.spill import entry_key
 
-                got = entry_key(*key)
-            self._keys[key] = got
-        return got
+            return entry_key(*key)
+        return None
 
     def get(self, key) -> np.ndarray | None:
         """The photo from memory, else from the spill (also one an earlier run spilled)."""

@@ -85,7 +85,7 @@ def entry_key(path: str | os.PathLike, min_side: int | None, max_pixels: int) ->
     import PIL
 
     try:
-        real = os.path.realpath(path)
+        real = os.path.abspath(path)  # stat follows links; inode and device name the file
         st = os.stat(real)
     except OSError:
         return None
@@ -115,7 +115,10 @@ class SpillStore:
         self._started = time.time()
         self._lock = threading.Lock()
         self._reset_writer()
-        self._index: dict[bytes, tuple[str, int]] | None = None  # key -> (segment name, offset)
+        # key -> segment number << 40 | offset: ~150 bytes a photo (a tuple per photo was ~250)
+        self._index: dict[bytes, int] | None = None
+        self._names: list[str] = []  # segment number -> file name
+        self._numbers: dict[str, int] = {}
         self._fds: dict[str, int] = {}  # segment name -> fd for reading
         self._used: set[str] = set()
         self._room: int | None = None  # bytes this process may still write (None: not made yet)
@@ -165,10 +168,10 @@ class SpillStore:
             return []
 
     def _ensure_index(self) -> dict:
-        """Key -> (segment, offset) of every record the segments hold now (first call only)."""
+        """Key -> where (:meth:`_where`) of every record the segments hold now (first call only)."""
         if self._index is not None:
             return self._index
-        index: dict[bytes, tuple[str, int]] = {}
+        index: dict[bytes, int] = {}
         # Oldest segment first (names start with their creation time), so where a photo was
         # written again (after damage, or by two runs) the newest record wins.
         for entry in sorted(self._segments(), key=lambda e: e.name):
@@ -183,7 +186,7 @@ class SpillStore:
                     end = off + HEADER.size + _payload_size(h, w, c)
                     if not _header_ok(magic, fmt, h, w, c) or end > size:
                         break  # a killed writer's partial record, or damage: nothing past it is trusted
-                    index[key] = (entry.name, off)
+                    index[key] = self._pack(entry.name, off)
                     off = end
             except (OSError, struct.error):
                 continue
@@ -194,6 +197,17 @@ class SpillStore:
                 for key, where in index.items():
                     self._index.setdefault(key, where)
             return self._index
+
+    def _pack(self, name: str, off: int) -> int:
+        with self._lock:
+            number = self._numbers.get(name)
+            if number is None:
+                number = self._numbers[name] = len(self._names)
+                self._names.append(name)
+        return number << 40 | off
+
+    def _where(self, packed: int) -> tuple[str, int]:
+        return self._names[packed >> 40], packed & (1 << 40) - 1
 
     def _fd(self, name: str) -> int | None:
         fd = self._fds.get(name)
@@ -216,7 +230,7 @@ class SpillStore:
         where = self._ensure_index().get(key)
         if where is None:
             return None
-        name, off = where
+        name, off = self._where(where)
         arr = None
         fd = self._fd(name)
         if fd is not None:
@@ -263,6 +277,7 @@ class SpillStore:
                     self._new_segment_locked()
                 name, fd, off = self._seg, self._seg_fd, self._seg_end
                 self._seg_end += size
+                where = self._numbers[name] << 40 | off
             if os.pwritev(fd, [header, pixels], off) != size:
                 raise OSError("short write (disk full?)")
         except OSError as err:
@@ -272,7 +287,7 @@ class SpillStore:
                 self.refused += 1
             return False
         with self._lock:
-            index[key] = (name, off)
+            index[key] = where
             self.written += 1
             self.written_bytes += size
         return True
@@ -285,6 +300,8 @@ class SpillStore:
         self._own.add(name)
         self._used.add(name)
         self._fds[name] = fd
+        self._numbers[name] = len(self._names)
+        self._names.append(name)
 
     def _take_room_locked(self, size: int) -> bool:
         if self.full:
@@ -330,7 +347,10 @@ class SpillStore:
     def locate(self, key: bytes) -> tuple[Path, int] | None:
         """(segment file, offset) of the record of ``key`` (for tests and repairs)."""
         where = self._ensure_index().get(key)
-        return None if where is None else (self.root / where[0], where[1])
+        if where is None:
+            return None
+        name, off = self._where(where)
+        return self.root / name, off
 
     def stats(self) -> dict:
         with self._lock:
