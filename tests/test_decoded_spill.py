@@ -298,3 +298,37 @@ def test_an_unusable_spill_folder_costs_decodes_not_the_run(tmp_path, photos, ca
     assert cache.nbytes <= 10 * ONE and "decoding photos again instead" in caplog.text
     for i in range(40):
         assert_same(ds._decoded(i), fresh(photos, i))
+
+
+def test_a_run_whose_photos_are_all_spilled_trains_bitwise_the_same(tiny_dataset, tmp_path, monkeypatch):
+    import mxnet as mx
+
+    from hotdog import train as train_mod
+    from hotdog.data import decoded
+    from hotdog.settings import TrainConfig
+
+    stores = []
+    real_init = decoded.DecodedCache.__init__
+
+    def recording(self, *a, **kw):
+        real_init(self, *a, **kw)
+        stores.append(self)
+
+    monkeypatch.setattr(decoded.DecodedCache, "__init__", recording)
+    cfg = TrainConfig(str(tiny_dataset), input_size=32, batch_size=6, epochs=2, freeze=True, feature_cache=False)
+
+    def run():
+        stores.clear()
+        done = train_mod.train(cfg, runs_dir=tmp_path / "runs", prepared=train_mod.prepare(cfg, check_memory=False))
+        # the run's store for both splits (others, e.g. a test-set evaluation, see fewer photos)
+        main = max((st.stats() for st in stores), key=lambda st: st["misses"] + st["hits"] + st["spill_hits"])
+        return main, mx.nd.load(os.path.join(done.run_dir, "model.params"))
+
+    in_memory, params = run()
+    monkeypatch.setenv(decoded.CAP_ENV, "0.001")  # 1 KB: not one photo fits
+    spilled, params_spilled = run()
+    assert not in_memory["spilling"] and spilled["spilling"] and spilled["spilled"] == 24
+    assert spilled["spill_hits"] >= 16 and spilled["held_mb"] == 0
+    assert params.keys() == params_spilled.keys()
+    for k in params:
+        np.testing.assert_array_equal(params[k].asnumpy(), params_spilled[k].asnumpy())
