@@ -22,13 +22,11 @@ copy-on-write copy of it when they fork, spawned ones the same spill folder.
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from hotdog.data.spill import entry_key, mb_from_env, open_spill
 
 CAP_ENV = "HOTDOG_DECODED_CACHE_MB"
 # Enough for hotdog-mini (250 photos, ~65 MB) and a third of the chapter's hotdog.zip at
@@ -37,19 +35,6 @@ DEFAULT_CAP_MB = 256
 # Photos seen before the projection (mean size x photos expected) decides memory or disk.
 SAMPLE_PHOTOS = 8
 _FROM_ENV = "env"  # a string: it survives pickling into spawned workers
-
-
-def mb_from_env(name: str, default_mb: float) -> int:
-    """Bytes from an environment variable in MB (unset, unreadable, negative or NaN: the default)."""
-    raw = os.environ.get(name, "").strip()
-    try:
-        mb = float(raw) if raw else default_mb
-    except ValueError:
-        log.warning("%s=%r is not a number of MB; using %s", name, raw, default_mb)
-        mb = default_mb
-    if not mb >= 0:  # negative or NaN
-        mb = default_mb
-    return int(mb * 2**20)
 
 
 def default_cap_bytes() -> int:
@@ -97,8 +82,6 @@ class DecodedCache:
 
     def _store(self):
         if self._spill is None and self._spill_arg == _FROM_ENV:
-            from hotdog.data.spill import open_spill
-
             self._spill = open_spill()
             self._spill_arg = self._spill
         return self._spill
@@ -107,8 +90,6 @@ class DecodedCache:
     def _entry(key) -> bytes | None:
         # Not memoised: a few µs per use, and a memo would cost ~300 bytes a photo
         if isinstance(key, tuple) and len(key) == 3:
-            from hotdog.data.spill import entry_key
-
             return entry_key(*key)
         return None
 

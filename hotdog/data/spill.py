@@ -65,10 +65,21 @@ SUFFIX = ".seg"
 MAX_SIDE = 1 << 16  # larger header fields are damage, not a photo
 
 
+def mb_from_env(name: str, default_mb: float) -> int:
+    """Bytes from an environment variable in MB (unset, unreadable, negative or NaN: the default)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        mb = float(raw) if raw else default_mb
+    except ValueError:
+        log.warning("%s=%r is not a number of MB; using %s", name, raw, default_mb)
+        mb = default_mb
+    if not mb >= 0:  # negative or NaN
+        mb = default_mb
+    return int(mb * 2**20)
+
+
 def cap_bytes_from_env() -> int:
     """``HOTDOG_DECODED_SPILL_MB`` in bytes (unreadable or negative: the default)."""
-    from hotdog.data.decoded import mb_from_env
-
     return mb_from_env(CAP_ENV, DEFAULT_CAP_MB)
 
 
@@ -175,8 +186,12 @@ class SpillStore:
         # Oldest segment first (names start with their creation time), so where a photo was
         # written again (after damage, or by two runs) the newest record wins.
         for entry in sorted(self._segments(), key=lambda e: e.name):
-            fd = self._fd(entry.name)
-            if fd is None:
+            # Scanned through a descriptor of its own: one is kept only for segments this
+            # process reads from, so a long-lived process does not pin the disk space of
+            # segments another run removes.
+            try:
+                fd = os.open(entry.path, os.O_RDONLY)
+            except OSError:
                 continue
             try:
                 size = os.fstat(fd).st_size
@@ -189,7 +204,9 @@ class SpillStore:
                     index[key] = self._pack(entry.name, off)
                     off = end
             except (OSError, struct.error):
-                continue
+                pass
+            finally:
+                os.close(fd)
         with self._lock:
             if self._index is None:
                 self._index = index
