@@ -142,8 +142,9 @@ class DecodedCache:
                 return
         for k, a in held:
             entry = self._entry(k)
-            if entry is not None:
-                self._spill.write(entry, a)
+            if entry is not None and self._spill.write(entry, a):
+                with self._lock:
+                    self.spilled += 1
         if on_disk:
             return
         entry = self._entry(key)
