@@ -62,15 +62,9 @@ _ROOT_OVERRIDE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("ho
 
 
 def cap_bytes_from_env() -> int:
-    raw = os.environ.get(CAP_ENV, "").strip()
-    try:
-        mb = float(raw) if raw else DEFAULT_CAP_MB
-    except ValueError:
-        log.warning("%s=%r is not a number of MB; using %d", CAP_ENV, raw, DEFAULT_CAP_MB)
-        mb = DEFAULT_CAP_MB
-    if not mb >= 0:
-        mb = DEFAULT_CAP_MB
-    return int(mb * 2**20)
+    from hotdog.data.spill import mb_from_env
+
+    return mb_from_env(CAP_ENV, DEFAULT_CAP_MB)
 
 
 def default_root() -> Path:

@@ -38,11 +38,32 @@ def make_dataset(root: Path, per_class: dict[str, int] | None = None, classes=No
     return root
 
 
+def kill_9_when_ready(target, *args) -> None:
+    """Run ``target(*args, ready)`` in a forked child, wait until it sets ``ready`` (it then
+    hangs mid-write), and end it with ``kill -9``."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=target, args=(*args, ready))
+    proc.start()
+    try:
+        assert ready.wait(120), "the writer never started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+
+
 @pytest.fixture(autouse=True)
 def _own_feature_cache(tmp_path, monkeypatch):
     """Every test starts with an empty on-disk feature cache of its own (hotdog.featcache),
-    so no test reads features another test (or the user) stored."""
+    so no test reads features another test (or the user) stored; likewise spilled decoded
+    photos (hotdog.data.spill)."""
     monkeypatch.setenv("HOTDOG_FEATURE_CACHE_DIR", str(tmp_path / "feature-cache"))
+    monkeypatch.setenv("HOTDOG_DECODED_SPILL_DIR", str(tmp_path / "decoded-spill"))
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import signal
 import threading
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from hotdog import featcache
 from hotdog.data import Preprocess
 from hotdog.featcache import FeatureGroup, FeatureStore
 
-from conftest import make_image
+from conftest import kill_9_when_ready, make_image
 
 PRE = Preprocess(input_size=224, resize=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -181,17 +180,7 @@ def _half_write_then_hang(root: str, ready) -> None:
 
 
 def test_kill_9_mid_write_leaves_nothing_usable_and_no_stuck_lock(tmp_path):
-    ctx = multiprocessing.get_context("fork")
-    ready = ctx.Event()
-    proc = ctx.Process(target=_half_write_then_hang, args=(str(tmp_path), ready))
-    proc.start()
-    try:
-        assert ready.wait(120), "the writer never started"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join(30)
-    finally:
-        if proc.is_alive():
-            proc.kill()
+    kill_9_when_ready(_half_write_then_hang, str(tmp_path))
     store, g, hs = FeatureStore(tmp_path, 2**30), group(), hashes(64)
     assert list((tmp_path / g.digest()).glob(".*.tmp"))  # the half-written temp file is there...
     assert store.load(g, hs) is None  # ...and never read
@@ -277,10 +266,9 @@ def test_decoded_photos_stay_under_the_cap(tmp_path):
             np.testing.assert_array_equal(ds[i][0].asnumpy(), unbounded[i][0].asnumpy())
             assert cache.nbytes <= 10 * one
     s = cache.stats()
-    assert s["photos"] == 10 and s["evictions"] >= 100 and cache.nbytes == 10 * one
+    # a set past the cap goes to the on-disk spill (tests/test_decoded_spill.py), not memory
+    assert s["spilling"] and s["spilled"] >= 50 and cache.nbytes < 10 * one
     assert unbounded.decoded_cache.nbytes == 60 * one  # a set that fits is decoded once, as before
-    # the most recently used photos are the ones kept
-    assert all((str(items[i][0]), None) in cache for i in range(50, 60))
 
 
 def test_decoded_cache_cap_from_the_environment(monkeypatch):

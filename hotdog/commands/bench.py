@@ -27,9 +27,13 @@ def register(sub) -> None:
                    help="comma-separated stages to run (threads, memory, inference_variants, source_models, "
                    "pipeline_and_overhead, predict, frozen); the others report null")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
-    p.add_argument("--scale", metavar="N", type=int, default=None,
+    p.add_argument("--scale", metavar="N[,N...]", default=None,
                    help="instead: build N generated JPEG photos and measure scan time, one input-pipeline "
-                   "pass and the first training batches (images/s, peak RSS); see hotdog/bench_scale.py")
+                   "pass and the first training batches (images/s, peak RSS); several N (200,20000) are "
+                   "measured in alternation and compared against the targets; see hotdog/bench_scale.py")
+    p.add_argument("--scale-rounds", metavar="R", type=int, default=1,
+                   help="with several --scale N: measure each stage R times per N, order reversed every "
+                   "other round (default 1)")
     p.add_argument("--scale-input-size", metavar="PX", type=int, default=None,
                    help="crop size for --scale (default 64, small so large N stays feasible)")
     p.add_argument("--keep", action="store_true", help="with --scale: keep the generated photos for a rerun")
@@ -76,14 +80,20 @@ def run(args) -> int:
 def _run_scale(args, progress) -> int:
     from hotdog import bench_scale
 
-    settings = bench_scale.ScaleSettings(n=args.scale, keep=args.keep)
+    ns = bench_scale.parse_ns(args.scale)
+    settings = bench_scale.ScaleSettings(n=ns[0], keep=args.keep)
     if args.scale_input_size is not None:
         settings.input_size = args.scale_input_size
-    result = bench_scale.run_scale(settings, progress=progress)
+    if len(ns) == 1:
+        result = bench_scale.run_scale(settings, progress=progress)
+        text = bench_scale.format_scale
+    else:
+        result = bench_scale.run_scales(ns, settings, rounds=args.scale_rounds, progress=progress)
+        text = bench_scale.format_scales
     if args.json:
         emit_json(_finite({"scale": result}))
     else:
-        print(bench_scale.format_scale(result))
+        print(text(result))
     return 0
 
 

@@ -169,9 +169,10 @@ class ImageListDataset(_gluon_dataset_base()):
 
     With ``cache_decoded`` a decoded file is kept as a compact HWC uint8 array, shrunk so
     its shorter side is at most ``min_side`` (pass the transform's ``Preprocess.resize``),
-    in a byte-capped LRU store (:class:`hotdog.data.decoded.DecodedCache`, default cap
-    ``HOTDOG_DECODED_CACHE_MB``): a set that fits pays for decoding once, a larger one
-    decodes what fell out again, so memory stays flat however many photos there are.
+    in a byte-capped store (:class:`hotdog.data.decoded.DecodedCache`, default cap
+    ``HOTDOG_DECODED_CACHE_MB``): a set that fits is kept in memory, a larger one is
+    spilled to disk once decoded (:mod:`hotdog.data.spill`), so memory stays flat however
+    many photos there are.
     Datasets over the same files may share one store (``cache=``). Call ``preload()``
     before building a multi-worker DataLoader so forked workers inherit the cache.
     """
@@ -187,6 +188,8 @@ class ImageListDataset(_gluon_dataset_base()):
         # Keyed by path: datasets sharing the store (same files, other transforms) agree,
         # and dropping unreadable items in preload() needs no re-keying.
         self._cache = cache if cache is not None else DecodedCache()
+        if cache_decoded:
+            self._cache.expect(self._key(p) for p, _ in self.items)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -196,9 +199,13 @@ class ImageListDataset(_gluon_dataset_base()):
         """The decoded-photo store (share it with ``cache=``; its ``stats()`` for reports)."""
         return self._cache
 
+    def _key(self, path: Path) -> tuple:
+        # (path, min_side, max_pixels): what the decode depends on, and the spill store's key
+        return (str(path), self.min_side, self.max_pixels)
+
     def _decoded(self, idx: int) -> np.ndarray:
         path = self.items[idx][0]
-        key = (str(path), self.min_side)
+        key = self._key(path)
         arr = self._cache.get(key) if self.cache_decoded else None
         if arr is None:
             img = decode_image(path, self.max_pixels, min_side=self.min_side)
