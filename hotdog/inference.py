@@ -80,13 +80,16 @@ def _ctx_of(net: gluon.Block) -> mx.Context:
 
 
 def inference_copy(
-    net: gluon.HybridBlock, ctx: mx.Context | None = None, example: mx.nd.NDArray | None = None
+    net: gluon.HybridBlock, ctx: mx.Context | None = None, example: mx.nd.NDArray | None = None,
+    fold_same_padding: bool = False,
 ) -> gluon.SymbolBlock:
     """A hybridized SymbolBlock computing ``net``'s forward pass with copied parameters.
 
     Tracing with a symbol (rather than ``hybridize`` + forward) leaves ``net`` exactly as it
     was: no hybridization flag flipped, no cached graph built on a shared, cached network.
     ``example`` is only used to finish deferred parameter initialisation (a fresh head).
+    ``fold_same_padding`` (EfficientNet, with ``example``): see
+    :func:`hotdog.efficientnet.inference_kernels`.
     """
     ctx = ctx or (example.context if example is not None else _ctx_of(net))
     _finish_deferred_init(net, example)
@@ -96,15 +99,17 @@ def inference_copy(
         from hotdog.efficientnet import configure_same_padding
 
         configure_same_padding(net, example)
-    from hotdog.efficientnet import inference_kernels
+    from hotdog.efficientnet import inference_kernels, same_padded_weight
 
     data = mx.sym.var("data", dtype="float32")
-    with inference_kernels(net):  # a training network's fast kernels would defeat oneDNN fusion
+    # a training network's fast kernels would defeat oneDNN fusion
+    with inference_kernels(net, fold_same_padding=fold_same_padding and example is not None):
         out = net(data)
     block = gluon.SymbolBlock(out, data)
     source = net.collect_params()
     for name, param in block.collect_params().items():
-        param._load_init(source[name].data(ctx).copy(), ctx)
+        value = source[name].data(ctx).copy() if name in source else same_padded_weight(name, source, ctx)
+        param._load_init(value, ctx)
     block.hybridize(static_alloc=True)
     return block
 
@@ -126,7 +131,7 @@ def fused_forward_block(net: gluon.HybridBlock, example: mx.nd.NDArray) -> gluon
     ``example`` only fixes dtype and context for the partitioning pass. Do not train the
     result: BatchNorm is folded into the convolutions with the current running statistics.
     """
-    block = inference_copy(net, example.context, example)
+    block = inference_copy(net, example.context, example, fold_same_padding=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         block.optimize_for(example, backend=FUSION_BACKEND, static_alloc=True)

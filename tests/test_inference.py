@@ -98,3 +98,55 @@ def test_bf16_copy_agrees_on_top1():
     ref = net(x).asnumpy()
     got = out.asnumpy()
     assert np.abs(got - ref).max() < 0.1 * (np.abs(ref).max() + 1e-3)
+
+
+def _random_efficientnet():
+    """EfficientNet-Lite0 with random weights and BatchNorm statistics of ordinary size."""
+    from hotdog.efficientnet import EfficientNetLite0
+
+    mx.random.seed(3)
+    net = EfficientNetLite0(classes=7)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    for name, param in net.collect_params().items():
+        if name.endswith("running_mean") or name.endswith("beta"):
+            param.set_data(mx.nd.random.normal(0, 0.1, param.shape))
+        elif name.endswith("running_var") or name.endswith("gamma"):
+            param.set_data(mx.nd.random.uniform(0.5, 1.5, param.shape))
+    return net
+
+
+def _ops(block) -> set:
+    import json
+
+    return {node["op"] for node in json.loads(block._cached_graph[1].tojson())["nodes"]}
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 65, 65), (2, 3, 64, 71), (3, 3, 97, 38)])
+def test_efficientnet_fused_copy_folds_same_padding_into_its_convolutions(shape):
+    """MXNet's Pad has no oneDNN kernel: each of the 5 stride-2 SAME pads cost two layout
+    reorders (31% of a fused forward at 224 px). The fused copy folds them into the
+    convolutions (a zero-extended kernel on even sides, the convolution's own pad on odd
+    ones): no Pad op left, the same outputs, and the network itself is untouched."""
+    from hotdog.efficientnet import SamePadConv, _walk
+
+    net = _random_efficientnet()
+    before = _snapshot(net)
+    x = mx.nd.random.uniform(-1, 1, shape=shape)
+    with mx.autograd.predict_mode():
+        ref = net(x).asnumpy()
+    assert np.abs(ref).max() > 1e-2  # outputs of a size where a wrong pad would show
+    plain = inference.inference_copy(net, x.context, x, fold_same_padding=True)
+    folded = [k for k in plain.collect_params() if k.rsplit("_same", 1)[-1] in ("00", "01", "10", "11")]
+    assert len(folded) == 5  # the stem and the four stride-2 depthwise convolutions
+    np.testing.assert_allclose(plain(x).asnumpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert "Pad" not in _ops(plain)
+    if inference.mkldnn_enabled():
+        fused = inference.fused_forward_block(net, x)
+        np.testing.assert_allclose(fused(x).asnumpy(), ref, rtol=0, atol=1e-4)
+        assert "Pad" not in _ops(fused)
+    after = _snapshot(net)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert not any(b.fold_pad for b in _walk(net) if isinstance(b, SamePadConv))
+    with mx.autograd.predict_mode():  # the network still pads as before
+        np.testing.assert_array_equal(net(x).asnumpy(), ref)
