@@ -44,6 +44,9 @@ def _environ(env: dict):
 
 def _child(conn, source: str, classes: int, batch: int, size: int) -> None:
     """A timing process: build once, then one message per round: ``steps`` -> seconds list."""
+    from hotdog import malloc_tuning
+
+    malloc_tuning.apply()  # before MXNet, as in the training worker this stands in for
     import mxnet as mx
     import numpy as np
 

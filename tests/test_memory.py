@@ -17,28 +17,30 @@ def chapter(tmp_path, **kw):
 
 
 def test_a_large_machine_proceeds_with_the_whole_batch(tmp_path):
-    p = plan(chapter(tmp_path), 250, Available(24000, "system"))
+    p = plan(chapter(tmp_path), 250, Available(32000, "system"))
     assert p.decision == "proceed" and p.micro_batch == 128 and not p.accumulating
-    assert 11000 < p.estimate_mb < 12500  # measured: 11813 MB
-    assert "11." in p.message and "23.4 GB available (system)" in p.message
+    assert 19000 < p.estimate_mb < 21000  # measured: 20074 MB
+    assert "19.7 GB" in p.message and "31.2 GB available (system)" in p.message
+    # on this 24 GB machine the chapter's batch no longer fits whole: micro-batches, same step
+    assert plan(chapter(tmp_path), 250, Available(23000, "system")).accumulating
 
 
-def test_an_8_gb_limit_chooses_accumulation(tmp_path):
-    p = plan(chapter(tmp_path), 250, Available(7800, "cgroup limit 8.0 GB", 8192))
+def test_a_10_gb_limit_chooses_accumulation(tmp_path):
+    p = plan(chapter(tmp_path), 250, Available(9800, "cgroup limit 10.0 GB", 10240))
     assert p.decision == "proceed" and p.micro_batch == 32 and p.accumulating
-    assert "4 micro-batches of 32" in p.message and "cgroup limit 8.0 GB" in p.message
-    assert p.estimate_mb < 0.8 * 7800
+    assert "4 micro-batches of 32" in p.message and "cgroup limit 10.0 GB" in p.message
+    assert p.estimate_mb < 0.8 * 9800
 
 
 def test_an_explicit_micro_batch_is_kept_and_warned_or_refused(tmp_path):
-    cfg = chapter(tmp_path, micro_batch=64)  # ~6.7 GB
+    cfg = chapter(tmp_path, micro_batch=64)  # ~10.8 GB
     assert plan(cfg, 250, Available(20000, "system")).decision == "proceed"
-    warn = plan(cfg, 250, Available(7500, "system"))
+    warn = plan(cfg, 250, Available(12500, "system"))
     assert warn.decision == "warn" and warn.micro_batch == 64 and "close to" in warn.message
-    refuse = plan(cfg, 250, Available(5000, "system"))
+    refuse = plan(cfg, 250, Available(9000, "system"))
     assert refuse.decision == "refuse" and refuse.micro_batch == 64
-    assert "needs about 6." in refuse.message and "4.9 GB available" in refuse.message
-    assert "set the micro-batch to 16 or less" in refuse.message
+    assert "needs about 10.8 GB" in refuse.message and "8.8 GB available" in refuse.message
+    assert "set the micro-batch to 32 or less" in refuse.message
 
 
 def test_nothing_fits_refuses_with_what_to_change(tmp_path):
@@ -66,7 +68,7 @@ def test_prepare_refuses_before_anything_starts(tiny_dataset, tmp_path, monkeypa
     with pytest.raises(MemoryRefusedError):
         TrainingJob(runs_dir=tmp_path / "runs").start(cfg)
     assert RunStore(tmp_path / "runs").list() == []
-    monkeypatch.setattr(memory, "available", lambda: Available(2500, "cgroup limit 2.5 GB", 2560))
+    monkeypatch.setattr(memory, "available", lambda: Available(4000, "cgroup limit 4.0 GB", 4096))
     p = prepare(config_for(tiny_dataset, input_size=224, batch_size=16))
     assert p.config.micro_batch < 16 and p.memory.accumulating  # chosen, recorded in config.json
     assert p.record()["micro_batch"] == p.config.micro_batch
@@ -99,4 +101,4 @@ def test_the_train_page_shows_the_estimate(hotdog_home, monkeypatch):
     assert captions and "estimated peak memory" in captions[0] and "cgroup limit 8.0 GB" in captions[0]
     at.button(key="preset_chapter").click().run()  # batch 128 at 224 px
     captions = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("Memory")]
-    assert captions and "trains as 4 micro-batches of 32" in captions[0], captions
+    assert captions and "trains as 8 micro-batches of 16" in captions[0], captions

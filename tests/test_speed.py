@@ -419,6 +419,16 @@ def test_training_processes_tune_malloc_before_mxnet():
     entry = worker[worker.index("def _child_entry"):worker.index("def _child_main")]
     assert entry.index("malloc_tuning.apply()") < entry.index("_child_main(")
     assert "malloc_tuning" not in (ROOT / "streamlit_app.py").read_text()
+    # the bench's training-speed children stand in for the worker (bench_threads)
+    bench = (ROOT / "hotdog" / "bench_threads.py").read_text()
+    child = bench[bench.index("def _child("):]
+    assert child.index("malloc_tuning.apply()") < child.index("import mxnet")
+    import subprocess
+    import sys
+
+    probe = "import sys, hotdog.bench_threads; print('mxnet' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"  # importing the child's module loads no MXNet
 
 
 def test_training_kernels_only_on_cpu(monkeypatch):
