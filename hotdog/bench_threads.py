@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import time
 from dataclasses import dataclass
 
 from hotdog.bench_timing import ratio
@@ -51,7 +50,7 @@ def _child(conn, source: str, classes: int, batch: int, size: int) -> None:
     import numpy as np
 
     from hotdog import models, threads
-    from hotdog.bench_timing import raw_step
+    from hotdog.bench_timing import raw_step, serve_timed_steps
     from hotdog.hybrid import hybridize_for_training
 
     choice = threads.apply("bench")
@@ -62,16 +61,7 @@ def _child(conn, source: str, classes: int, batch: int, size: int) -> None:
     step = raw_step(net, x, y, lr=0.01, wd=1e-4)
     step()  # graph build and memory planning
     conn.send(("ready", choice.omp_num_threads))
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            return
-        out = []
-        for _ in range(msg):
-            t0 = time.perf_counter()
-            step()
-            out.append(time.perf_counter() - t0)
-        conn.send(("times", out))
+    serve_timed_steps(conn, step, lambda times: ("times", times))
 
 
 def measure(source: str, classes: int, batch: int, size: int, rounds: int, steps: int,

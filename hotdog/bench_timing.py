@@ -33,6 +33,19 @@ def ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else float("nan")
 
 
+def serve_timed_steps(conn, step: Callable[[], None], reply: Callable[[list[float]], Any]) -> None:
+    """A timing child's loop (one process per setting, driven in alternation): each message
+    ``n`` from the parent times ``n`` calls of ``step`` and sends ``reply(seconds)`` back;
+    ``None`` ends it."""
+    while (n := conn.recv()) is not None:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            step()
+            out.append(time.perf_counter() - t0)
+        conn.send(reply(out))
+
+
 def raw_step(net, X, y, lr: float, wd: float) -> Callable[[], None]:
     """One forward/backward/SGD step of ``net`` on pre-made tensors (the engine's optimizer
     and loss), waited for: the reference side of the training figures."""

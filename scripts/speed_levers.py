@@ -55,7 +55,7 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
     import numpy as np
 
     from hotdog import efficientnet
-    from hotdog.bench_timing import raw_step
+    from hotdog.bench_timing import raw_step, serve_timed_steps
     from hotdog.hybrid import hybridize_for_training
 
     mx.random.seed(0)
@@ -71,16 +71,7 @@ def _child(conn, env: dict, opts: dict, batch: int, size: int) -> None:
     step = raw_step(net, x, y, lr=0.01, wd=1e-4)
     step()
     conn.send("ready")
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            return
-        out = []
-        for _ in range(msg):
-            t0 = time.perf_counter()
-            step()
-            out.append(time.perf_counter() - t0)
-        conn.send((out, resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
+    serve_timed_steps(conn, step, lambda times: (times, resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
 
 
 def main(argv=None) -> int:
